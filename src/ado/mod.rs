@@ -1,0 +1,294 @@
+//! Azure DevOps REST client: the few distributed-task endpoints the scaler and agent use.
+
+pub mod models;
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::{
+    auth::TokenSource,
+    error::{Error, Result},
+    telemetry::{AdoRequestLabels, EndpointLabels, Metrics, OrgLabels},
+};
+use models::{AgentPackage, JobRequest, List, Pool};
+
+/// An organisation URL, normalised: lower-case host, no trailing slash, no query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgUrl(url::Url);
+
+impl OrgUrl {
+    pub fn parse(raw: &str) -> std::result::Result<Self, String> {
+        let raw = raw.trim();
+        let mut url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(format!("{raw:?} must be an https URL"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{raw:?} has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("credentials in the URL are not allowed".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{raw:?} must not have a query or fragment"));
+        }
+        let path = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&path);
+        Ok(Self(url))
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// Whether the host is a loopback address, the only place plain http is tolerated.
+    pub fn is_loopback(&self) -> bool {
+        match self.0.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        }
+    }
+
+    /// `{org}/{path}`, with `path` relative to the organisation.
+    pub fn join(&self, path: &str) -> url::Url {
+        let mut url = self.0.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/{}", path.trim_start_matches('/')));
+        url
+    }
+}
+
+impl std::fmt::Display for OrgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str().trim_end_matches('/'))
+    }
+}
+
+/// ADO's rate-limit headers, present when the identity is being throttled or close to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub remaining: Option<i64>,
+    pub limit: Option<i64>,
+    pub reset_epoch: Option<i64>,
+}
+
+/// Talks to one or many organisations with one identity.
+#[derive(Clone, Debug)]
+pub struct AdoClient {
+    http: reqwest::Client,
+    auth: TokenSource,
+    metrics: Arc<Metrics>,
+}
+
+impl AdoClient {
+    pub fn new(http: reqwest::Client, auth: TokenSource, metrics: Arc<Metrics>) -> Self {
+        Self { http, auth, metrics }
+    }
+
+    pub fn identity(&self) -> &str {
+        self.auth.identity()
+    }
+
+    /// Resolves a pool name to exactly one pool.
+    pub async fn find_pool(&self, org: &OrgUrl, name: &str) -> Result<Pool> {
+        let mut url = org.join("_apis/distributedtask/pools");
+        url.query_pairs_mut()
+            .append_pair("poolName", name)
+            .append_pair("api-version", "7.1");
+        let pools: List<Pool> = self.get_json(org, "pools", url).await?;
+        match pools.value.len() {
+            0 => Err(Error::NotFound(format!("agent pool `{name}` in {org}"))),
+            1 => Ok(pools.value.into_iter().next().expect("one pool")),
+            count => Err(Error::AmbiguousPool { name: name.to_owned(), count }),
+        }
+    }
+
+    /// Unfinished job requests of a pool. No `$top` (it drops `matchedAgents` and caps at 200)
+    /// and no api-version, as KEDA's scaler calls it.
+    pub async fn job_requests(&self, org: &OrgUrl, pool_id: u32) -> Result<Vec<JobRequest>> {
+        let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/jobrequests"));
+        url.query_pairs_mut().append_pair("completedRequestCount", "0");
+        let list: List<JobRequest> = self.get_json(org, "jobrequests", url).await?;
+        Ok(list.value)
+    }
+
+    /// The newest non-prerelease agent package for `platform` (e.g. `linux-x64`).
+    pub async fn agent_package(&self, org: &OrgUrl, platform: &str) -> Result<AgentPackage> {
+        let mut url = org.join("_apis/distributedtask/packages/agent");
+        url.query_pairs_mut()
+            .append_pair("platform", platform)
+            .append_pair("$top", "1");
+        let list: List<AgentPackage> = self.get_json(org, "packages", url).await?;
+        list.value
+            .into_iter()
+            .find(|p| !p.version.is_prerelease)
+            .ok_or_else(|| Error::NotFound(format!("a released agent package for {platform} in {org}")))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, org: &OrgUrl, endpoint: &'static str, url: url::Url) -> Result<T> {
+        let authorization = self.auth.authorization().await?;
+        let started = Instant::now();
+        let sent = self
+            .http
+            .get(url.as_str())
+            .header(header::AUTHORIZATION, authorization.secret())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await;
+        self.metrics
+            .ado_request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(started.elapsed().as_secs_f64());
+        let org_label = org.to_string();
+        let count = |code: String| {
+            self.metrics
+                .ado_requests
+                .get_or_create(&AdoRequestLabels { org: org_label.clone(), endpoint, code })
+                .inc();
+        };
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                count("error".into());
+                return Err(Error::Transport {
+                    org: org_label.clone(),
+                    reason: describe_transport_error(&e),
+                });
+            }
+        };
+        let status = response.status();
+        count(status.as_u16().to_string());
+        let rate = rate_limit(response.headers());
+        if let Some(remaining) = rate.remaining {
+            self.metrics
+                .rate_limit_remaining
+                .get_or_create(&OrgLabels { org: org_label.clone() })
+                .set(remaining);
+        }
+        if let Some(err) = status_error(org, endpoint, status, response.headers(), &url) {
+            return Err(err);
+        }
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+        if !is_json {
+            // ADO's answer to an identity it does not know: 203 + an HTML sign-in page.
+            return Err(Error::NotAccepted {
+                org: org_label,
+                status: status.as_u16(),
+                what: "a sign-in page instead of JSON",
+            });
+        }
+        let bytes = response.bytes().await.map_err(|e| Error::Transport {
+            org: org_label.clone(),
+            reason: describe_transport_error(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            org: org_label,
+            endpoint,
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn status_error(
+    org: &OrgUrl,
+    endpoint: &'static str,
+    status: StatusCode,
+    headers: &header::HeaderMap,
+    url: &url::Url,
+) -> Option<Error> {
+    let org_s = org.to_string();
+    Some(match status.as_u16() {
+        200..=299 => return None,
+        300..=399 | 401 => Error::NotAccepted {
+            org: org_s,
+            status: status.as_u16(),
+            what: if status == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else {
+                "a redirect to sign-in"
+            },
+        },
+        403 => Error::Forbidden { org: org_s, resource: url.path().to_owned() },
+        404 => Error::NotFound(format!("{} at {org_s}", url.path())),
+        429 => Error::RateLimited { org: org_s, retry_after: retry_after(headers) },
+        code => Error::Upstream { org: org_s, endpoint, status: code },
+    })
+}
+
+/// `Retry-After` in seconds (ADO sends seconds); a minute when absent or unreadable.
+pub fn retry_after(headers: &header::HeaderMap) -> Duration {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+fn rate_limit(headers: &header::HeaderMap) -> RateLimit {
+    let num = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    RateLimit {
+        remaining: num("x-ratelimit-remaining"),
+        limit: num("x-ratelimit-limit"),
+        reset_epoch: num("x-ratelimit-reset"),
+    }
+}
+
+/// The error chain without the URL (reqwest puts the URL first; the chain has the cause).
+fn describe_transport_error(e: &reqwest::Error) -> String {
+    let mut out = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_urls_are_normalised() {
+        let a = OrgUrl::parse("https://dev.azure.com/Contoso/").unwrap();
+        assert_eq!(a.to_string(), "https://dev.azure.com/Contoso");
+        assert_eq!(
+            a.join("_apis/distributedtask/pools").as_str(),
+            "https://dev.azure.com/Contoso/_apis/distributedtask/pools"
+        );
+        let b = OrgUrl::parse("https://CONTOSO.visualstudio.com").unwrap();
+        assert_eq!(b.to_string(), "https://contoso.visualstudio.com");
+        assert_eq!(b.join("/_apis/x").as_str(), "https://contoso.visualstudio.com/_apis/x");
+        assert!(OrgUrl::parse("ftp://x").is_err());
+        assert!(OrgUrl::parse("https://u:p@dev.azure.com/x").is_err());
+        assert!(OrgUrl::parse("https://dev.azure.com/x?a=1").is_err());
+        assert!(OrgUrl::parse("dev.azure.com/x").is_err());
+        assert!(OrgUrl::parse("http://127.0.0.1:8080/o").unwrap().is_loopback());
+        assert!(OrgUrl::parse("http://[::1]:8080/o").unwrap().is_loopback());
+        assert!(!OrgUrl::parse("http://10.0.0.1/o").unwrap().is_loopback());
+    }
+
+    #[test]
+    fn retry_after_defaults_to_a_minute() {
+        let mut h = header::HeaderMap::new();
+        assert_eq!(retry_after(&h), Duration::from_secs(60));
+        h.insert(header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Duration::from_secs(7));
+    }
+}

@@ -1,0 +1,153 @@
+//! Serde models of the Azure DevOps distributed-task REST resources we read.
+//!
+//! Only the fields we use are typed; everything is optional where ADO omits it,
+//! so a new or missing field never breaks a poll.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// ADO's list envelope: `{"count": n, "value": [...]}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct List<T> {
+    #[serde(default)]
+    pub count: usize,
+    pub value: Vec<T>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool {
+    pub id: u32,
+    pub name: String,
+    #[serde(default)]
+    pub is_hosted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_type: Option<String>,
+    #[serde(default)]
+    pub size: u32,
+}
+
+/// A reference to an agent as embedded in job requests (`reservedAgent`, `matchedAgents`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRef {
+    pub id: u32,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// A full agent as listed by `…/pools/{id}/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub id: u32,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub created_on: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub system_capabilities: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub user_capabilities: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedRef {
+    #[serde(default)]
+    pub id: u64,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// One element of `…/pools/{id}/jobrequests`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRequest {
+    pub request_id: u64,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub queue_time: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub assign_time: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub receive_time: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub demands: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_agents: Option<Vec<AgentRef>>,
+    #[serde(default)]
+    pub matches_all_agents_in_pool: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_agent: Option<AgentRef>,
+    #[serde(default)]
+    pub pool_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<NamedRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<NamedRef>,
+}
+
+/// One element of `…/distributedtask/packages/agent`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPackage {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    pub platform: String,
+    pub download_url: String,
+    #[serde(default)]
+    pub filename: String,
+    pub version: PackageVersion,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    #[serde(default)]
+    pub is_prerelease: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_job_request_as_ado_sends_it() {
+        let body = r#"{"count":1,"value":[{"requestId":4711,"queueTime":"2026-11-26T05:00:00.123Z",
+          "serviceOwner":"x","hostId":"y","planType":"Build","planId":"p","jobId":"j",
+          "demands":["Agent.Version -gtVersion 3.248.0","maven"],
+          "matchedAgents":[{"_links":{},"id":3,"name":"tmpl","version":"4.1","enabled":true,"status":"offline"}],
+          "matchesAllAgentsInPool":false,"poolId":9,"priority":0,"data":{"ParallelismTag":"Private"},
+          "definition":{"_links":{},"id":12,"name":"ci"},"owner":{"_links":{},"id":34,"name":"20261126.1"}}]}"#;
+        let list: List<JobRequest> = serde_json::from_str(body).unwrap();
+        let job = &list.value[0];
+        assert_eq!(job.request_id, 4711);
+        assert_eq!(job.demands.len(), 2);
+        assert!(job.assign_time.is_none() && job.result.is_none());
+        assert_eq!(job.matched_agents.as_ref().unwrap()[0].name, "tmpl");
+        assert_eq!(job.definition.as_ref().unwrap().name, "ci");
+    }
+}

@@ -1,0 +1,309 @@
+//! Where ADO credentials come from: workload identity (default), managed identity, or a PAT file
+//! for local development. All of them share the one HTTP client that also talks to ADO, so a
+//! corporate CA configured once (`--ca-file`) covers Entra and ADO alike.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use azure_core::{
+    cloud::{CloudConfiguration, CustomConfiguration},
+    credentials::{Secret, TokenCredential},
+    http::{
+        ClientOptions, Context, Request, Transport,
+        policies::{Policy, PolicyResult},
+    },
+};
+use azure_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use base64::Engine as _;
+
+use crate::{
+    error::{Error, Result},
+    telemetry::Metrics,
+};
+
+/// Entra resource id of Azure DevOps; `/.default` asks for the roles granted to the identity.
+pub const ADO_SCOPE: &str = "499b84ac-1321-427f-aa17-267ca6975798/.default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    WorkloadIdentity,
+    ManagedIdentity,
+    Pat,
+}
+
+/// What the AKS workload-identity webhook injects into a pod.
+#[derive(Debug, Clone)]
+pub struct WorkloadIdentity {
+    pub client_id: String,
+    pub tenant_id: String,
+    pub token_file: PathBuf,
+    /// `AZURE_AUTHORITY_HOST`; Azure public cloud when absent.
+    pub authority_host: Option<String>,
+}
+
+impl WorkloadIdentity {
+    /// Reads the webhook's variables through `var`, naming the first one missing.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let need = |name: &str| {
+            var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                Error::Config(format!(
+                    "{name} is not set: is the pod labelled azure.workload.identity/use=true and its \
+                     service account annotated with azure.workload.identity/client-id?"
+                ))
+            })
+        };
+        Ok(Self {
+            client_id: need("AZURE_CLIENT_ID")?,
+            tenant_id: need("AZURE_TENANT_ID")?,
+            token_file: need("AZURE_FEDERATED_TOKEN_FILE")?.into(),
+            authority_host: var("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty()),
+        })
+    }
+
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// The resolved choice of credential.
+#[derive(Debug, Clone)]
+pub enum AuthSettings {
+    WorkloadIdentity(WorkloadIdentity),
+    /// A user-assigned identity by client id, or the system-assigned one.
+    ManagedIdentity { client_id: Option<String> },
+    Pat { file: PathBuf },
+}
+
+impl AuthSettings {
+    /// Resolves `mode` from the process environment (the webhook's variables, `--pat-file`).
+    pub fn from_env(mode: AuthMode, pat_file: Option<PathBuf>) -> Result<Self> {
+        match mode {
+            AuthMode::WorkloadIdentity => Ok(Self::WorkloadIdentity(WorkloadIdentity::from_env()?)),
+            AuthMode::ManagedIdentity => Ok(Self::ManagedIdentity {
+                client_id: std::env::var("AZURE_CLIENT_ID").ok().filter(|v| !v.is_empty()),
+            }),
+            AuthMode::Pat => pat_file
+                .map(|file| Self::Pat { file })
+                .ok_or_else(|| Error::Config("--auth pat needs --pat-file".into())),
+        }
+    }
+}
+
+/// Builds the HTTP client shared by ADO calls and token requests.
+///
+/// Redirects are not followed: ADO redirects an unaccepted caller to a sign-in page, and a
+/// bearer token must never be replayed to wherever a redirect points.
+pub fn http_client(extra_roots_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("ado-scaler/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(pem) = extra_roots_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Config(format!("--ca-file: not a PEM bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Config("--ca-file: no certificate in the file".into()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
+/// Reads `--ca-file`, naming the path on failure.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("--ca-file {}: {e}", path.display())))
+}
+
+/// Gives out `Authorization` header values for ADO.
+///
+/// Entra tokens come from azure_identity's cache, which refreshes them five minutes before
+/// expiry: polls cost no token request.
+#[derive(Clone)]
+pub struct TokenSource {
+    inner: Inner,
+    identity: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Credential(Arc<dyn TokenCredential>),
+    Basic(Secret),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    pub fn new(
+        settings: &AuthSettings,
+        http: &reqwest::Client,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self> {
+        let client_options = || {
+            let mut options = ClientOptions::default();
+            options.transport = Some(Transport::new(Arc::new(http.clone())));
+            if let Some(metrics) = &metrics {
+                options.per_call_policies.push(Arc::new(CountTokenRequests(metrics.clone())));
+            }
+            options
+        };
+        let token_err = |e: azure_core::Error| Error::Token(e.to_string());
+        match settings {
+            AuthSettings::WorkloadIdentity(wi) => {
+                let mut credential_options = azure_identity::ClientAssertionCredentialOptions {
+                    client_options: client_options(),
+                };
+                if let Some(host) = &wi.authority_host {
+                    let mut custom = CustomConfiguration::default();
+                    custom.authority_host = host.clone();
+                    credential_options.client_options.cloud =
+                        Some(Arc::new(CloudConfiguration::Custom(custom)));
+                }
+                let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                    credential_options,
+                    client_id: Some(wi.client_id.clone()),
+                    tenant_id: Some(wi.tenant_id.clone()),
+                    token_file_path: Some(wi.token_file.clone()),
+                    ..Default::default()
+                }))
+                .map_err(token_err)?;
+                Ok(Self {
+                    inner: Inner::Credential(credential),
+                    identity: format!("workload-identity:{}", wi.client_id).into(),
+                })
+            }
+            AuthSettings::ManagedIdentity { client_id } => {
+                let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                    client_options: client_options(),
+                    ..Default::default()
+                }))
+                .map_err(token_err)?;
+                Ok(Self {
+                    inner: Inner::Credential(credential),
+                    identity: format!(
+                        "managed-identity:{}",
+                        client_id.as_deref().unwrap_or("system")
+                    )
+                    .into(),
+                })
+            }
+            AuthSettings::Pat { file } => {
+                let pat = std::fs::read_to_string(file)
+                    .map_err(|e| Error::Config(format!("--pat-file {}: {e}", file.display())))?;
+                let pat = pat.trim();
+                if pat.is_empty() {
+                    return Err(Error::Config(format!("--pat-file {} is empty", file.display())));
+                }
+                Ok(Self {
+                    inner: Inner::Basic(Secret::new(
+                        base64::engine::general_purpose::STANDARD.encode(format!(":{pat}")),
+                    )),
+                    identity: "pat".into(),
+                })
+            }
+        }
+    }
+
+    /// A stable name of the identity, for cache keys and logs (never the secret).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The raw Entra access token (for the agent's `config.sh`); `None` for PAT auth.
+    pub async fn access_token(&self) -> Result<Option<Secret>> {
+        match &self.inner {
+            Inner::Credential(c) => c
+                .get_token(&[ADO_SCOPE], None)
+                .await
+                .map(|t| Some(t.token))
+                .map_err(|e| Error::Token(e.to_string())),
+            Inner::Basic(_) => Ok(None),
+        }
+    }
+
+    /// The value of the `Authorization` header for one ADO request.
+    pub async fn authorization(&self) -> Result<Secret> {
+        match &self.inner {
+            Inner::Credential(_) => {
+                let token = self.access_token().await?.expect("credential yields a token");
+                Ok(Secret::new(format!("Bearer {}", token.secret())))
+            }
+            Inner::Basic(b) => Ok(Secret::new(format!("Basic {}", b.secret()))),
+        }
+    }
+}
+
+/// Counts real token requests (cache misses), so a token storm shows up on the dashboard.
+#[derive(Debug)]
+struct CountTokenRequests(Arc<Metrics>);
+
+#[async_trait::async_trait]
+impl Policy for CountTokenRequests {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let response = next[0].send(ctx, request, &next[1..]).await;
+        let ok = matches!(&response, Ok(r) if r.status().is_success());
+        self.0.token_request(ok);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_identity_names_the_missing_variable() {
+        let env = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| set.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let err = WorkloadIdentity::from_lookup(env(&[("AZURE_CLIENT_ID", "c")])).unwrap_err();
+        assert!(err.to_string().contains("AZURE_TENANT_ID"), "{err}");
+        let err = WorkloadIdentity::from_lookup(env(&[
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_FEDERATED_TOKEN_FILE", ""),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"), "{err}");
+        let wi = WorkloadIdentity::from_lookup(env(&[
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+        ]))
+        .unwrap();
+        assert_eq!(wi.authority_host, None);
+    }
+
+    #[tokio::test]
+    async fn pat_is_sent_as_basic_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("ado-scaler-pat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pat");
+        std::fs::write(&file, "sekrit-pat\n").unwrap();
+        let http = http_client(None).unwrap();
+        let source = TokenSource::new(&AuthSettings::Pat { file }, &http, None).unwrap();
+        let header = source.authorization().await.unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode(":sekrit-pat");
+        assert_eq!(header.secret(), format!("Basic {expected}"));
+        assert!(!format!("{source:?} {header:?}").contains("sekrit"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_certificate() {
+        let err = http_client(Some(b"not a pem")).unwrap_err();
+        assert!(err.to_string().contains("--ca-file"), "{err}");
+    }
+}

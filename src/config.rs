@@ -1,0 +1,91 @@
+//! Command line. Every flag is also an environment variable, so manifests can use either.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{auth::AuthMode, scaler::allowlist::DEFAULT_ALLOWED_ORGS, telemetry::LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "ado-scaler", version, about = "KEDA external scaler for ephemeral Azure DevOps agents, with no PAT")]
+pub struct Cli {
+    /// Log output format; the level comes from RUST_LOG.
+    #[arg(long, env = "ADO_SCALER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve KEDA's external-scaler gRPC API.
+    Serve(ServeArgs),
+    /// Run the whole loop (Entra, ADO, scaler, KEDA, agents) on this machine, simulated.
+    Demo(DemoArgs),
+}
+
+/// How to authenticate to Azure DevOps.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Credential: workload identity (AKS), managed identity, or a PAT file (development only).
+    #[arg(long, env = "ADO_SCALER_AUTH", value_enum, default_value_t = AuthMode::WorkloadIdentity)]
+    pub auth: AuthMode,
+
+    /// File holding a PAT; only with --auth pat.
+    #[arg(long, env = "ADO_SCALER_PAT_FILE")]
+    pub pat_file: Option<PathBuf>,
+
+    /// Extra PEM roots trusted for ADO and Entra (corporate CAs); system roots stay trusted.
+    #[arg(long, env = "ADO_SCALER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// KEDA-facing gRPC and grpc.health.v1.
+    #[arg(long, env = "ADO_SCALER_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: SocketAddr,
+
+    /// /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADO_SCALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Organisation URLs trigger metadata may name; `*` matches one host label or path segment.
+    #[arg(long, env = "ADO_SCALER_ALLOWED_ORGS", value_delimiter = ',', default_value = DEFAULT_ALLOWED_ORGS)]
+    pub allowed_orgs: Vec<String>,
+
+    /// One job-requests call per pool per interval.
+    #[arg(long, env = "ADO_SCALER_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub poll_interval: Duration,
+
+    /// How old the last good poll may be before calls fail with UNAVAILABLE.
+    #[arg(long, env = "ADO_SCALER_MAX_STALENESS", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub max_staleness: Duration,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How long new pipeline jobs keep arriving; the demo then drains the queue.
+    #[arg(long, env = "ADO_SCALER_DEMO_DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub duration: Duration,
+
+    /// Arrival rate of simulated pipeline jobs.
+    #[arg(long, env = "ADO_SCALER_DEMO_JOBS_PER_MINUTE", default_value_t = 60)]
+    pub jobs_per_minute: u32,
+
+    /// Number of ScaledJobs (each with its own demand) polling the same pool.
+    #[arg(long, env = "ADO_SCALER_DEMO_SCALED_JOBS", default_value_t = 1)]
+    pub scaled_jobs: u32,
+
+    /// The triggers' teardownWindow.
+    #[arg(long, env = "ADO_SCALER_DEMO_TEARDOWN_WINDOW", value_parser = humantime::parse_duration, default_value = "3s")]
+    pub teardown_window: Duration,
+
+    /// Print no live table, only the summary.
+    #[arg(long, env = "ADO_SCALER_DEMO_QUIET")]
+    pub quiet: bool,
+}

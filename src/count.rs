@@ -1,0 +1,448 @@
+//! Which job requests count for a trigger. Pure: no I/O, no clock reads.
+//!
+//! The poller turns each ADO snapshot into [`Job`]s once; every trigger on the
+//! pool then filters the same slice with its own [`Filter`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ado::models::JobRequest;
+
+/// A demand such as `maven`, `java -equals 17` or `Agent.OS -equals Linux`,
+/// parsed so that spacing and operator case do not decide whether two demands
+/// are the same (KEDA compares the raw strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    name: String,
+    /// `(operator, value)`; `None` for a bare capability name or `-exists`.
+    condition: Option<(String, String)>,
+}
+
+impl Demand {
+    /// Parses one demand; `None` for an empty string.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let mut words = raw.split_whitespace();
+        let name = words.next()?.to_owned();
+        let condition = match words.next() {
+            None => None,
+            Some(op) => {
+                let op = op.trim_start_matches('-').to_ascii_lowercase();
+                let value = words.collect::<Vec<_>>().join(" ");
+                (op != "exists").then_some((op, value))
+            }
+        };
+        Some(Self { name, condition })
+    }
+
+    /// ADO adds `Agent.Version -gtVersion x` to every job; an ephemeral agent
+    /// from our image always satisfies it, so it must not decide a match.
+    fn is_agent_version(&self) -> bool {
+        self.name
+            .get(..13)
+            .is_some_and(|p| p.eq_ignore_ascii_case("agent.version"))
+    }
+
+    fn same(&self, other: &Self, case_insensitive: bool) -> bool {
+        let eq = |a: &str, b: &str| {
+            if case_insensitive {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        eq(&self.name, &other.name)
+            && match (&self.condition, &other.condition) {
+                (None, None) => true,
+                (Some((op_a, va)), Some((op_b, vb))) => op_a == op_b && eq(va, vb),
+                _ => false,
+            }
+    }
+}
+
+impl std::fmt::Display for Demand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.condition {
+            None => f.write_str(&self.name),
+            Some((op, value)) => write!(f, "{} -{op} {value}", self.name),
+        }
+    }
+}
+
+/// Parses a comma list of demands, trimming items and dropping empty ones and `Agent.Version`.
+pub fn parse_demands<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<Demand> {
+    items
+        .into_iter()
+        .filter_map(Demand::parse)
+        .filter(|d| !d.is_agent_version())
+        .collect()
+}
+
+/// The part of a job request that counting needs, extracted once per poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub request_id: u64,
+    pub demands: Vec<Demand>,
+    pub matches_all_agents: bool,
+    pub matched_agents: Vec<String>,
+    /// The agent the job is assigned to; `None` while it is queued.
+    pub reserved_agent: Option<String>,
+    pub queue_time: Option<time::OffsetDateTime>,
+    pub assign_time: Option<time::OffsetDateTime>,
+}
+
+impl Job {
+    /// `None` for a finished request (ADO sometimes lists them despite `completedRequestCount=0`).
+    pub fn from_request(req: &JobRequest) -> Option<Self> {
+        if req.result.is_some() || req.finish_time.is_some() {
+            return None;
+        }
+        let assigned = req.assign_time.is_some() || req.reserved_agent.is_some();
+        Some(Self {
+            request_id: req.request_id,
+            demands: parse_demands(req.demands.iter().map(String::as_str)),
+            matches_all_agents: req.matches_all_agents_in_pool,
+            matched_agents: req
+                .matched_agents
+                .iter()
+                .flatten()
+                .map(|a| a.name.clone())
+                .collect(),
+            reserved_agent: assigned.then(|| {
+                req.reserved_agent
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default()
+            }),
+            queue_time: req.queue_time,
+            assign_time: req.assign_time,
+        })
+    }
+
+    pub fn is_queued(&self) -> bool {
+        self.reserved_agent.is_none()
+    }
+}
+
+/// A job that was in flight at one poll and finished or vanished by a later one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Departed {
+    pub job: Job,
+    /// When the poller noticed the departure.
+    pub left_at: Instant,
+}
+
+/// How a trigger's demands are compared with a job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DemandRule {
+    /// Every job demand is among the trigger's (a job with no demands matches).
+    #[default]
+    JobSubsetOfTrigger,
+    /// `requireAllDemands`: the two sets are equal.
+    Equal,
+    /// `requireAllDemandsAndIgnoreOthers`: every trigger demand is among the job's.
+    TriggerSubsetOfJob,
+}
+
+/// One trigger's view of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub demands: Vec<Demand>,
+    pub rule: DemandRule,
+    pub case_insensitive: bool,
+    /// Template agent: when set, demands are ignored and ADO's own matching decides.
+    pub parent: Option<String>,
+    pub scale_on_in_flight: bool,
+    pub agent_name_prefix: Option<String>,
+    pub teardown_window: Duration,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self {
+            demands: Vec::new(),
+            rule: DemandRule::default(),
+            case_insensitive: false,
+            parent: None,
+            scale_on_in_flight: true,
+            agent_name_prefix: None,
+            teardown_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A trigger's value, split by where each counted job stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub tearing_down: u64,
+}
+
+impl Counted {
+    pub fn total(&self) -> u64 {
+        self.queued + self.in_flight + self.tearing_down
+    }
+}
+
+/// Why a job does not match a trigger, for the `check` command and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The job needs a demand the trigger does not offer.
+    JobDemandNotOffered(String),
+    /// The trigger requires a demand the job lacks.
+    TriggerDemandMissing(String),
+    /// `parent` is not among the agents ADO matched for the job.
+    ParentNotMatched(String),
+}
+
+impl Filter {
+    /// `Ok` when the trigger's agents can run `job`, otherwise the first reason they cannot.
+    pub fn check(&self, job: &Job) -> Result<(), Mismatch> {
+        if let Some(parent) = &self.parent {
+            return if job.matches_all_agents || job.matched_agents.iter().any(|a| a == parent) {
+                Ok(())
+            } else {
+                Err(Mismatch::ParentNotMatched(parent.clone()))
+            };
+        }
+        if self.demands.is_empty() {
+            return Ok(());
+        }
+        let ci = self.case_insensitive;
+        let missing_in = |needles: &[Demand], hay: &[Demand]| {
+            needles
+                .iter()
+                .find(|n| !hay.iter().any(|h| h.same(n, ci)))
+                .map(ToString::to_string)
+        };
+        let job_not_offered = || missing_in(&job.demands, &self.demands);
+        let trigger_missing = || missing_in(&self.demands, &job.demands);
+        let failure = match self.rule {
+            DemandRule::JobSubsetOfTrigger => job_not_offered().map(Mismatch::JobDemandNotOffered),
+            DemandRule::TriggerSubsetOfJob => trigger_missing().map(Mismatch::TriggerDemandMissing),
+            DemandRule::Equal => job_not_offered()
+                .map(Mismatch::JobDemandNotOffered)
+                .or_else(|| trigger_missing().map(Mismatch::TriggerDemandMissing)),
+        };
+        failure.map_or(Ok(()), Err)
+    }
+
+    pub fn matches(&self, job: &Job) -> bool {
+        self.check(job).is_ok()
+    }
+
+    fn on_our_agent(&self, job: &Job) -> bool {
+        match (&self.agent_name_prefix, &job.reserved_agent) {
+            (None, _) => true,
+            (Some(prefix), Some(agent)) => agent.starts_with(prefix.as_str()),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The trigger's value at `now`: matching queued jobs, plus (with `scaleOnInFlight`)
+    /// matching jobs on our agents that are running or left that state less than
+    /// `teardown_window` ago.
+    pub fn count(&self, jobs: &[Job], departed: &[Departed], now: Instant) -> Counted {
+        let mut counted = Counted::default();
+        for job in jobs.iter().filter(|j| self.matches(j)) {
+            if job.is_queued() {
+                counted.queued += 1;
+            } else if self.scale_on_in_flight && self.on_our_agent(job) {
+                counted.in_flight += 1;
+            }
+        }
+        if self.scale_on_in_flight && !self.teardown_window.is_zero() {
+            counted.tearing_down = departed
+                .iter()
+                .filter(|d| now.saturating_duration_since(d.left_at) < self.teardown_window)
+                .filter(|d| self.on_our_agent(&d.job) && self.matches(&d.job))
+                .count() as u64;
+        }
+        counted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, demands: &[&str], agent: Option<&str>) -> Job {
+        Job {
+            request_id: id,
+            demands: parse_demands(demands.iter().copied()),
+            matches_all_agents: false,
+            matched_agents: vec![],
+            reserved_agent: agent.map(str::to_owned),
+            queue_time: None,
+            assign_time: None,
+        }
+    }
+
+    fn filter(demands: &[&str], rule: DemandRule, ci: bool) -> Filter {
+        Filter {
+            demands: parse_demands(demands.iter().copied()),
+            rule,
+            case_insensitive: ci,
+            ..Filter::default()
+        }
+    }
+
+    #[test]
+    fn parses_demands() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("maven", Some("maven")),
+            ("  java   -equals   17 ", Some("java -equals 17")),
+            ("Agent.OS -Equals Linux", Some("Agent.OS -equals Linux")),
+            ("docker -exists", Some("docker")),
+            ("", None),
+            ("   ", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                Demand::parse(raw).map(|d| d.to_string()).as_deref(),
+                *want,
+                "{raw:?}"
+            );
+        }
+        let list = parse_demands("maven, Agent.Version -gtVersion 3.0 ,agent.version -gtVersion 2, ,java"
+            .split(','));
+        assert_eq!(
+            list.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["maven", "java"]
+        );
+    }
+
+    #[test]
+    fn demand_rules_table() {
+        use DemandRule::*;
+        // (trigger demands, rule, case-insensitive, job demands, matches)
+        let table: &[(&[&str], DemandRule, bool, &[&str], bool)] = &[
+            // No trigger demands: every job counts, as in KEDA.
+            (&[], JobSubsetOfTrigger, false, &["maven"], true),
+            (&[], Equal, false, &["maven"], true),
+            // Default: job demands must all be offered by the trigger.
+            (&["maven", "java"], JobSubsetOfTrigger, false, &["maven"], true),
+            (&["maven"], JobSubsetOfTrigger, false, &["maven", "java"], false),
+            (&["maven"], JobSubsetOfTrigger, false, &[], true),
+            // Agent.Version is removed from both sides.
+            (&["maven"], JobSubsetOfTrigger, false, &["maven", "Agent.Version -gtVersion 3.1"], true),
+            (&["maven", "Agent.Version -gtVersion 9"], Equal, false, &["maven"], true),
+            // Spacing and operator case do not matter; value case does unless asked.
+            (&["java -equals 17"], JobSubsetOfTrigger, false, &["java  -EQUALS 17"], true),
+            (&["Maven"], JobSubsetOfTrigger, false, &["maven"], false),
+            (&["Maven"], JobSubsetOfTrigger, true, &["maven"], true),
+            (&["java -equals JDK17"], JobSubsetOfTrigger, true, &["JAVA -equals jdk17"], true),
+            // requireAllDemands: sets equal.
+            (&["maven", "java"], Equal, false, &["java", "maven"], true),
+            (&["maven", "java"], Equal, false, &["maven"], false),
+            (&["maven"], Equal, false, &["maven", "java"], false),
+            // requireAllDemandsAndIgnoreOthers: trigger demands all present in the job.
+            (&["maven"], TriggerSubsetOfJob, false, &["maven", "java"], true),
+            (&["maven", "gpu"], TriggerSubsetOfJob, false, &["maven", "java"], false),
+            (&["maven"], TriggerSubsetOfJob, false, &[], false),
+            // A different condition is a different demand.
+            (&["java -equals 17"], JobSubsetOfTrigger, false, &["java -equals 21"], false),
+            (&["java"], JobSubsetOfTrigger, false, &["java -equals 21"], false),
+        ];
+        for (i, (t, rule, ci, j, want)) in table.iter().enumerate() {
+            let f = filter(t, *rule, *ci);
+            assert_eq!(f.matches(&job(1, j, None)), *want, "row {i}: {t:?} {rule:?} ci={ci} vs {j:?}");
+        }
+    }
+
+    #[test]
+    fn mismatch_names_the_failing_demand() {
+        let f = filter(&["maven"], DemandRule::JobSubsetOfTrigger, false);
+        assert_eq!(
+            f.check(&job(1, &["maven", "gpu"], None)),
+            Err(Mismatch::JobDemandNotOffered("gpu".into()))
+        );
+        let f = filter(&["maven", "gpu"], DemandRule::TriggerSubsetOfJob, false);
+        assert_eq!(
+            f.check(&job(1, &["maven"], None)),
+            Err(Mismatch::TriggerDemandMissing("gpu".into()))
+        );
+    }
+
+    #[test]
+    fn parent_uses_ado_matching_and_ignores_demands() {
+        let f = Filter {
+            parent: Some("template".into()),
+            demands: parse_demands(["nothing-matches-this"]),
+            ..Filter::default()
+        };
+        let mut j = job(1, &["maven"], None);
+        assert!(!f.matches(&j));
+        j.matched_agents = vec!["other".into(), "template".into()];
+        assert!(f.matches(&j));
+        j.matched_agents.clear();
+        j.matches_all_agents = true;
+        assert!(f.matches(&j));
+    }
+
+    #[test]
+    fn in_flight_and_teardown_counting() {
+        let now = Instant::now();
+        let jobs = vec![
+            job(1, &[], None),
+            job(2, &[], None),
+            job(3, &[], Some("agents-abc")),
+            job(4, &[], Some("other-pool-agent")),
+        ];
+        let departed = vec![
+            Departed { job: job(5, &[], Some("agents-x")), left_at: now - Duration::from_secs(2) },
+            Departed { job: job(6, &[], Some("agents-y")), left_at: now - Duration::from_secs(20) },
+            Departed { job: job(7, &[], Some("stranger")), left_at: now - Duration::from_secs(1) },
+        ];
+        // (scaleOnInFlight, prefix, window, expected queued/in-flight/tearing-down)
+        let table: &[(bool, Option<&str>, u64, (u64, u64, u64))] = &[
+            (false, None, 10, (2, 0, 0)),
+            (true, None, 10, (2, 2, 2)),
+            (true, Some("agents-"), 10, (2, 1, 1)),
+            (true, Some("agents-"), 0, (2, 1, 0)),
+            (true, Some("agents-"), 30, (2, 1, 2)),
+            (true, Some("nobody"), 30, (2, 0, 0)),
+        ];
+        for (on, prefix, window, (q, i, t)) in table {
+            let f = Filter {
+                scale_on_in_flight: *on,
+                agent_name_prefix: prefix.map(str::to_owned),
+                teardown_window: Duration::from_secs(*window),
+                ..Filter::default()
+            };
+            let c = f.count(&jobs, &departed, now);
+            assert_eq!((c.queued, c.in_flight, c.tearing_down), (*q, *i, *t), "{on} {prefix:?} {window}");
+            assert_eq!(c.total(), q + i + t);
+        }
+    }
+
+    #[test]
+    fn demands_filter_applies_to_in_flight_and_departed_too() {
+        let now = Instant::now();
+        let f = filter(&["maven"], DemandRule::JobSubsetOfTrigger, false);
+        let jobs = vec![job(1, &["gpu"], None), job(2, &["gpu"], Some("a")), job(3, &["maven"], Some("a"))];
+        let departed = vec![Departed { job: job(4, &["gpu"], Some("a")), left_at: now }];
+        assert_eq!(f.count(&jobs, &departed, now), Counted { queued: 0, in_flight: 1, tearing_down: 0 });
+    }
+
+    #[test]
+    fn finished_requests_are_not_jobs() {
+        let mut req: JobRequest = serde_json::from_value(serde_json::json!({
+            "requestId": 1, "demands": ["maven"], "queueTime": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let j = Job::from_request(&req).unwrap();
+        assert!(j.is_queued());
+        req.assign_time = req.queue_time;
+        req.reserved_agent = Some(crate::ado::models::AgentRef {
+            id: 1, name: "a1".into(), version: None, status: None, enabled: None,
+        });
+        assert_eq!(Job::from_request(&req).unwrap().reserved_agent.as_deref(), Some("a1"));
+        req.result = Some("succeeded".into());
+        assert!(Job::from_request(&req).is_none());
+        req.result = None;
+        req.finish_time = req.queue_time;
+        assert!(Job::from_request(&req).is_none());
+    }
+}

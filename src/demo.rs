@@ -1,0 +1,2 @@
+//! demo
+pub async fn run(_args: crate::config::DemoArgs) -> crate::Result<()> { Ok(()) }

@@ -1,0 +1,147 @@
+//! One error type for the library, and its single mapping onto gRPC status codes.
+//!
+//! Messages name the offending field or upstream condition but never carry a
+//! token, a federated assertion, or an upstream response body.
+
+use std::time::Duration;
+
+/// Everything that can go wrong between a KEDA call and Azure DevOps.
+///
+/// `Clone` because a failed poll is shared by every caller waiting on that pool.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("trigger metadata `{key}`: {reason}")]
+    InvalidMetadata { key: &'static str, reason: String },
+
+    #[error(
+        "organisation {org} is not in --allowed-orgs; add it to the scaler's allowlist to serve this trigger"
+    )]
+    OrgNotAllowed { org: String },
+
+    #[error("could not get an Entra token for Azure DevOps: {0}")]
+    Token(String),
+
+    #[error(
+        "Azure DevOps at {org} did not accept the scaler's identity (HTTP {status}, {what}): \
+         the identity is probably not added to the organisation, or the token is for another tenant"
+    )]
+    NotAccepted {
+        org: String,
+        status: u16,
+        what: &'static str,
+    },
+
+    #[error("Azure DevOps at {org} denied access to {resource} (HTTP 403): give the identity a role on the agent pool")]
+    Forbidden { org: String, resource: String },
+
+    #[error("{0} not found")]
+    NotFound(String),
+
+    #[error("agent pool name `{name}` matches {count} pools; use poolID")]
+    AmbiguousPool { name: String, count: usize },
+
+    #[error("Azure DevOps at {org} is rate limiting this identity (HTTP 429); retry after {retry_after:?}")]
+    RateLimited { org: String, retry_after: Duration },
+
+    #[error("Azure DevOps at {org} answered HTTP {status} for {endpoint}")]
+    Upstream {
+        org: String,
+        endpoint: &'static str,
+        status: u16,
+    },
+
+    #[error("request to {org} failed: {reason}")]
+    Transport { org: String, reason: String },
+
+    #[error("unexpected response from {org} for {endpoint}: {reason}")]
+    Decode {
+        org: String,
+        endpoint: &'static str,
+        reason: String,
+    },
+
+    #[error("queue data for pool {pool} is {age:?} old (limit {limit:?}); last error: {last_error}")]
+    Stale {
+        pool: String,
+        age: Duration,
+        limit: Duration,
+        last_error: String,
+    },
+
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::InvalidMetadata { .. } => Code::InvalidArgument,
+            Error::OrgNotAllowed { .. } | Error::Forbidden { .. } => Code::PermissionDenied,
+            Error::Token(_) | Error::NotAccepted { .. } => Code::Unauthenticated,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AmbiguousPool { .. } => Code::FailedPrecondition,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::Upstream { .. } | Error::Transport { .. } | Error::Stale { .. } => {
+                Code::Unavailable
+            }
+            Error::Decode { .. } | Error::Config(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn maps_to_grpc_codes() {
+        let cases = [
+            (
+                Error::InvalidMetadata {
+                    key: "poolName",
+                    reason: "x".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::OrgNotAllowed { org: "o".into() },
+                Code::PermissionDenied,
+            ),
+            (
+                Error::NotAccepted {
+                    org: "o".into(),
+                    status: 203,
+                    what: "sign-in page",
+                },
+                Code::Unauthenticated,
+            ),
+            (Error::NotFound("pool".into()), Code::NotFound),
+            (
+                Error::AmbiguousPool {
+                    name: "p".into(),
+                    count: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Upstream {
+                    org: "o".into(),
+                    endpoint: "jobrequests",
+                    status: 503,
+                },
+                Code::Unavailable,
+            ),
+        ];
+        for (err, code) in cases {
+            let msg = err.to_string();
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code, "{msg}");
+            assert_eq!(status.message(), msg);
+        }
+    }
+}

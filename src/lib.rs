@@ -1,0 +1,91 @@
+//! ado-scaler: autoscale ephemeral Azure DevOps agents on Kubernetes through KEDA, with no PAT.
+//!
+//! The data path, one module per step:
+//!
+//! - [`scaler`]: KEDA's external-scaler gRPC service; parses trigger metadata, answers from
+//! - [`poller`]: one background poll per pool, shared by every trigger on it, using
+//! - [`ado`]: the Azure DevOps REST client and its serde models; each trigger's value comes from
+//! - [`count`]: the pure rules of which job requests count (demands, states, teardown).
+//!
+//! Around it: [`auth`] (workload identity, managed identity, PAT file), [`telemetry`]
+//! (logging, Prometheus registry), [`config`] (the CLI), [`sim`] (simulated Entra and ADO
+//! used by the demo, tests and benchmarks) and [`demo`] (the whole loop with a KEDA emulator).
+
+#![forbid(unsafe_code)]
+
+pub mod ado;
+pub mod auth;
+pub mod config;
+pub mod count;
+pub mod demo;
+pub mod error;
+pub mod poller;
+pub mod scaler;
+pub mod sim;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+use config::{Cli, Command, ServeArgs};
+use tokio::net::TcpListener;
+
+/// Runs the command line's subcommand to completion.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => run_serve(args).await,
+        Command::Demo(args) => demo::run(args).await.map(|_| ()),
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let settings = serve_settings(&args)?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))
+    };
+    let grpc = bind(args.grpc_addr).await?;
+    let http = bind(args.http_addr).await?;
+    scaler::server::serve(settings, grpc, http, shutdown_signal()).await
+}
+
+/// Validates the `serve` flags into settings.
+pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings> {
+    if args.poll_interval.is_zero() {
+        return Err(Error::Config("--poll-interval must be greater than 0".into()));
+    }
+    if args.max_staleness < args.poll_interval {
+        return Err(Error::Config("--max-staleness must be at least --poll-interval".into()));
+    }
+    if args.auth.pat_file.is_some() && args.auth.auth != auth::AuthMode::Pat {
+        return Err(Error::Config("--pat-file is only used with --auth pat".into()));
+    }
+    let allowlist = scaler::allowlist::OrgAllowlist::parse(&args.allowed_orgs).map_err(Error::Config)?;
+    let ca = args.auth.ca_file.as_deref().map(auth::read_ca_file).transpose()?;
+    Ok(scaler::server::ServeSettings {
+        allowlist,
+        poller: poller::PollerSettings {
+            interval: args.poll_interval,
+            max_staleness: args.max_staleness,
+            ..Default::default()
+        },
+        auth: auth::AuthSettings::from_env(args.auth.auth, args.auth.pat_file.clone())?,
+        http: auth::http_client(ca.as_deref())?,
+    })
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,353 @@
+//! Shared per-pool watchers: however many triggers ask about a pool, one background task
+//! polls its job requests once per interval and every caller counts from the same snapshot.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{OnceCell, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ado::{AdoClient, OrgUrl, models::JobRequest},
+    count::{Departed, Job},
+    error::{Error, Result},
+    telemetry::{Metrics, PoolLabels, QueueLabels},
+};
+
+/// The longest `teardownWindow` a trigger may ask for; departed jobs are kept this long.
+pub const MAX_TEARDOWN_WINDOW: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy)]
+pub struct PollerSettings {
+    pub interval: Duration,
+    pub max_staleness: Duration,
+    /// A watcher nobody asked about for this long stops polling.
+    pub idle_timeout: Duration,
+    /// Upper bound of the backoff after failed polls.
+    pub max_backoff: Duration,
+}
+
+impl Default for PollerSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A pool as seen by one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub org: OrgUrl,
+    pub pool_id: u32,
+    pub identity: Arc<str>,
+}
+
+/// One successful poll, parsed once.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub fetched_at: Instant,
+    /// Unfinished job requests.
+    pub jobs: Vec<Job>,
+    /// Jobs that left the in-flight state within [`MAX_TEARDOWN_WINDOW`].
+    pub departed: Vec<Departed>,
+}
+
+impl Snapshot {
+    /// Builds the next snapshot from a poll, noticing which in-flight jobs have since
+    /// finished or vanished: their agents are still tearing down.
+    pub fn next(previous: Option<&Snapshot>, requests: &[JobRequest], now: Instant) -> Self {
+        let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
+        let mut departed = Vec::new();
+        if let Some(prev) = previous {
+            departed.extend(
+                prev.departed
+                    .iter()
+                    .filter(|d| now.saturating_duration_since(d.left_at) < MAX_TEARDOWN_WINDOW)
+                    .cloned(),
+            );
+            let unfinished: HashSet<u64> = jobs.iter().map(|j| j.request_id).collect();
+            let finished_here: HashMap<u64, &JobRequest> = requests
+                .iter()
+                .filter(|r| r.result.is_some() || r.finish_time.is_some())
+                .map(|r| (r.request_id, r))
+                .collect();
+            for old in prev.jobs.iter().filter(|j| !unfinished.contains(&j.request_id)) {
+                // A queued job that finished between two polls still had an agent; ADO's
+                // finished record names it. One that vanished while queued was cancelled.
+                let agent = old.reserved_agent.clone().or_else(|| {
+                    finished_here
+                        .get(&old.request_id)
+                        .and_then(|r| r.reserved_agent.as_ref())
+                        .map(|a| a.name.clone())
+                });
+                if let Some(agent) = agent {
+                    let mut job = old.clone();
+                    job.reserved_agent = Some(agent);
+                    departed.push(Departed { job, left_at: now });
+                }
+            }
+        }
+        Self { fetched_at: now, jobs, departed }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.jobs.iter().filter(|j| j.is_queued()).count()
+    }
+}
+
+/// What callers of a pool see: the last good snapshot and the last error since it.
+#[derive(Debug, Clone, Default)]
+pub struct PoolState {
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub error: Option<Error>,
+}
+
+impl PoolState {
+    /// The snapshot if it is fresh enough, the reason if not, `None` before the first poll ends.
+    pub fn usable(&self, key: &PoolKey, max_staleness: Duration, now: Instant) -> Option<Result<Arc<Snapshot>>> {
+        match (&self.snapshot, &self.error) {
+            (Some(s), _) if now.saturating_duration_since(s.fetched_at) <= max_staleness => Some(Ok(s.clone())),
+            (Some(s), err) => Some(Err(Error::Stale {
+                pool: format!("{} #{}", key.org, key.pool_id),
+                age: now.saturating_duration_since(s.fetched_at),
+                limit: max_staleness,
+                last_error: err.as_ref().map_or_else(|| "none".into(), ToString::to_string),
+            })),
+            (None, Some(err)) => Some(Err(err.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+struct Watcher {
+    state: watch::Sender<PoolState>,
+    last_used: Mutex<Instant>,
+    labels: PoolLabels,
+}
+
+/// Cheap to clone; all clones share the watchers.
+#[derive(Clone)]
+pub struct Poller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ado: AdoClient,
+    settings: PollerSettings,
+    metrics: Arc<Metrics>,
+    watchers: Mutex<HashMap<PoolKey, Arc<Watcher>>>,
+    pool_ids: Mutex<HashMap<(OrgUrl, String), Arc<OnceCell<u32>>>>,
+    shutdown: CancellationToken,
+}
+
+impl Poller {
+    pub fn new(ado: AdoClient, settings: PollerSettings, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                ado,
+                settings,
+                metrics,
+                watchers: Mutex::default(),
+                pool_ids: Mutex::default(),
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &PollerSettings {
+        &self.inner.settings
+    }
+
+    pub fn identity(&self) -> Arc<str> {
+        self.inner.ado.identity().into()
+    }
+
+    /// Resolves a pool name once per organisation; concurrent first callers share one request,
+    /// and a failure is not cached.
+    pub async fn pool_id(&self, org: &OrgUrl, name: &str) -> Result<u32> {
+        let cell = {
+            let mut ids = self.inner.pool_ids.lock().expect("pool id cache poisoned");
+            ids.entry((org.clone(), name.to_owned())).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            let pool = self.inner.ado.find_pool(org, name).await?;
+            tracing::info!(%org, pool = name, pool_id = pool.id, "resolved agent pool");
+            Ok(pool.id)
+        })
+        .await
+        .copied()
+    }
+
+    /// The current snapshot of a pool, starting its watcher if needed. A cold pool's first
+    /// callers all wait for the same first poll.
+    pub async fn snapshot(&self, key: &PoolKey, pool_label: &str) -> Result<Arc<Snapshot>> {
+        let mut rx = self.subscribe(key, pool_label);
+        loop {
+            if let Some(result) = rx.borrow_and_update().usable(key, self.inner.settings.max_staleness, Instant::now()) {
+                return result;
+            }
+            rx.changed()
+                .await
+                .map_err(|_| Error::Config("the scaler is shutting down".into()))?;
+        }
+    }
+
+    /// A receiver that sees every poll of the pool; while it lives the watcher keeps polling.
+    pub fn subscribe(&self, key: &PoolKey, pool_label: &str) -> watch::Receiver<PoolState> {
+        let mut watchers = self.inner.watchers.lock().expect("watchers poisoned");
+        let watcher = watchers
+            .entry(key.clone())
+            .or_insert_with(|| self.spawn_watcher(key.clone(), pool_label))
+            .clone();
+        *watcher.last_used.lock().expect("last_used poisoned") = Instant::now();
+        watcher.state.subscribe()
+    }
+
+    /// Sets each pool's `poll_age_seconds`; called before each scrape so the gauge is current.
+    pub fn update_age_gauges(&self) {
+        let now = Instant::now();
+        let watchers = self.inner.watchers.lock().expect("watchers poisoned");
+        for watcher in watchers.values() {
+            if let Some(s) = &watcher.state.borrow().snapshot {
+                self.inner
+                    .metrics
+                    .poll_age_seconds
+                    .get_or_create(&watcher.labels)
+                    .set(now.saturating_duration_since(s.fetched_at).as_secs_f64());
+            }
+        }
+    }
+
+    /// Number of pools being polled.
+    pub fn watched_pools(&self) -> usize {
+        self.inner.watchers.lock().expect("watchers poisoned").len()
+    }
+
+    fn spawn_watcher(&self, key: PoolKey, pool_label: &str) -> Arc<Watcher> {
+        let watcher = Arc::new(Watcher {
+            state: watch::Sender::new(PoolState::default()),
+            last_used: Mutex::new(Instant::now()),
+            labels: PoolLabels { org: key.org.to_string(), pool: pool_label.to_owned() },
+        });
+        tracing::info!(org = %key.org, pool = pool_label, "start polling pool");
+        tokio::spawn(poll_loop(self.inner.clone(), key, watcher.clone()));
+        watcher
+    }
+}
+
+async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
+    let settings = inner.settings;
+    let mut failures: u32 = 0;
+    loop {
+        let result = inner.ado.job_requests(&key.org, key.pool_id).await;
+        let now = Instant::now();
+        let delay = match result {
+            Ok(requests) => {
+                failures = 0;
+                let previous = watcher.state.borrow().snapshot.clone();
+                let snapshot = Snapshot::next(previous.as_deref(), &requests, now);
+                publish_queue_gauges(&inner.metrics, &watcher.labels, &snapshot);
+                watcher.state.send_replace(PoolState { snapshot: Some(Arc::new(snapshot)), error: None });
+                settings.interval
+            }
+            Err(err) => {
+                failures += 1;
+                let delay = match &err {
+                    Error::RateLimited { retry_after, .. } => (*retry_after).max(settings.interval),
+                    _ => backoff(settings.interval, failures, settings.max_backoff),
+                };
+                tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, retry_in = ?delay, "poll failed");
+                watcher.state.send_modify(|s| s.error = Some(err));
+                delay
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = inner.shutdown.cancelled() => return,
+        }
+        let mut watchers = inner.watchers.lock().expect("watchers poisoned");
+        let idle = watcher.last_used.lock().expect("last_used poisoned").elapsed() > settings.idle_timeout;
+        // Our own `state` sender does not count; any receiver is a caller or a stream.
+        if idle && watcher.state.receiver_count() == 0 {
+            if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
+                watchers.remove(&key);
+            }
+            tracing::info!(org = %key.org, pool = %watcher.labels.pool, "stop polling idle pool");
+            return;
+        }
+    }
+}
+
+fn publish_queue_gauges(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snapshot) {
+    let queued = snapshot.queued() as i64;
+    let in_flight = snapshot.jobs.len() as i64 - queued;
+    for (state, value) in [("queued", queued), ("in_flight", in_flight)] {
+        metrics
+            .queue_jobs
+            .get_or_create(&QueueLabels { org: labels.org.clone(), pool: labels.pool.clone(), state })
+            .set(value);
+    }
+}
+
+/// `interval · 2^(failures-1)`, capped.
+fn backoff(interval: Duration, failures: u32, cap: Duration) -> Duration {
+    interval.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(cap.max(interval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64, agent: Option<&str>, finished: bool) -> JobRequest {
+        let mut v = serde_json::json!({ "requestId": id, "queueTime": "2026-01-01T00:00:00Z" });
+        if let Some(a) = agent {
+            v["assignTime"] = "2026-01-01T00:00:01Z".into();
+            v["reservedAgent"] = serde_json::json!({ "id": 1, "name": a });
+        }
+        if finished {
+            v["result"] = "succeeded".into();
+            v["finishTime"] = "2026-01-01T00:00:02Z".into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn departures_are_seen_between_polls() {
+        let t0 = Instant::now();
+        let s0 = Snapshot::next(None, &[request(1, None, false), request(2, Some("a"), false), request(3, None, false), request(4, None, false)], t0);
+        assert_eq!(s0.queued(), 3);
+        assert!(s0.departed.is_empty());
+        let t1 = t0 + Duration::from_secs(5);
+        // 1: picked up and finished between polls (listed finished), 2: vanished while in flight,
+        // 3: vanished while queued (cancelled), 4: still queued.
+        let s1 = Snapshot::next(Some(&s0), &[request(1, Some("b"), true), request(4, None, false)], t1);
+        let mut gone: Vec<_> = s1.departed.iter().map(|d| (d.job.request_id, d.job.reserved_agent.clone().unwrap(), d.left_at)).collect();
+        gone.sort();
+        assert_eq!(gone, vec![(1, "b".into(), t1), (2, "a".into(), t1)]);
+        assert_eq!(s1.jobs.len(), 1);
+        // Departed jobs survive later polls until MAX_TEARDOWN_WINDOW.
+        let s2 = Snapshot::next(Some(&s1), &[], t1 + Duration::from_secs(1));
+        assert_eq!(s2.departed.len(), 2);
+        let s3 = Snapshot::next(Some(&s2), &[], t1 + MAX_TEARDOWN_WINDOW);
+        assert!(s3.departed.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_secs(5);
+        let cap = Duration::from_secs(60);
+        let got: Vec<u64> = (1..=6).map(|f| backoff(i, f, cap).as_secs()).collect();
+        assert_eq!(got, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(backoff(i, 1000, cap).as_secs(), 60);
+    }
+}

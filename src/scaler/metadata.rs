@@ -1,0 +1,283 @@
+//! Trigger metadata, compatible with KEDA's `azure-pipelines` scaler so that a migration is a
+//! change of `type:`. Every error names the key and the bad value.
+
+use std::{collections::HashMap, sync::Once, time::Duration};
+
+use crate::{
+    ado::OrgUrl,
+    count::{DemandRule, Filter, parse_demands},
+    error::{Error, Result},
+    poller::MAX_TEARDOWN_WINDOW,
+    scaler::allowlist::OrgAllowlist,
+};
+
+/// A pool by name (resolved through the pools API) or by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolRef {
+    Name(String),
+    Id(u32),
+}
+
+impl PoolRef {
+    /// The label used in metrics and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Name(n) => n.clone(),
+            Self::Id(id) => id.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub org: OrgUrl,
+    pub pool: PoolRef,
+    pub target: i64,
+    pub activation: i64,
+    pub filter: Filter,
+}
+
+impl Trigger {
+    /// KEDA's metric name for this trigger (KEDA adds its own `sN-` prefix).
+    pub fn metric_name(&self) -> String {
+        let pool: String = self
+            .pool
+            .label()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        format!("ado-pool-{pool}")
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidMetadata { key, reason: reason.into() }
+}
+
+fn non_empty<'a>(meta: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    meta.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+fn boolean(meta: &HashMap<String, String>, key: &'static str, default: bool) -> Result<bool> {
+    match non_empty(meta, key) {
+        None => Ok(default),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(invalid(key, format!("{v:?} is not true or false"))),
+    }
+}
+
+fn integer(meta: &HashMap<String, String>, key: &'static str, default: i64, min: i64) -> Result<i64> {
+    match non_empty(meta, key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= min => Ok(n),
+            Ok(n) => Err(invalid(key, format!("{n} must be at least {min}"))),
+            Err(_) => Err(invalid(key, format!("{v:?} is not a whole number"))),
+        },
+    }
+}
+
+static IGNORED_KEYS_LOGGED: Once = Once::new();
+
+/// Parses and validates one trigger's metadata. Unknown keys (KEDA adds `scalerAddress`) are ignored.
+pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result<Trigger> {
+    for key in ["personalAccessToken", "personalAccessTokenFromEnv"] {
+        if meta.contains_key(key) {
+            return Err(invalid(
+                if key == "personalAccessToken" { "personalAccessToken" } else { "personalAccessTokenFromEnv" },
+                "not accepted: ado-scaler authenticates with its own workload identity; remove the PAT from the trigger",
+            ));
+        }
+    }
+
+    let (org_key, raw_org) = match non_empty(meta, "organizationURL") {
+        Some(v) => ("organizationURL", v),
+        None => match non_empty(meta, "organizationURLFromEnv") {
+            Some(v) => ("organizationURLFromEnv", v),
+            None => return Err(invalid("organizationURL", "missing (set organizationURL or organizationURLFromEnv)")),
+        },
+    };
+    let org = OrgUrl::parse(raw_org).map_err(|e| invalid(if org_key == "organizationURL" { "organizationURL" } else { "organizationURLFromEnv" }, e))?;
+    if !allowlist.allows(&org) {
+        return Err(Error::OrgNotAllowed { org: org.to_string() });
+    }
+    if org.url().scheme() == "http" && !org.is_loopback() {
+        return Err(Error::OrgNotAllowed { org: org.to_string() });
+    }
+
+    let pool = match (non_empty(meta, "poolName"), non_empty(meta, "poolID")) {
+        (Some(name), _) => PoolRef::Name(name.to_owned()),
+        (None, Some(id)) => PoolRef::Id(id.parse::<u32>().map_err(|_| invalid("poolID", format!("{id:?} is not a pool id")))?),
+        (None, None) => return Err(invalid("poolName", "missing (set poolName or poolID)")),
+    };
+
+    let target = integer(meta, "targetPipelinesQueueLength", 1, 1)?;
+    let activation = integer(meta, "activationTargetPipelinesQueueLength", 0, 0)?;
+
+    let require_all = boolean(meta, "requireAllDemands", false)?;
+    let require_all_ignore_others = boolean(meta, "requireAllDemandsAndIgnoreOthers", false)?;
+    let rule = match (require_all, require_all_ignore_others) {
+        (_, true) => DemandRule::TriggerSubsetOfJob,
+        (true, false) => DemandRule::Equal,
+        (false, false) => DemandRule::JobSubsetOfTrigger,
+    };
+    let parent = non_empty(meta, "parent").map(str::to_owned);
+    let demands = match (&parent, meta.get("demands")) {
+        (None, Some(list)) => parse_demands(list.split(',')),
+        _ => Vec::new(),
+    };
+
+    let teardown_window = match non_empty(meta, "teardownWindow") {
+        None => Duration::from_secs(10),
+        Some(v) => {
+            let d = humantime::parse_duration(v).map_err(|e| invalid("teardownWindow", format!("{v:?}: {e}")))?;
+            if d > MAX_TEARDOWN_WINDOW {
+                return Err(invalid("teardownWindow", format!("{v:?} is longer than {MAX_TEARDOWN_WINDOW:?}")));
+            }
+            d
+        }
+    };
+
+    if meta.contains_key("jobsToFetch") || meta.contains_key("fetchUnfinishedJobsOnly") {
+        IGNORED_KEYS_LOGGED.call_once(|| {
+            tracing::info!("trigger keys jobsToFetch and fetchUnfinishedJobsOnly are ignored: ado-scaler always reads every unfinished request");
+        });
+    }
+
+    Ok(Trigger {
+        org,
+        pool,
+        target,
+        activation,
+        filter: Filter {
+            demands,
+            rule,
+            case_insensitive: boolean(meta, "caseInsensitiveDemandsProcessing", false)?,
+            parent,
+            scale_on_in_flight: boolean(meta, "scaleOnInFlight", true)?,
+            agent_name_prefix: non_empty(meta, "agentNamePrefix").map(str::to_owned),
+            teardown_window,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = [("organizationURL", "https://dev.azure.com/contoso"), ("poolName", "linux")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in pairs {
+            if v.is_empty() {
+                m.remove(*k);
+            } else {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+        m
+    }
+
+    fn err_key(pairs: &[(&str, &str)]) -> (&'static str, String) {
+        match parse(&meta(pairs), &OrgAllowlist::default_cloud()) {
+            Err(Error::InvalidMetadata { key, reason }) => (key, reason),
+            other => panic!("{pairs:?}: expected InvalidMetadata, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let t = parse(&meta(&[("scalerAddress", "x:9090")]), &OrgAllowlist::default_cloud()).unwrap();
+        assert_eq!(t.pool, PoolRef::Name("linux".into()));
+        assert_eq!((t.target, t.activation), (1, 0));
+        assert_eq!(t.filter, Filter::default());
+        assert_eq!(t.metric_name(), "ado-pool-linux");
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let table: &[(&[(&str, &str)], &str, &str)] = &[
+            (&[("organizationURL", "")], "organizationURL", "missing"),
+            (&[("organizationURL", "not a url")], "organizationURL", "not a URL"),
+            (&[("organizationURL", ""), ("organizationURLFromEnv", "ftp://x")], "organizationURLFromEnv", "https"),
+            (&[("poolName", "")], "poolName", "missing"),
+            (&[("poolName", ""), ("poolID", "abc")], "poolID", "\"abc\""),
+            (&[("targetPipelinesQueueLength", "0")], "targetPipelinesQueueLength", "at least 1"),
+            (&[("targetPipelinesQueueLength", "x")], "targetPipelinesQueueLength", "\"x\""),
+            (&[("activationTargetPipelinesQueueLength", "-1")], "activationTargetPipelinesQueueLength", "at least 0"),
+            (&[("requireAllDemands", "yes")], "requireAllDemands", "\"yes\""),
+            (&[("requireAllDemandsAndIgnoreOthers", "1")], "requireAllDemandsAndIgnoreOthers", "\"1\""),
+            (&[("caseInsensitiveDemandsProcessing", "maybe")], "caseInsensitiveDemandsProcessing", "\"maybe\""),
+            (&[("scaleOnInFlight", "on")], "scaleOnInFlight", "\"on\""),
+            (&[("teardownWindow", "soon")], "teardownWindow", "\"soon\""),
+            (&[("teardownWindow", "1h")], "teardownWindow", "longer"),
+            (&[("personalAccessToken", "abc")], "personalAccessToken", "own workload identity"),
+            (&[("personalAccessTokenFromEnv", "abc")], "personalAccessTokenFromEnv", "own workload identity"),
+        ];
+        for (pairs, key, fragment) in table {
+            let (k, reason) = err_key(pairs);
+            assert_eq!(k, *key, "{pairs:?}");
+            assert!(reason.contains(fragment), "{pairs:?}: {reason}");
+            let status = tonic::Status::from(Error::InvalidMetadata { key: k, reason: reason.clone() });
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(key));
+        }
+        // A PAT value is never echoed.
+        let (_, reason) = err_key(&[("personalAccessToken", "sekrit")]);
+        assert!(!reason.contains("sekrit"));
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let t = parse(
+            &meta(&[
+                ("poolName", ""),
+                ("poolID", "42"),
+                ("organizationURL", "https://Contoso.visualstudio.com/"),
+                ("targetPipelinesQueueLength", "2"),
+                ("activationTargetPipelinesQueueLength", "3"),
+                ("demands", " maven , java -equals 17,,"),
+                ("requireAllDemands", "TRUE"),
+                ("caseInsensitiveDemandsProcessing", "True"),
+                ("scaleOnInFlight", "false"),
+                ("agentNamePrefix", "agents-"),
+                ("teardownWindow", "3s"),
+                ("jobsToFetch", "300"),
+            ]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
+        assert_eq!(t.org.to_string(), "https://contoso.visualstudio.com");
+        assert_eq!(t.pool, PoolRef::Id(42));
+        assert_eq!((t.target, t.activation), (2, 3));
+        assert_eq!(t.filter.demands.iter().map(ToString::to_string).collect::<Vec<_>>(), ["maven", "java -equals 17"]);
+        assert_eq!(t.filter.rule, DemandRule::Equal);
+        assert!(t.filter.case_insensitive && !t.filter.scale_on_in_flight);
+        assert_eq!(t.filter.agent_name_prefix.as_deref(), Some("agents-"));
+        assert_eq!(t.filter.teardown_window, Duration::from_secs(3));
+
+        let t = parse(&meta(&[("requireAllDemandsAndIgnoreOthers", "true"), ("teardownWindow", "0s")]), &OrgAllowlist::default_cloud()).unwrap();
+        assert_eq!(t.filter.rule, DemandRule::TriggerSubsetOfJob);
+        assert!(t.filter.teardown_window.is_zero());
+        let t = parse(&meta(&[("parent", "template"), ("demands", "maven")]), &OrgAllowlist::default_cloud()).unwrap();
+        assert_eq!(t.filter.parent.as_deref(), Some("template"));
+        assert!(t.filter.demands.is_empty(), "parent ignores demands");
+        let t = parse(&meta(&[("organizationURL", ""), ("organizationURLFromEnv", "https://dev.azure.com/x")]), &OrgAllowlist::default_cloud()).unwrap();
+        assert_eq!(t.org.to_string(), "https://dev.azure.com/x");
+    }
+
+    #[test]
+    fn organisation_must_be_allowed() {
+        let cloud = OrgAllowlist::default_cloud();
+        for org in ["https://evil.example/contoso", "http://dev.azure.com/contoso", "http://127.0.0.1:9/o"] {
+            let err = parse(&meta(&[("organizationURL", org)]), &cloud).unwrap_err();
+            assert!(matches!(err, Error::OrgNotAllowed { .. }), "{org}: {err:?}");
+            assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+        }
+        let local = OrgAllowlist::parse(&["http://127.0.0.1:9/o"]).unwrap();
+        assert!(parse(&meta(&[("organizationURL", "http://127.0.0.1:9/o")]), &local).is_ok());
+    }
+}

@@ -1,0 +1,257 @@
+//! The KEDA external-scaler gRPC service: metadata in, queue length out.
+
+pub mod allowlist;
+pub mod metadata;
+pub mod server;
+
+/// Generated from `proto/externalscaler.proto`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("externalscaler");
+}
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    count::Counted,
+    error::{Error, Result},
+    poller::{PoolKey, Poller},
+    telemetry::{GrpcLabels, MethodLabels, Metrics, TriggerLabels},
+};
+use allowlist::OrgAllowlist;
+use metadata::{PoolRef, Trigger};
+use proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+    ScaledObjectRef, external_scaler_server::ExternalScaler,
+};
+
+/// Answers KEDA from the poller's shared snapshots.
+#[derive(Clone)]
+pub struct ScalerService {
+    poller: Poller,
+    allowlist: Arc<OrgAllowlist>,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the server stops: ends open streams so that shutdown can drain.
+    streams_end: CancellationToken,
+}
+
+/// A trigger, the pool it resolved to, and its value.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub trigger: Trigger,
+    pub counted: Counted,
+}
+
+impl ScalerService {
+    pub fn new(poller: Poller, allowlist: OrgAllowlist, metrics: Arc<Metrics>, streams_end: CancellationToken) -> Self {
+        Self { poller, allowlist: Arc::new(allowlist), metrics, streams_end }
+    }
+
+    async fn pool_key(&self, trigger: &Trigger) -> Result<PoolKey> {
+        let pool_id = match &trigger.pool {
+            PoolRef::Id(id) => *id,
+            PoolRef::Name(name) => self.poller.pool_id(&trigger.org, name).await?,
+        };
+        Ok(PoolKey { org: trigger.org.clone(), pool_id, identity: self.poller.identity() })
+    }
+
+    /// Parses the trigger and counts it against the pool's current snapshot.
+    pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
+        let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
+        let key = self.pool_key(&trigger).await?;
+        let snapshot = self.poller.snapshot(&key, &trigger.pool.label()).await?;
+        let counted = trigger.filter.count(&snapshot.jobs, &snapshot.departed, Instant::now());
+        self.record_value(r, &trigger, counted.total());
+        Ok(Evaluation { trigger, counted })
+    }
+
+    fn record_value(&self, r: &ScaledObjectRef, trigger: &Trigger, value: u64) {
+        self.metrics
+            .trigger_value
+            .get_or_create(&TriggerLabels { namespace: r.namespace.clone(), name: r.name.clone(), pool: trigger.pool.label() })
+            .set(value as i64);
+    }
+
+    fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "OK".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics.grpc_requests.get_or_create(&GrpcLabels { method, code }).inc();
+        self.metrics
+            .grpc_request_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(status) = result {
+            tracing::warn!(method, code = ?status.code(), message = status.message(), "request failed");
+        }
+    }
+
+    fn metric_spec(trigger: &Trigger) -> GetMetricSpecResponse {
+        GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: trigger.metric_name(),
+                target_size: trigger.target,
+                target_size_float: trigger.target as f64,
+            }],
+        }
+    }
+}
+
+type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Decrements `active_streams` when a stream task ends, however it ends.
+struct StreamGuard(Arc<Metrics>);
+
+impl StreamGuard {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.active_streams.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalScaler for ScalerService {
+    async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .evaluate(request.get_ref())
+            .await
+            .map(|e| Response::new(IsActiveResponse { result: e.counted.total() as i64 > e.trigger.activation }))
+            .map_err(Status::from);
+        self.observe("IsActive", started, &result);
+        result
+    }
+
+    type StreamIsActiveStream = StreamOf<IsActiveResponse>;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let started = Instant::now();
+        let opened = async {
+            let r = request.into_inner();
+            let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
+            let key = self.pool_key(&trigger).await?;
+            Ok::<_, Error>((r, trigger, key))
+        }
+        .await
+        .map_err(Status::from);
+        self.observe("StreamIsActive", started, &opened);
+        let (r, trigger, key) = opened?;
+
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = StreamGuard::new(&this.metrics);
+            let mut state = this.poller.subscribe(&key, &trigger.pool.label());
+            let max_staleness = this.poller.settings().max_staleness;
+            let mut last_sent: Option<bool> = None;
+            loop {
+                let usable = state.borrow_and_update().usable(&key, max_staleness, Instant::now());
+                match usable {
+                    Some(Ok(snapshot)) => {
+                        let value = trigger.filter.count(&snapshot.jobs, &snapshot.departed, Instant::now()).total();
+                        this.record_value(&r, &trigger, value);
+                        let active = value as i64 > trigger.activation;
+                        if last_sent != Some(active) {
+                            if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                                return;
+                            }
+                            last_sent = Some(active);
+                        }
+                    }
+                    Some(Err(err)) => {
+                        // End the stream; KEDA reopens it and meanwhile falls back to polling.
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                    None => {}
+                }
+                tokio::select! {
+                    changed = state.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = this.streams_end.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metric_spec(&self, request: Request<ScaledObjectRef>) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let started = Instant::now();
+        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
+            .map(|t| Response::new(Self::metric_spec(&t)))
+            .map_err(Status::from);
+        self.observe("GetMetricSpec", started, &result);
+        result
+    }
+
+    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            let r = request
+                .scaled_object_ref
+                .ok_or_else(|| Error::InvalidMetadata { key: "scaledObjectRef", reason: "missing".into() })?;
+            let evaluation = self.evaluate(&r).await?;
+            let value = evaluation.counted.total();
+            tracing::debug!(
+                namespace = r.namespace, name = r.name, value,
+                queued = evaluation.counted.queued, in_flight = evaluation.counted.in_flight,
+                tearing_down = evaluation.counted.tearing_down, "metric"
+            );
+            // KEDA strips its `sN-` prefix before asking; answer with the name it asked for.
+            Ok::<_, Error>(Response::new(GetMetricsResponse {
+                metric_values: vec![MetricValue {
+                    metric_name: request.metric_name.clone(),
+                    metric_value: value as i64,
+                    metric_value_float: value as f64,
+                }],
+            }))
+        }
+        .await
+        .map_err(Status::from);
+        self.observe("GetMetrics", started, &result);
+        result
+    }
+
+    type StreamMetricSpecStream = StreamOf<GetMetricSpecResponse>;
+
+    async fn stream_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        let started = Instant::now();
+        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist).map_err(Status::from);
+        self.observe("StreamMetricSpec", started, &result);
+        let spec = Self::metric_spec(&result?);
+        let (tx, rx) = mpsc::channel(1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = StreamGuard::new(&this.metrics);
+            if tx.send(Ok(spec)).await.is_err() {
+                return;
+            }
+            // The spec only changes with the metadata, which reopens the stream.
+            tokio::select! {
+                () = tx.closed() => {}
+                () = this.streams_end.cancelled() => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,129 @@
+//! Wires auth, ADO client, poller and the gRPC + HTTP listeners together, and shuts them down
+//! in order: readiness and health go NOT_SERVING, streams end, in-flight calls finish.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ado::AdoClient,
+    auth::{AuthSettings, TokenSource},
+    error::{Error, Result},
+    poller::{Poller, PollerSettings},
+    scaler::{ScalerService, allowlist::OrgAllowlist, proto::external_scaler_server::ExternalScalerServer},
+    telemetry::Metrics,
+};
+
+/// Everything `serve` needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub allowlist: OrgAllowlist,
+    pub poller: PollerSettings,
+    pub auth: AuthSettings,
+    /// The shared HTTP client (with `--ca-file` roots) for ADO and Entra.
+    pub http: reqwest::Client,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    poller: Poller,
+    ready: Arc<AtomicBool>,
+}
+
+/// Runs the scaler on two bound listeners until `shutdown` resolves, then drains.
+pub async fn serve(
+    settings: ServeSettings,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let token = TokenSource::new(&settings.auth, &settings.http, Some(metrics.clone()))?;
+    if matches!(settings.auth, AuthSettings::Pat { .. }) {
+        tracing::warn!("authenticating with a PAT file: for local development only; use workload identity in clusters");
+    }
+    let ado = AdoClient::new(settings.http.clone(), token, metrics.clone());
+    let stop_polling = CancellationToken::new();
+    let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
+    let streams_end = CancellationToken::new();
+    let service = ScalerService::new(poller.clone(), settings.allowlist, metrics.clone(), streams_end.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ExternalScalerServer<ScalerService>>().await;
+    let ready = Arc::new(AtomicBool::new(true));
+
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    tokio::spawn({
+        let (stop, ready, streams_end, health) = (stop.clone(), ready.clone(), streams_end.clone(), health.clone());
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: health NOT_SERVING, draining calls");
+            ready.store(false, Ordering::SeqCst);
+            health.set_not_serving::<ExternalScalerServer<ScalerService>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            streams_end.cancel();
+        }
+    });
+
+    let grpc_addr = grpc.local_addr().ok();
+    let http_addr = http.local_addr().ok();
+    tracing::info!(?grpc_addr, ?http_addr, "ado-scaler serving");
+
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(HttpState { metrics, poller, ready });
+    let http_server = axum::serve(http, app).with_graceful_shutdown({
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    });
+
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ExternalScalerServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        });
+
+    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    stop_polling.cancel();
+    grpc_result.map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
+    http_result.map_err(|e| Error::Config(format!("HTTP server: {e}")))?;
+    tracing::info!("ado-scaler stopped");
+    Ok(())
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    state.poller.update_age_gauges();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    }
+}

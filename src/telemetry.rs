@@ -1,0 +1,214 @@
+//! Logging setup and the one Prometheus registry every component reports into.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub org: String,
+    pub pool: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub namespace: String,
+    pub name: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdoRequestLabels {
+    pub org: String,
+    pub endpoint: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub org: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgLabels {
+    pub org: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+/// All metric families of the scaler, registered in one registry under `ado_scaler_`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub queue_jobs: Family<QueueLabels, Gauge>,
+    pub trigger_value: Family<TriggerLabels, Gauge>,
+    pub poll_age_seconds: Family<PoolLabels, Gauge<f64, AtomicU64>>,
+    pub token_requests: Family<ResultLabels, Counter>,
+    pub rate_limit_remaining: Family<OrgLabels, Gauge>,
+    pub active_streams: Gauge,
+    pub ado_requests: Family<AdoRequestLabels, Counter>,
+    pub ado_request_duration: Family<EndpointLabels, Histogram>,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_request_duration: Family<MethodLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ado_scaler");
+        let queue_jobs = Family::default();
+        registry.register("queue_jobs", "Unfinished job requests of a pool, by state", queue_jobs.clone());
+        let trigger_value = Family::default();
+        registry.register(
+            "trigger_value",
+            "Last value answered to KEDA for a ScaledJob/ScaledObject trigger",
+            trigger_value.clone(),
+        );
+        let poll_age_seconds = Family::default();
+        registry.register_with_unit(
+            "poll_age",
+            "Age of the last successful job-requests poll of a pool",
+            Unit::Seconds,
+            poll_age_seconds.clone(),
+        );
+        let token_requests = Family::default();
+        registry.register("token_requests", "Token requests sent to Entra (cache misses), by result", token_requests.clone());
+        let rate_limit_remaining = Family::default();
+        registry.register(
+            "rate_limit_remaining",
+            "Last X-RateLimit-Remaining reported by Azure DevOps",
+            rate_limit_remaining.clone(),
+        );
+        let active_streams = Gauge::default();
+        registry.register("active_streams", "Open StreamIsActive/StreamMetricSpec streams", active_streams.clone());
+
+        let ado = registry.sub_registry_with_prefix("ado");
+        let ado_requests = Family::default();
+        ado.register("requests", "Requests sent to Azure DevOps, by endpoint and HTTP status", ado_requests.clone());
+        let ado_request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        ado.register_with_unit(
+            "request_duration",
+            "Latency of Azure DevOps requests",
+            Unit::Seconds,
+            ado_request_duration.clone(),
+        );
+
+        let grpc = registry.sub_registry_with_prefix("grpc");
+        let grpc_requests = Family::default();
+        grpc.register("requests", "KEDA gRPC calls, by method and status code", grpc_requests.clone());
+        let grpc_request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        grpc.register_with_unit(
+            "request_duration",
+            "Latency of KEDA gRPC calls",
+            Unit::Seconds,
+            grpc_request_duration.clone(),
+        );
+
+        Self {
+            registry,
+            queue_jobs,
+            trigger_value,
+            poll_age_seconds,
+            token_requests,
+            rate_limit_remaining,
+            active_streams,
+            ado_requests,
+            ado_request_duration,
+            grpc_requests,
+            grpc_request_duration,
+        }
+    }
+
+    pub fn token_request(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.token_requests.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// OpenMetrics text of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_carry_the_contract_names() {
+        let m = Metrics::new();
+        m.token_request(true);
+        m.ado_requests
+            .get_or_create(&AdoRequestLabels { org: "o".into(), endpoint: "jobrequests", code: "200".into() })
+            .inc();
+        m.grpc_request_duration.get_or_create(&MethodLabels { method: "GetMetrics" }).observe(0.01);
+        m.poll_age_seconds.get_or_create(&PoolLabels { org: "o".into(), pool: "p".into() }).set(1.5);
+        let text = m.encode();
+        for name in [
+            "ado_scaler_token_requests_total{result=\"success\"} 1",
+            "ado_scaler_ado_requests_total{org=\"o\",endpoint=\"jobrequests\",code=\"200\"} 1",
+            "ado_scaler_grpc_request_duration_seconds_bucket{",
+            "ado_scaler_poll_age_seconds{org=\"o\",pool=\"p\"} 1.5",
+            "# HELP ado_scaler_active_streams ",
+            "# EOF",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
