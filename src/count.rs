@@ -43,6 +43,25 @@ impl Demand {
             .is_some_and(|p| p.eq_ignore_ascii_case("agent.version"))
     }
 
+    /// Whether an agent with these capabilities meets the demand, as ADO decides when it
+    /// assigns a job (capability names and `-equals` values compare case-insensitively).
+    pub fn satisfied_by(&self, capabilities: &std::collections::BTreeMap<String, String>) -> bool {
+        if self.is_agent_version() {
+            return true;
+        }
+        let Some(value) = capabilities
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&self.name))
+            .map(|(_, v)| v)
+        else {
+            return false;
+        };
+        match &self.condition {
+            Some((op, wanted)) if op == "equals" => value.eq_ignore_ascii_case(wanted),
+            _ => true,
+        }
+    }
+
     fn same(&self, other: &Self, case_insensitive: bool) -> bool {
         let eq = |a: &str, b: &str| {
             if case_insensitive {
@@ -348,6 +367,23 @@ mod tests {
         for (i, (t, rule, ci, j, want)) in table.iter().enumerate() {
             let f = filter(t, *rule, *ci);
             assert_eq!(f.matches(&job(1, j, None)), *want, "row {i}: {t:?} {rule:?} ci={ci} vs {j:?}");
+        }
+    }
+
+    #[test]
+    fn agents_satisfy_demands_like_ado() {
+        let caps: std::collections::BTreeMap<String, String> =
+            [("maven", "3.9"), ("Agent.OS", "Linux")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let table = [
+            ("maven", true),
+            ("MAVEN", true),
+            ("Agent.OS -equals linux", true),
+            ("Agent.OS -equals Windows_NT", false),
+            ("java", false),
+            ("Agent.Version -gtVersion 99.0", true),
+        ];
+        for (demand, want) in table {
+            assert_eq!(Demand::parse(demand).unwrap().satisfied_by(&caps), want, "{demand}");
         }
     }
 

@@ -1,0 +1,123 @@
+//! Shared harness: simulated Entra + ADO over TLS, the real scaler on `127.0.0.1:0`, a tonic client.
+#![allow(dead_code)]
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use ado_scaler::{
+    poller::PollerSettings,
+    scaler::{
+        proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
+        server::{ServeSettings, serve},
+    },
+    sim::SimCloud,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub const POOL: &str = "linux";
+
+pub struct Harness {
+    pub sim: SimCloud,
+    pub pool_id: u32,
+    pub client: ExternalScalerClient<Channel>,
+    pub channel: Channel,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<ado_scaler::Result<()>>>,
+}
+
+impl Harness {
+    pub async fn start(interval: Duration) -> Self {
+        Self::start_with(PollerSettings { interval, max_staleness: interval * 20, ..Default::default() }).await
+    }
+
+    pub async fn start_with(poller: PollerSettings) -> Self {
+        let sim = SimCloud::start().await.expect("simulators start");
+        let pool_id = sim.ado.add_pool(POOL);
+        let settings = ServeSettings {
+            allowlist: sim.allowlist(),
+            poller,
+            auth: sim.auth_settings(),
+            http: sim.http_client().unwrap(),
+        };
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(settings, grpc, http, async move {
+            let _ = stopped.await;
+        }));
+        // The listener is bound already, so connecting cannot race the server's start.
+        let channel = Channel::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+        Self {
+            sim,
+            pool_id,
+            client: ExternalScalerClient::new(channel.clone()),
+            channel,
+            grpc_addr,
+            http_addr,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// A ScaledJob reference for the simulated pool, with extra metadata.
+    pub fn scaled_job(&self, name: &str, extra: &[(&str, &str)]) -> ScaledObjectRef {
+        let mut meta: HashMap<String, String> = HashMap::from([
+            ("organizationURL".into(), self.sim.org_url.clone()),
+            ("poolName".into(), POOL.into()),
+            ("scalerAddress".into(), "ado-scaler.ado-scaler:9090".into()),
+        ]);
+        for (k, v) in extra {
+            meta.insert(k.to_string(), v.to_string());
+        }
+        ScaledObjectRef { name: name.into(), namespace: "agents".into(), scaler_metadata: meta }
+    }
+
+    pub async fn metric(&self, r: &ScaledObjectRef) -> Result<i64, tonic::Status> {
+        let mut client = self.client.clone();
+        let response = client
+            .get_metrics(ado_scaler::scaler::proto::GetMetricsRequest {
+                scaled_object_ref: Some(r.clone()),
+                metric_name: "ado-pool-linux".into(),
+            })
+            .await?
+            .into_inner();
+        let value = &response.metric_values[0];
+        assert_eq!(value.metric_name, "ado-pool-linux");
+        assert_eq!(value.metric_value as f64, value.metric_value_float);
+        Ok(value.metric_value)
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.http_addr)).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Stops the server and waits for it to finish draining.
+    pub async fn shutdown(&mut self) -> ado_scaler::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.take().unwrap().await.unwrap()
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

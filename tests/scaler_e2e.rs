@@ -1,0 +1,273 @@
+//! The scaler end to end: simulated Entra + ADO over TLS, the real server, a tonic client.
+
+mod common;
+
+use std::time::Duration;
+
+use ado_scaler::{
+    scaler::proto::{GetMetricsRequest, ScaledObjectRef},
+    sim::{Endpoint, Fault},
+};
+use common::{Harness, eventually};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const FAST: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn value_follows_the_queue() {
+    let h = Harness::start(FAST).await;
+    let sj = h.scaled_job("agents", &[("agentNamePrefix", "agents-"), ("teardownWindow", "0s")]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+
+    let a = h.sim.ado.enqueue(h.pool_id, &[]);
+    let _b = h.sim.ado.enqueue(h.pool_id, &[]);
+    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 2 }).await);
+
+    // Assigned to one of our agents: still counted (the Kubernetes Job still runs).
+    h.sim.ado.assign_next(h.pool_id, "agents-x1", &Default::default()).unwrap();
+    tokio::time::sleep(FAST * 3).await;
+    assert_eq!(h.metric(&sj).await.unwrap(), 2);
+
+    // Assigned to an agent outside our prefix: not ours, so not counted.
+    h.sim.ado.assign_next(h.pool_id, "someone-else", &Default::default()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 1 }).await);
+
+    h.sim.ado.finish(a, "succeeded");
+    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 0 }).await);
+}
+
+#[tokio::test]
+async fn demands_select_jobs() {
+    let h = Harness::start(FAST).await;
+    h.sim.ado.enqueue(h.pool_id, &["maven"]);
+    h.sim.ado.enqueue(h.pool_id, &["gpu"]);
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let maven = h.scaled_job("maven", &[("demands", "maven")]);
+    let gpu = h.scaled_job("gpu", &[("demands", "GPU"), ("caseInsensitiveDemandsProcessing", "true")]);
+    let all = h.scaled_job("all", &[]);
+    assert_eq!(h.metric(&maven).await.unwrap(), 2, "maven job + job without demands");
+    assert_eq!(h.metric(&gpu).await.unwrap(), 2);
+    assert_eq!(h.metric(&all).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn ten_triggers_share_one_poll_and_one_token() {
+    let interval = Duration::from_millis(300);
+    let h = Harness::start(interval).await;
+    h.sim.ado.enqueue(h.pool_id, &["d3"]);
+    let triggers: Vec<ScaledObjectRef> = (0..10)
+        .map(|i| h.scaled_job(&format!("sj-{i}"), &[("demands", &format!("d{i}"))]))
+        .collect();
+
+    // A cold start: ten concurrent callers share the first fetch.
+    let first = futures::future::join_all(triggers.iter().map(|t| h.metric(t))).await;
+    assert_eq!(first.iter().map(|r| *r.as_ref().unwrap()).sum::<i64>(), 1);
+    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), 1, "one fetch for ten cold callers");
+    assert_eq!(h.sim.ado.requests(Endpoint::Pools), 1, "poolName resolved once");
+
+    let started = tokio::time::Instant::now();
+    let before = h.sim.ado.requests(Endpoint::JobRequests);
+    while started.elapsed() < interval * 10 {
+        for t in &triggers {
+            h.metric(t).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let polls = h.sim.ado.requests(Endpoint::JobRequests) - before;
+    let intervals = (started.elapsed().as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    assert!(polls <= intervals + 1, "{polls} polls in {intervals} intervals");
+    assert!(polls >= intervals.saturating_sub(2), "the watcher keeps polling: {polls} in {intervals}");
+    assert_eq!(h.sim.ado.requests(Endpoint::Pools), 1, "poolName stays cached");
+    assert_eq!(h.sim.entra.requests(), 1, "one token for every poll");
+}
+
+#[tokio::test]
+async fn sign_in_page_is_a_clear_error() {
+    let h = Harness::start(FAST).await;
+    // The identity is not a member of the organisation: ADO answers 203 with an HTML sign-in page.
+    h.sim.ado.accept_tokens(false);
+    let err = h.metric(&h.scaled_job("x", &[])).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("not added to the organisation"), "{}", err.message());
+    assert!(err.message().contains("HTTP 203"), "{}", err.message());
+    assert!(!err.message().contains("<html"), "no upstream body: {}", err.message());
+}
+
+#[tokio::test]
+async fn errors_map_to_grpc_codes() {
+    let h = Harness::start(FAST).await;
+    let cases: &[(&[(&str, &str)], Code, &str)] = &[
+        (&[("poolName", "nope")], Code::NotFound, "agent pool `nope`"),
+        (&[("organizationURL", "https://evil.example/contoso")], Code::PermissionDenied, "--allowed-orgs"),
+        (&[("targetPipelinesQueueLength", "zero")], Code::InvalidArgument, "targetPipelinesQueueLength"),
+        (&[("personalAccessToken", "abc123")], Code::InvalidArgument, "personalAccessToken"),
+    ];
+    for (extra, code, fragment) in cases {
+        let err = h.metric(&h.scaled_job("x", extra)).await.unwrap_err();
+        assert_eq!(err.code(), *code, "{extra:?}: {err:?}");
+        assert!(err.message().contains(fragment), "{extra:?}: {}", err.message());
+        assert!(!err.message().contains("abc123"));
+    }
+    let mut client = h.client.clone();
+    let err = client
+        .get_metrics(GetMetricsRequest { scaled_object_ref: None, metric_name: "m".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn metric_spec_and_is_active() {
+    let h = Harness::start(FAST).await;
+    let sj = h.scaled_job("agents", &[("targetPipelinesQueueLength", "2"), ("activationTargetPipelinesQueueLength", "1")]);
+    let mut client = h.client.clone();
+    let spec = client.get_metric_spec(sj.clone()).await.unwrap().into_inner();
+    assert_eq!(spec.metric_specs.len(), 1);
+    assert_eq!(spec.metric_specs[0].metric_name, "ado-pool-linux");
+    assert_eq!((spec.metric_specs[0].target_size, spec.metric_specs[0].target_size_float), (2, 2.0));
+
+    assert!(!client.is_active(sj.clone()).await.unwrap().into_inner().result);
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    tokio::time::sleep(FAST * 3).await;
+    assert!(!client.is_active(sj.clone()).await.unwrap().into_inner().result, "1 is not above activation 1");
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut c, sj) = (client.clone(), sj.clone());
+            async move { c.is_active(sj).await.unwrap().into_inner().result }
+        })
+        .await
+    );
+
+    let mut specs = client.stream_metric_spec(sj).await.unwrap().into_inner();
+    let first = specs.next().await.unwrap().unwrap();
+    assert_eq!(first.metric_specs[0].target_size, 2);
+    // The stream stays open after the spec.
+    assert!(tokio::time::timeout(FAST, specs.next()).await.is_err());
+}
+
+#[tokio::test]
+async fn stream_is_active_pushes_changes_within_an_interval() {
+    let interval = Duration::from_millis(300);
+    let h = Harness::start(interval).await;
+    let sj = h.scaled_job("agents", &[("teardownWindow", "0s")]);
+    let mut client = h.client.clone();
+    let mut stream = client.stream_is_active(sj).await.unwrap().into_inner();
+    assert!(!stream.next().await.unwrap().unwrap().result, "current value at once");
+
+    let id = h.sim.ado.enqueue(h.pool_id, &[]);
+    let changed = tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
+    assert!(changed.expect("pushed within one interval").unwrap().unwrap().result);
+
+    h.sim.ado.finish(id, "succeeded");
+    let changed = tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
+    assert!(!changed.expect("pushed within one interval").unwrap().unwrap().result);
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(metrics.contains("ado_scaler_active_streams 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn rate_limit_waits_for_retry_after_and_is_recorded() {
+    let interval = Duration::from_millis(100);
+    let h = Harness::start(interval).await;
+    let sj = h.scaled_job("agents", &[]);
+    h.sim.ado.set_rate_limit_remaining(Some(17));
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+    let before = h.sim.ado.requests(Endpoint::JobRequests);
+    h.sim.ado.add_fault(Fault::status(Endpoint::JobRequests, 429).retry_after(1).times(1));
+    // The watcher's next poll gets the 429 ...
+    assert!(eventually(Duration::from_secs(3), || async { h.sim.ado.requests(Endpoint::JobRequests) > before }).await);
+    let at_429 = h.sim.ado.requests(Endpoint::JobRequests);
+    let limited_at = tokio::time::Instant::now();
+    // ... and then waits Retry-After (1 s) instead of the 100 ms interval.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), at_429, "no poll during Retry-After");
+    assert!(eventually(Duration::from_secs(3), || async { h.sim.ado.requests(Endpoint::JobRequests) > at_429 }).await);
+    assert!(limited_at.elapsed() >= Duration::from_millis(850), "resumed after Retry-After");
+    // The cached snapshot keeps answering meanwhile.
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(metrics.contains("ado_scaler_rate_limit_remaining{org="), "{metrics}");
+    assert!(metrics.contains("code=\"429\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn stale_data_becomes_unavailable() {
+    let interval = Duration::from_millis(100);
+    let h = Harness::start_with(ado_scaler::poller::PollerSettings {
+        interval,
+        max_staleness: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+    h.sim.ado.add_fault(Fault::status(Endpoint::JobRequests, 503));
+    let unavailable = eventually(Duration::from_secs(5), || async {
+        matches!(h.metric(&sj).await, Err(e) if e.code() == Code::Unavailable && e.message().contains("HTTP 503"))
+    })
+    .await;
+    assert!(unavailable, "stale data must fail with UNAVAILABLE naming the last error");
+    h.sim.ado.clear_faults();
+    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.is_ok() }).await);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_calls() {
+    let mut h = Harness::start(FAST).await;
+    let sj = h.scaled_job("agents", &[]);
+    // A slow first poll keeps the call in flight while shutdown begins.
+    h.sim.ado.add_fault(Fault::delay(Endpoint::JobRequests, Duration::from_millis(600)).times(1));
+    let in_flight = {
+        let mut client = h.client.clone();
+        let sj = sj.clone();
+        tokio::spawn(async move { client.is_active(sj).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || async { h.sim.ado.requests(Endpoint::JobRequests) == 1 }).await);
+    let (code, _) = h.http_get("/readyz").await;
+    assert_eq!(code, 200);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "externalscaler.ExternalScaler".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let result = tokio::time::timeout(Duration::from_secs(10), h.shutdown()).await.expect("drains in time");
+    result.unwrap();
+    let answer = in_flight.await.unwrap().expect("the in-flight call finished");
+    assert!(!answer.into_inner().result);
+    assert!(tokio::net::TcpStream::connect(h.grpc_addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn metrics_and_health_endpoints() {
+    let h = Harness::start(FAST).await;
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    assert_eq!(h.http_get("/healthz").await.0, 200);
+    assert_eq!(h.http_get("/readyz").await.0, 200);
+    let (code, text) = h.http_get("/metrics").await;
+    assert_eq!(code, 200);
+    for needle in [
+        "ado_scaler_queue_jobs{org=",
+        "state=\"queued\"} 1",
+        "ado_scaler_trigger_value{namespace=\"agents\",name=\"agents\",pool=\"linux\"} 1",
+        "ado_scaler_ado_requests_total{",
+        "endpoint=\"jobrequests\",code=\"200\"}",
+        "ado_scaler_ado_request_duration_seconds_count{endpoint=\"jobrequests\"}",
+        "ado_scaler_poll_age_seconds{",
+        "ado_scaler_token_requests_total{result=\"success\"} 1",
+        "ado_scaler_grpc_requests_total{method=\"GetMetrics\",code=\"OK\"}",
+        "ado_scaler_grpc_request_duration_seconds_count{method=\"GetMetrics\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let overall = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(overall.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
