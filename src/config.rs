@@ -81,8 +81,8 @@ pub struct DemoArgs {
     #[arg(long, env = "ADO_SCALER_DEMO_SCALED_JOBS", default_value_t = 1)]
     pub scaled_jobs: u32,
 
-    /// The triggers' teardownWindow.
-    #[arg(long, env = "ADO_SCALER_DEMO_TEARDOWN_WINDOW", value_parser = humantime::parse_duration, default_value = "3s")]
+    /// The triggers' teardownWindow; the simulated agents take 2.5 s to tear down.
+    #[arg(long, env = "ADO_SCALER_DEMO_TEARDOWN_WINDOW", value_parser = humantime::parse_duration, default_value = "2500ms")]
     pub teardown_window: Duration,
 
     /// Print no live table, only the summary.

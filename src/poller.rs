@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use time::OffsetDateTime;
 use tokio::{
     sync::{OnceCell, watch},
     time::Instant,
@@ -65,7 +66,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the next snapshot from a poll, noticing which in-flight jobs have since
     /// finished or vanished: their agents are still tearing down.
-    pub fn next(previous: Option<&Snapshot>, requests: &[JobRequest], now: Instant) -> Self {
+    ///
+    /// When a job left is estimated, not noticed: ADO's `finishTime` when the finished record
+    /// is still listed (mapped onto our clock with `now_utc`), else the midpoint between the
+    /// two polls. Taking the time of noticing would stretch every teardown window by up to a
+    /// poll interval and start agents for nothing.
+    pub fn next(previous: Option<&Snapshot>, requests: &[JobRequest], now: Instant, now_utc: OffsetDateTime) -> Self {
         let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
         let mut departed = Vec::new();
         if let Some(prev) = previous {
@@ -84,17 +90,21 @@ impl Snapshot {
             for old in prev.jobs.iter().filter(|j| !unfinished.contains(&j.request_id)) {
                 // A queued job that finished between two polls still had an agent; ADO's
                 // finished record names it. One that vanished while queued was cancelled.
-                let agent = old.reserved_agent.clone().or_else(|| {
-                    finished_here
-                        .get(&old.request_id)
-                        .and_then(|r| r.reserved_agent.as_ref())
-                        .map(|a| a.name.clone())
-                });
-                if let Some(agent) = agent {
-                    let mut job = old.clone();
-                    job.reserved_agent = Some(agent);
-                    departed.push(Departed { job, left_at: now });
-                }
+                let record = finished_here.get(&old.request_id);
+                let agent = old
+                    .reserved_agent
+                    .clone()
+                    .or_else(|| record.and_then(|r| r.reserved_agent.as_ref()).map(|a| a.name.clone()));
+                let Some(agent) = agent else { continue };
+                let midpoint = prev.fetched_at + now.saturating_duration_since(prev.fetched_at) / 2;
+                let left_at = record
+                    .and_then(|r| r.finish_time)
+                    .and_then(|finished| Duration::try_from(now_utc - finished).ok())
+                    .and_then(|ago| now.checked_sub(ago))
+                    .map_or(midpoint, |at| at.clamp(prev.fetched_at, now));
+                let mut job = old.clone();
+                job.reserved_agent = Some(agent);
+                departed.push(Departed { job, left_at });
             }
         }
         Self { fetched_at: now, jobs, departed }
@@ -255,7 +265,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             Ok(requests) => {
                 failures = 0;
                 let previous = watcher.state.borrow().snapshot.clone();
-                let snapshot = Snapshot::next(previous.as_deref(), &requests, now);
+                let snapshot = Snapshot::next(previous.as_deref(), &requests, now, OffsetDateTime::now_utc());
                 publish_queue_gauges(&inner.metrics, &watcher.labels, &snapshot);
                 watcher.state.send_replace(PoolState { snapshot: Some(Arc::new(snapshot)), error: None });
                 settings.interval
@@ -308,37 +318,50 @@ fn backoff(interval: Duration, failures: u32, cap: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    fn request(id: u64, agent: Option<&str>, finished: bool) -> JobRequest {
-        let mut v = serde_json::json!({ "requestId": id, "queueTime": "2026-01-01T00:00:00Z" });
+    const UTC0: OffsetDateTime = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+
+    /// A request; `finished_at` is seconds after UTC0.
+    fn request(id: u64, agent: Option<&str>, finished_at: Option<i64>) -> JobRequest {
+        let mut req: JobRequest = serde_json::from_value(serde_json::json!({ "requestId": id })).unwrap();
+        req.queue_time = Some(UTC0);
         if let Some(a) = agent {
-            v["assignTime"] = "2026-01-01T00:00:01Z".into();
-            v["reservedAgent"] = serde_json::json!({ "id": 1, "name": a });
+            req.assign_time = Some(UTC0);
+            req.reserved_agent = Some(crate::ado::models::AgentRef { id: 1, name: a.into(), version: None, status: None, enabled: None });
         }
-        if finished {
-            v["result"] = "succeeded".into();
-            v["finishTime"] = "2026-01-01T00:00:02Z".into();
+        if let Some(secs) = finished_at {
+            req.result = Some("succeeded".into());
+            req.finish_time = Some(UTC0 + time::Duration::seconds(secs));
         }
-        serde_json::from_value(v).unwrap()
+        req
     }
 
     #[test]
     fn departures_are_seen_between_polls() {
         let t0 = Instant::now();
-        let s0 = Snapshot::next(None, &[request(1, None, false), request(2, Some("a"), false), request(3, None, false), request(4, None, false)], t0);
+        let utc = |secs: i64| UTC0 + time::Duration::seconds(secs);
+        let s0 = Snapshot::next(None, &[request(1, None, None), request(2, Some("a"), None), request(3, None, None), request(4, None, None), request(5, Some("c"), None)], t0, utc(0));
         assert_eq!(s0.queued(), 3);
         assert!(s0.departed.is_empty());
-        let t1 = t0 + Duration::from_secs(5);
-        // 1: picked up and finished between polls (listed finished), 2: vanished while in flight,
-        // 3: vanished while queued (cancelled), 4: still queued.
-        let s1 = Snapshot::next(Some(&s0), &[request(1, Some("b"), true), request(4, None, false)], t1);
+        let t1 = t0 + Duration::from_secs(4);
+        // 1: picked up and finished between polls (still listed, finished 1 s ago),
+        // 2: vanished while in flight, 3: vanished while queued (cancelled), 4: still queued,
+        // 5: listed finished with a clock-skewed finishTime before the previous poll.
+        let s1 = Snapshot::next(Some(&s0), &[request(1, Some("b"), Some(3)), request(4, None, None), request(5, Some("c"), Some(-30))], t1, utc(4));
         let mut gone: Vec<_> = s1.departed.iter().map(|d| (d.job.request_id, d.job.reserved_agent.clone().unwrap(), d.left_at)).collect();
         gone.sort();
-        assert_eq!(gone, vec![(1, "b".into(), t1), (2, "a".into(), t1)]);
+        assert_eq!(
+            gone,
+            vec![
+                (1, "b".into(), t0 + Duration::from_secs(3)),
+                (2, "a".into(), t0 + Duration::from_secs(2)),
+                (5, "c".into(), t0),
+            ]
+        );
         assert_eq!(s1.jobs.len(), 1);
         // Departed jobs survive later polls until MAX_TEARDOWN_WINDOW.
-        let s2 = Snapshot::next(Some(&s1), &[], t1 + Duration::from_secs(1));
-        assert_eq!(s2.departed.len(), 2);
-        let s3 = Snapshot::next(Some(&s2), &[], t1 + MAX_TEARDOWN_WINDOW);
+        let s2 = Snapshot::next(Some(&s1), &[], t1 + Duration::from_secs(1), utc(5));
+        assert_eq!(s2.departed.len(), 3);
+        let s3 = Snapshot::next(Some(&s2), &[], t0 + MAX_TEARDOWN_WINDOW + Duration::from_secs(3), utc(700));
         assert!(s3.departed.is_empty());
     }
 

@@ -15,10 +15,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; the level comes from `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Installs the global tracing subscriber; the level comes from `RUST_LOG`, else `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
