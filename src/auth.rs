@@ -72,8 +72,12 @@ impl WorkloadIdentity {
 pub enum AuthSettings {
     WorkloadIdentity(WorkloadIdentity),
     /// A user-assigned identity by client id, or the system-assigned one.
-    ManagedIdentity { client_id: Option<String> },
-    Pat { file: PathBuf },
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
+    Pat {
+        file: PathBuf,
+    },
 }
 
 impl AuthSettings {
@@ -82,7 +86,9 @@ impl AuthSettings {
         match mode {
             AuthMode::WorkloadIdentity => Ok(Self::WorkloadIdentity(WorkloadIdentity::from_env()?)),
             AuthMode::ManagedIdentity => Ok(Self::ManagedIdentity {
-                client_id: std::env::var("AZURE_CLIENT_ID").ok().filter(|v| !v.is_empty()),
+                client_id: std::env::var("AZURE_CLIENT_ID")
+                    .ok()
+                    .filter(|v| !v.is_empty()),
             }),
             AuthMode::Pat => pat_file
                 .map(|file| Self::Pat { file })
@@ -106,7 +112,9 @@ pub fn http_client(extra_roots_pem: Option<&[u8]>) -> Result<reqwest::Client> {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| Error::Config(format!("--ca-file: not a PEM bundle: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::Config("--ca-file: no certificate in the file".into()));
+            return Err(Error::Config(
+                "--ca-file: no certificate in the file".into(),
+            ));
         }
         builder = builder.tls_certs_merge(certs);
     }
@@ -151,10 +159,14 @@ impl TokenSource {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
         let client_options = || {
-            let mut options = ClientOptions::default();
-            options.transport = Some(Transport::new(Arc::new(http.clone())));
+            let mut options = ClientOptions {
+                transport: Some(Transport::new(Arc::new(http.clone()))),
+                ..Default::default()
+            };
             if let Some(metrics) = &metrics {
-                options.per_call_policies.push(Arc::new(CountTokenRequests(metrics.clone())));
+                options
+                    .per_call_policies
+                    .push(Arc::new(CountTokenRequests(metrics.clone())));
             }
             options
         };
@@ -170,26 +182,26 @@ impl TokenSource {
                     credential_options.client_options.cloud =
                         Some(Arc::new(CloudConfiguration::Custom(custom)));
                 }
-                let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                    credential_options,
-                    client_id: Some(wi.client_id.clone()),
-                    tenant_id: Some(wi.tenant_id.clone()),
-                    token_file_path: Some(wi.token_file.clone()),
-                    ..Default::default()
-                }))
-                .map_err(token_err)?;
+                let credential =
+                    WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                        credential_options,
+                        client_id: Some(wi.client_id.clone()),
+                        tenant_id: Some(wi.tenant_id.clone()),
+                        token_file_path: Some(wi.token_file.clone()),
+                    }))
+                    .map_err(token_err)?;
                 Ok(Self {
                     inner: Inner::Credential(credential),
                     identity: format!("workload-identity:{}", wi.client_id).into(),
                 })
             }
             AuthSettings::ManagedIdentity { client_id } => {
-                let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                    client_options: client_options(),
-                    ..Default::default()
-                }))
-                .map_err(token_err)?;
+                let credential =
+                    ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                        user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                        client_options: client_options(),
+                    }))
+                    .map_err(token_err)?;
                 Ok(Self {
                     inner: Inner::Credential(credential),
                     identity: format!(
@@ -204,7 +216,10 @@ impl TokenSource {
                     .map_err(|e| Error::Config(format!("--pat-file {}: {e}", file.display())))?;
                 let pat = pat.trim();
                 if pat.is_empty() {
-                    return Err(Error::Config(format!("--pat-file {} is empty", file.display())));
+                    return Err(Error::Config(format!(
+                        "--pat-file {} is empty",
+                        file.display()
+                    )));
                 }
                 Ok(Self {
                     inner: Inner::Basic(Secret::new(
@@ -237,7 +252,10 @@ impl TokenSource {
     pub async fn authorization(&self) -> Result<Secret> {
         match &self.inner {
             Inner::Credential(_) => {
-                let token = self.access_token().await?.expect("credential yields a token");
+                let token = self
+                    .access_token()
+                    .await?
+                    .expect("credential yields a token");
                 Ok(Secret::new(format!("Bearer {}", token.secret())))
             }
             Inner::Basic(b) => Ok(Secret::new(format!("Basic {}", b.secret()))),
@@ -251,7 +269,12 @@ struct CountTokenRequests(Arc<Metrics>);
 
 #[async_trait::async_trait]
 impl Policy for CountTokenRequests {
-    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
         let response = next[0].send(ctx, request, &next[1..]).await;
         let ok = matches!(&response, Ok(r) if r.status().is_success());
         self.0.token_request(ok);
@@ -266,7 +289,11 @@ mod tests {
     #[test]
     fn workload_identity_names_the_missing_variable() {
         let env = |set: &'static [(&'static str, &'static str)]| {
-            move |name: &str| set.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            move |name: &str| {
+                set.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let err = WorkloadIdentity::from_lookup(env(&[("AZURE_CLIENT_ID", "c")])).unwrap_err();
         assert!(err.to_string().contains("AZURE_TENANT_ID"), "{err}");
@@ -276,7 +303,10 @@ mod tests {
             ("AZURE_FEDERATED_TOKEN_FILE", ""),
         ]))
         .unwrap_err();
-        assert!(err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"), "{err}");
+        assert!(
+            err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{err}"
+        );
         let wi = WorkloadIdentity::from_lookup(env(&[
             ("AZURE_CLIENT_ID", "c"),
             ("AZURE_TENANT_ID", "t"),

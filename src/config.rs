@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{auth::AuthMode, scaler::allowlist::DEFAULT_ALLOWED_ORGS, telemetry::LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "ado-scaler", version, about = "KEDA external scaler for ephemeral Azure DevOps agents, with no PAT")]
+#[command(
+    name = "ado-scaler",
+    version,
+    about = "KEDA external scaler for ephemeral Azure DevOps agents, with no PAT"
+)]
 pub struct Cli {
     /// Log output format; the level comes from RUST_LOG.
     #[arg(long, env = "ADO_SCALER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

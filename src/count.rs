@@ -324,8 +324,9 @@ mod tests {
                 "{raw:?}"
             );
         }
-        let list = parse_demands("maven, Agent.Version -gtVersion 3.0 ,agent.version -gtVersion 2, ,java"
-            .split(','));
+        let list = parse_demands(
+            "maven, Agent.Version -gtVersion 3.0 ,agent.version -gtVersion 2, ,java".split(','),
+        );
         assert_eq!(
             list.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["maven", "java"]
@@ -336,44 +337,118 @@ mod tests {
     fn demand_rules_table() {
         use DemandRule::*;
         // (trigger demands, rule, case-insensitive, job demands, matches)
-        let table: &[(&[&str], DemandRule, bool, &[&str], bool)] = &[
+        type Row = (
+            &'static [&'static str],
+            DemandRule,
+            bool,
+            &'static [&'static str],
+            bool,
+        );
+        let table: &[Row] = &[
             // No trigger demands: every job counts, as in KEDA.
             (&[], JobSubsetOfTrigger, false, &["maven"], true),
             (&[], Equal, false, &["maven"], true),
             // Default: job demands must all be offered by the trigger.
-            (&["maven", "java"], JobSubsetOfTrigger, false, &["maven"], true),
-            (&["maven"], JobSubsetOfTrigger, false, &["maven", "java"], false),
+            (
+                &["maven", "java"],
+                JobSubsetOfTrigger,
+                false,
+                &["maven"],
+                true,
+            ),
+            (
+                &["maven"],
+                JobSubsetOfTrigger,
+                false,
+                &["maven", "java"],
+                false,
+            ),
             (&["maven"], JobSubsetOfTrigger, false, &[], true),
             // Agent.Version is removed from both sides.
-            (&["maven"], JobSubsetOfTrigger, false, &["maven", "Agent.Version -gtVersion 3.1"], true),
-            (&["maven", "Agent.Version -gtVersion 9"], Equal, false, &["maven"], true),
+            (
+                &["maven"],
+                JobSubsetOfTrigger,
+                false,
+                &["maven", "Agent.Version -gtVersion 3.1"],
+                true,
+            ),
+            (
+                &["maven", "Agent.Version -gtVersion 9"],
+                Equal,
+                false,
+                &["maven"],
+                true,
+            ),
             // Spacing and operator case do not matter; value case does unless asked.
-            (&["java -equals 17"], JobSubsetOfTrigger, false, &["java  -EQUALS 17"], true),
+            (
+                &["java -equals 17"],
+                JobSubsetOfTrigger,
+                false,
+                &["java  -EQUALS 17"],
+                true,
+            ),
             (&["Maven"], JobSubsetOfTrigger, false, &["maven"], false),
             (&["Maven"], JobSubsetOfTrigger, true, &["maven"], true),
-            (&["java -equals JDK17"], JobSubsetOfTrigger, true, &["JAVA -equals jdk17"], true),
+            (
+                &["java -equals JDK17"],
+                JobSubsetOfTrigger,
+                true,
+                &["JAVA -equals jdk17"],
+                true,
+            ),
             // requireAllDemands: sets equal.
             (&["maven", "java"], Equal, false, &["java", "maven"], true),
             (&["maven", "java"], Equal, false, &["maven"], false),
             (&["maven"], Equal, false, &["maven", "java"], false),
             // requireAllDemandsAndIgnoreOthers: trigger demands all present in the job.
-            (&["maven"], TriggerSubsetOfJob, false, &["maven", "java"], true),
-            (&["maven", "gpu"], TriggerSubsetOfJob, false, &["maven", "java"], false),
+            (
+                &["maven"],
+                TriggerSubsetOfJob,
+                false,
+                &["maven", "java"],
+                true,
+            ),
+            (
+                &["maven", "gpu"],
+                TriggerSubsetOfJob,
+                false,
+                &["maven", "java"],
+                false,
+            ),
             (&["maven"], TriggerSubsetOfJob, false, &[], false),
             // A different condition is a different demand.
-            (&["java -equals 17"], JobSubsetOfTrigger, false, &["java -equals 21"], false),
-            (&["java"], JobSubsetOfTrigger, false, &["java -equals 21"], false),
+            (
+                &["java -equals 17"],
+                JobSubsetOfTrigger,
+                false,
+                &["java -equals 21"],
+                false,
+            ),
+            (
+                &["java"],
+                JobSubsetOfTrigger,
+                false,
+                &["java -equals 21"],
+                false,
+            ),
         ];
         for (i, (t, rule, ci, j, want)) in table.iter().enumerate() {
             let f = filter(t, *rule, *ci);
-            assert_eq!(f.matches(&job(1, j, None)), *want, "row {i}: {t:?} {rule:?} ci={ci} vs {j:?}");
+            assert_eq!(
+                f.matches(&job(1, j, None)),
+                *want,
+                "row {i}: {t:?} {rule:?} ci={ci} vs {j:?}"
+            );
         }
     }
 
     #[test]
     fn agents_satisfy_demands_like_ado() {
         let caps: std::collections::BTreeMap<String, String> =
-            [("maven", "3.9"), ("Agent.OS", "Linux")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            [("maven", "3.9"), ("Agent.OS", "Linux")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         let table = [
             ("maven", true),
             ("MAVEN", true),
@@ -383,7 +458,11 @@ mod tests {
             ("Agent.Version -gtVersion 99.0", true),
         ];
         for (demand, want) in table {
-            assert_eq!(Demand::parse(demand).unwrap().satisfied_by(&caps), want, "{demand}");
+            assert_eq!(
+                Demand::parse(demand).unwrap().satisfied_by(&caps),
+                want,
+                "{demand}"
+            );
         }
     }
 
@@ -427,12 +506,22 @@ mod tests {
             job(4, &[], Some("other-pool-agent")),
         ];
         let departed = vec![
-            Departed { job: job(5, &[], Some("agents-x")), left_at: now - Duration::from_secs(2) },
-            Departed { job: job(6, &[], Some("agents-y")), left_at: now - Duration::from_secs(20) },
-            Departed { job: job(7, &[], Some("stranger")), left_at: now - Duration::from_secs(1) },
+            Departed {
+                job: job(5, &[], Some("agents-x")),
+                left_at: now - Duration::from_secs(2),
+            },
+            Departed {
+                job: job(6, &[], Some("agents-y")),
+                left_at: now - Duration::from_secs(20),
+            },
+            Departed {
+                job: job(7, &[], Some("stranger")),
+                left_at: now - Duration::from_secs(1),
+            },
         ];
         // (scaleOnInFlight, prefix, window, expected queued/in-flight/tearing-down)
-        let table: &[(bool, Option<&str>, u64, (u64, u64, u64))] = &[
+        type Row = (bool, Option<&'static str>, u64, (u64, u64, u64));
+        let table: &[Row] = &[
             (false, None, 10, (2, 0, 0)),
             (true, None, 10, (2, 2, 2)),
             (true, Some("agents-"), 10, (2, 1, 1)),
@@ -448,7 +537,11 @@ mod tests {
                 ..Filter::default()
             };
             let c = f.count(&jobs, &departed, now);
-            assert_eq!((c.queued, c.in_flight, c.tearing_down), (*q, *i, *t), "{on} {prefix:?} {window}");
+            assert_eq!(
+                (c.queued, c.in_flight, c.tearing_down),
+                (*q, *i, *t),
+                "{on} {prefix:?} {window}"
+            );
             assert_eq!(c.total(), q + i + t);
         }
     }
@@ -457,9 +550,23 @@ mod tests {
     fn demands_filter_applies_to_in_flight_and_departed_too() {
         let now = Instant::now();
         let f = filter(&["maven"], DemandRule::JobSubsetOfTrigger, false);
-        let jobs = vec![job(1, &["gpu"], None), job(2, &["gpu"], Some("a")), job(3, &["maven"], Some("a"))];
-        let departed = vec![Departed { job: job(4, &["gpu"], Some("a")), left_at: now }];
-        assert_eq!(f.count(&jobs, &departed, now), Counted { queued: 0, in_flight: 1, tearing_down: 0 });
+        let jobs = vec![
+            job(1, &["gpu"], None),
+            job(2, &["gpu"], Some("a")),
+            job(3, &["maven"], Some("a")),
+        ];
+        let departed = vec![Departed {
+            job: job(4, &["gpu"], Some("a")),
+            left_at: now,
+        }];
+        assert_eq!(
+            f.count(&jobs, &departed, now),
+            Counted {
+                queued: 0,
+                in_flight: 1,
+                tearing_down: 0
+            }
+        );
     }
 
     #[test]
@@ -472,9 +579,16 @@ mod tests {
         assert!(j.is_queued());
         req.assign_time = req.queue_time;
         req.reserved_agent = Some(crate::ado::models::AgentRef {
-            id: 1, name: "a1".into(), version: None, status: None, enabled: None,
+            id: 1,
+            name: "a1".into(),
+            version: None,
+            status: None,
+            enabled: None,
         });
-        assert_eq!(Job::from_request(&req).unwrap().reserved_agent.as_deref(), Some("a1"));
+        assert_eq!(
+            Job::from_request(&req).unwrap().reserved_agent.as_deref(),
+            Some("a1")
+        );
         req.result = Some("succeeded".into());
         assert!(Job::from_request(&req).is_none());
         req.result = None;

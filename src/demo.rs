@@ -106,9 +106,22 @@ impl DemoReport {
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "summary")?;
-        writeln!(f, "  jobs completed        {} of {}", self.jobs_completed, self.jobs_queued)?;
-        writeln!(f, "  agents started        {} for {} jobs run ({} left idle)", self.agents_started, self.jobs_completed, self.agents_idle_at_end)?;
-        writeln!(f, "  wait for an agent     median {:.1}s, longest {:.1}s", self.median_wait.as_secs_f64(), self.max_wait.as_secs_f64())?;
+        writeln!(
+            f,
+            "  jobs completed        {} of {}",
+            self.jobs_completed, self.jobs_queued
+        )?;
+        writeln!(
+            f,
+            "  agents started        {} for {} jobs run ({} left idle)",
+            self.agents_started, self.jobs_completed, self.agents_idle_at_end
+        )?;
+        writeln!(
+            f,
+            "  wait for an agent     median {:.1}s, longest {:.1}s",
+            self.median_wait.as_secs_f64(),
+            self.max_wait.as_secs_f64()
+        )?;
         writeln!(
             f,
             "  ADO requests          {} in {:.0}s = {:.1}/min (job-request polls {:.1}/min)",
@@ -142,7 +155,10 @@ struct Stats {
 
 impl Stats {
     fn running_jobs(&self, scaled_job: usize) -> u64 {
-        self.agents.iter().filter(|(sj, p)| *sj == scaled_job && *p != Phase::Done).count() as u64
+        self.agents
+            .iter()
+            .filter(|(sj, p)| *sj == scaled_job && *p != Phase::Done)
+            .count() as u64
     }
 
     fn phase_count(&self, phase: Phase) -> usize {
@@ -172,12 +188,22 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport> {
 pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
     let sim = SimCloud::start().await?;
     let pool_id = sim.ado.add_pool("linux");
-    let grpc = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Config(e.to_string()))?;
-    let http = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Config(e.to_string()))?;
-    let grpc_addr = grpc.local_addr().map_err(|e| Error::Config(e.to_string()))?;
+    let grpc = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
     let settings = ServeSettings {
         allowlist: sim.allowlist(),
-        poller: PollerSettings { interval: config.scaler_poll, max_staleness: config.scaler_poll * 30, ..Default::default() },
+        poller: PollerSettings {
+            interval: config.scaler_poll,
+            max_staleness: config.scaler_poll * 30,
+            ..Default::default()
+        },
         auth: sim.auth_settings(),
         http: sim.http_client()?,
     };
@@ -201,7 +227,10 @@ pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
             ("organizationURL".to_owned(), sim.org_url.clone()),
             ("poolName".to_owned(), "linux".to_owned()),
             ("agentNamePrefix".to_owned(), format!("sj{sj}-")),
-            ("teardownWindow".to_owned(), humantime::format_duration(config.teardown_window).to_string()),
+            (
+                "teardownWindow".to_owned(),
+                humantime::format_duration(config.teardown_window).to_string(),
+            ),
         ]);
         if let Some(demand) = demand_of(&config, sj) {
             meta.insert("demands".into(), demand);
@@ -223,7 +252,13 @@ pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
     }
 
     if config.live_table {
-        tokio::spawn(print_table(stats.clone(), sim.ado.clone(), sim.entra.clone(), started, stop.clone()));
+        tokio::spawn(print_table(
+            stats.clone(),
+            sim.ado.clone(),
+            sim.entra.clone(),
+            started,
+            stop.clone(),
+        ));
     }
 
     // Arrivals.
@@ -261,7 +296,9 @@ pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
         let done = {
             let s = stats.lock().expect("stats");
             s.completed == s.queued
-                && s.agents.iter().all(|(_, p)| matches!(p, Phase::Done | Phase::Idle | Phase::Starting))
+                && s.agents
+                    .iter()
+                    .all(|(_, p)| matches!(p, Phase::Done | Phase::Idle | Phase::Starting))
         };
         if done || Instant::now() > drain_deadline {
             break;
@@ -310,11 +347,18 @@ impl KedaEmulator {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let Ok((queue, target, active)) = self.poll().await else { continue };
+            let Ok((queue, target, active)) = self.poll().await else {
+                continue;
+            };
             let running = self.stats.lock().expect("stats").running_jobs(self.index);
             // KEDA's `default` strategy.
-            let max_scale = ((queue as f64 / target as f64).ceil() as u64).min(self.config.max_replicas);
-            let create = if active { max_scale.saturating_sub(running).min(queue) } else { 0 };
+            let max_scale =
+                ((queue as f64 / target as f64).ceil() as u64).min(self.config.max_replicas);
+            let create = if active {
+                max_scale.saturating_sub(running).min(queue)
+            } else {
+                0
+            };
             for _ in 0..create {
                 next_agent += 1;
                 let name = format!("sj{}-{next_agent:04}", self.index);
@@ -339,8 +383,17 @@ impl KedaEmulator {
 
     /// One KEDA polling cycle: IsActive, GetMetricSpec, GetMetrics.
     async fn poll(&mut self) -> std::result::Result<(u64, u64, bool), tonic::Status> {
-        let active = self.client.is_active(self.scaled_object.clone()).await?.into_inner().result;
-        let spec = self.client.get_metric_spec(self.scaled_object.clone()).await?.into_inner();
+        let active = self
+            .client
+            .is_active(self.scaled_object.clone())
+            .await?
+            .into_inner()
+            .result;
+        let spec = self
+            .client
+            .get_metric_spec(self.scaled_object.clone())
+            .await?
+            .into_inner();
         let spec = spec.metric_specs.first().cloned().unwrap_or_default();
         let metrics = self
             .client
@@ -350,7 +403,10 @@ impl KedaEmulator {
             })
             .await?
             .into_inner();
-        let value = metrics.metric_values.first().map_or(0, |m| m.metric_value.max(0) as u64);
+        let value = metrics
+            .metric_values
+            .first()
+            .map_or(0, |m| m.metric_value.max(0) as u64);
         Ok((value, spec.target_size.max(1) as u64, active))
     }
 }
@@ -371,7 +427,8 @@ async fn simulated_agent(
         () = tokio::time::sleep(config.pod_start) => {}
         () = stop.cancelled() => return,
     }
-    let capabilities: BTreeMap<String, String> = demand.into_iter().map(|d| (d, "1".to_owned())).collect();
+    let capabilities: BTreeMap<String, String> =
+        demand.into_iter().map(|d| (d, "1".to_owned())).collect();
     ado.register_agent(pool_id, &name, &capabilities);
     set(Phase::Idle);
     let request_id = loop {
@@ -391,7 +448,10 @@ async fn simulated_agent(
         {
             s.waits.push((a - q).try_into().unwrap_or_default());
         }
-        s.durations.get(&request_id).copied().unwrap_or(config.job_run.0)
+        s.durations
+            .get(&request_id)
+            .copied()
+            .unwrap_or(config.job_run.0)
     };
     tokio::time::sleep(run_for).await;
     ado.finish(request_id, "succeeded");
@@ -411,7 +471,16 @@ async fn print_table(
 ) {
     println!(
         "{:>5} | {:>6} {:>9} | {:>8} {:>5} {:>7} {:>8} | {:>4} | {:>7} {:>6}",
-        "t", "queued", "in-flight", "starting", "idle", "running", "teardown", "done", "ADO req", "tokens"
+        "t",
+        "queued",
+        "in-flight",
+        "starting",
+        "idle",
+        "running",
+        "teardown",
+        "done",
+        "ADO req",
+        "tokens"
     );
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -31,7 +31,9 @@ pub enum Error {
         what: &'static str,
     },
 
-    #[error("Azure DevOps at {org} denied access to {resource} (HTTP 403): give the identity a role on the agent pool")]
+    #[error(
+        "Azure DevOps at {org} denied access to {resource} (HTTP 403): give the identity a role on the agent pool"
+    )]
     Forbidden { org: String, resource: String },
 
     #[error("{0} not found")]
@@ -40,7 +42,9 @@ pub enum Error {
     #[error("agent pool name `{name}` matches {count} pools; use poolID")]
     AmbiguousPool { name: String, count: usize },
 
-    #[error("Azure DevOps at {org} is rate limiting this identity (HTTP 429); retry after {retry_after:?}")]
+    #[error(
+        "Azure DevOps at {org} is rate limiting this identity (HTTP 429); retry after {retry_after:?}"
+    )]
     RateLimited { org: String, retry_after: Duration },
 
     #[error("Azure DevOps at {org} answered HTTP {status} for {endpoint}")]
@@ -60,7 +64,9 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("queue data for pool {pool} is {age:?} old (limit {limit:?}); last error: {last_error}")]
+    #[error(
+        "queue data for pool {pool} is {age:?} old (limit {limit:?}); last error: {last_error}"
+    )]
     Stale {
         pool: String,
         age: Duration,

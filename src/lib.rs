@@ -52,16 +52,28 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 /// Validates the `serve` flags into settings.
 pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings> {
     if args.poll_interval.is_zero() {
-        return Err(Error::Config("--poll-interval must be greater than 0".into()));
+        return Err(Error::Config(
+            "--poll-interval must be greater than 0".into(),
+        ));
     }
     if args.max_staleness < args.poll_interval {
-        return Err(Error::Config("--max-staleness must be at least --poll-interval".into()));
+        return Err(Error::Config(
+            "--max-staleness must be at least --poll-interval".into(),
+        ));
     }
     if args.auth.pat_file.is_some() && args.auth.auth != auth::AuthMode::Pat {
-        return Err(Error::Config("--pat-file is only used with --auth pat".into()));
+        return Err(Error::Config(
+            "--pat-file is only used with --auth pat".into(),
+        ));
     }
-    let allowlist = scaler::allowlist::OrgAllowlist::parse(&args.allowed_orgs).map_err(Error::Config)?;
-    let ca = args.auth.ca_file.as_deref().map(auth::read_ca_file).transpose()?;
+    let allowlist =
+        scaler::allowlist::OrgAllowlist::parse(&args.allowed_orgs).map_err(Error::Config)?;
+    let ca = args
+        .auth
+        .ca_file
+        .as_deref()
+        .map(auth::read_ca_file)
+        .transpose()?;
     Ok(scaler::server::ServeSettings {
         allowlist,
         poller: poller::PollerSettings {

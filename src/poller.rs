@@ -71,7 +71,12 @@ impl Snapshot {
     /// is still listed (mapped onto our clock with `now_utc`), else the midpoint between the
     /// two polls. Taking the time of noticing would stretch every teardown window by up to a
     /// poll interval and start agents for nothing.
-    pub fn next(previous: Option<&Snapshot>, requests: &[JobRequest], now: Instant, now_utc: OffsetDateTime) -> Self {
+    pub fn next(
+        previous: Option<&Snapshot>,
+        requests: &[JobRequest],
+        now: Instant,
+        now_utc: OffsetDateTime,
+    ) -> Self {
         let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
         let mut departed = Vec::new();
         if let Some(prev) = previous {
@@ -87,14 +92,19 @@ impl Snapshot {
                 .filter(|r| r.result.is_some() || r.finish_time.is_some())
                 .map(|r| (r.request_id, r))
                 .collect();
-            for old in prev.jobs.iter().filter(|j| !unfinished.contains(&j.request_id)) {
+            for old in prev
+                .jobs
+                .iter()
+                .filter(|j| !unfinished.contains(&j.request_id))
+            {
                 // A queued job that finished between two polls still had an agent; ADO's
                 // finished record names it. One that vanished while queued was cancelled.
                 let record = finished_here.get(&old.request_id);
-                let agent = old
-                    .reserved_agent
-                    .clone()
-                    .or_else(|| record.and_then(|r| r.reserved_agent.as_ref()).map(|a| a.name.clone()));
+                let agent = old.reserved_agent.clone().or_else(|| {
+                    record
+                        .and_then(|r| r.reserved_agent.as_ref())
+                        .map(|a| a.name.clone())
+                });
                 let Some(agent) = agent else { continue };
                 let midpoint = prev.fetched_at + now.saturating_duration_since(prev.fetched_at) / 2;
                 let left_at = record
@@ -107,7 +117,11 @@ impl Snapshot {
                 departed.push(Departed { job, left_at });
             }
         }
-        Self { fetched_at: now, jobs, departed }
+        Self {
+            fetched_at: now,
+            jobs,
+            departed,
+        }
     }
 
     pub fn queued(&self) -> usize {
@@ -124,14 +138,23 @@ pub struct PoolState {
 
 impl PoolState {
     /// The snapshot if it is fresh enough, the reason if not, `None` before the first poll ends.
-    pub fn usable(&self, key: &PoolKey, max_staleness: Duration, now: Instant) -> Option<Result<Arc<Snapshot>>> {
+    pub fn usable(
+        &self,
+        key: &PoolKey,
+        max_staleness: Duration,
+        now: Instant,
+    ) -> Option<Result<Arc<Snapshot>>> {
         match (&self.snapshot, &self.error) {
-            (Some(s), _) if now.saturating_duration_since(s.fetched_at) <= max_staleness => Some(Ok(s.clone())),
+            (Some(s), _) if now.saturating_duration_since(s.fetched_at) <= max_staleness => {
+                Some(Ok(s.clone()))
+            }
             (Some(s), err) => Some(Err(Error::Stale {
                 pool: format!("{} #{}", key.org, key.pool_id),
                 age: now.saturating_duration_since(s.fetched_at),
                 limit: max_staleness,
-                last_error: err.as_ref().map_or_else(|| "none".into(), ToString::to_string),
+                last_error: err
+                    .as_ref()
+                    .map_or_else(|| "none".into(), ToString::to_string),
             })),
             (None, Some(err)) => Some(Err(err.clone())),
             (None, None) => None,
@@ -151,17 +174,25 @@ pub struct Poller {
     inner: Arc<Inner>,
 }
 
+/// Filled once by the first successful pool-name lookup.
+type PoolIdCell = Arc<OnceCell<u32>>;
+
 struct Inner {
     ado: AdoClient,
     settings: PollerSettings,
     metrics: Arc<Metrics>,
     watchers: Mutex<HashMap<PoolKey, Arc<Watcher>>>,
-    pool_ids: Mutex<HashMap<(OrgUrl, String), Arc<OnceCell<u32>>>>,
+    pool_ids: Mutex<HashMap<(OrgUrl, String), PoolIdCell>>,
     shutdown: CancellationToken,
 }
 
 impl Poller {
-    pub fn new(ado: AdoClient, settings: PollerSettings, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        ado: AdoClient,
+        settings: PollerSettings,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ado,
@@ -187,7 +218,9 @@ impl Poller {
     pub async fn pool_id(&self, org: &OrgUrl, name: &str) -> Result<u32> {
         let cell = {
             let mut ids = self.inner.pool_ids.lock().expect("pool id cache poisoned");
-            ids.entry((org.clone(), name.to_owned())).or_default().clone()
+            ids.entry((org.clone(), name.to_owned()))
+                .or_default()
+                .clone()
         };
         cell.get_or_try_init(|| async {
             let pool = self.inner.ado.find_pool(org, name).await?;
@@ -203,7 +236,11 @@ impl Poller {
     pub async fn snapshot(&self, key: &PoolKey, pool_label: &str) -> Result<Arc<Snapshot>> {
         let mut rx = self.subscribe(key, pool_label);
         loop {
-            if let Some(result) = rx.borrow_and_update().usable(key, self.inner.settings.max_staleness, Instant::now()) {
+            if let Some(result) = rx.borrow_and_update().usable(
+                key,
+                self.inner.settings.max_staleness,
+                Instant::now(),
+            ) {
                 return result;
             }
             rx.changed()
@@ -247,7 +284,10 @@ impl Poller {
         let watcher = Arc::new(Watcher {
             state: watch::Sender::new(PoolState::default()),
             last_used: Mutex::new(Instant::now()),
-            labels: PoolLabels { org: key.org.to_string(), pool: pool_label.to_owned() },
+            labels: PoolLabels {
+                org: key.org.to_string(),
+                pool: pool_label.to_owned(),
+            },
         });
         tracing::info!(org = %key.org, pool = pool_label, "start polling pool");
         tokio::spawn(poll_loop(self.inner.clone(), key, watcher.clone()));
@@ -265,9 +305,17 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             Ok(requests) => {
                 failures = 0;
                 let previous = watcher.state.borrow().snapshot.clone();
-                let snapshot = Snapshot::next(previous.as_deref(), &requests, now, OffsetDateTime::now_utc());
+                let snapshot = Snapshot::next(
+                    previous.as_deref(),
+                    &requests,
+                    now,
+                    OffsetDateTime::now_utc(),
+                );
                 publish_queue_gauges(&inner.metrics, &watcher.labels, &snapshot);
-                watcher.state.send_replace(PoolState { snapshot: Some(Arc::new(snapshot)), error: None });
+                watcher.state.send_replace(PoolState {
+                    snapshot: Some(Arc::new(snapshot)),
+                    error: None,
+                });
                 settings.interval
             }
             Err(err) => {
@@ -286,7 +334,12 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             () = inner.shutdown.cancelled() => return,
         }
         let mut watchers = inner.watchers.lock().expect("watchers poisoned");
-        let idle = watcher.last_used.lock().expect("last_used poisoned").elapsed() > settings.idle_timeout;
+        let idle = watcher
+            .last_used
+            .lock()
+            .expect("last_used poisoned")
+            .elapsed()
+            > settings.idle_timeout;
         // Our own `state` sender does not count; any receiver is a caller or a stream.
         if idle && watcher.state.receiver_count() == 0 {
             if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
@@ -304,14 +357,20 @@ fn publish_queue_gauges(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snaps
     for (state, value) in [("queued", queued), ("in_flight", in_flight)] {
         metrics
             .queue_jobs
-            .get_or_create(&QueueLabels { org: labels.org.clone(), pool: labels.pool.clone(), state })
+            .get_or_create(&QueueLabels {
+                org: labels.org.clone(),
+                pool: labels.pool.clone(),
+                state,
+            })
             .set(value);
     }
 }
 
 /// `interval · 2^(failures-1)`, capped.
 fn backoff(interval: Duration, failures: u32, cap: Duration) -> Duration {
-    interval.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(cap.max(interval))
+    interval
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(cap.max(interval))
 }
 
 #[cfg(test)]
@@ -322,11 +381,18 @@ mod tests {
 
     /// A request; `finished_at` is seconds after UTC0.
     fn request(id: u64, agent: Option<&str>, finished_at: Option<i64>) -> JobRequest {
-        let mut req: JobRequest = serde_json::from_value(serde_json::json!({ "requestId": id })).unwrap();
+        let mut req: JobRequest =
+            serde_json::from_value(serde_json::json!({ "requestId": id })).unwrap();
         req.queue_time = Some(UTC0);
         if let Some(a) = agent {
             req.assign_time = Some(UTC0);
-            req.reserved_agent = Some(crate::ado::models::AgentRef { id: 1, name: a.into(), version: None, status: None, enabled: None });
+            req.reserved_agent = Some(crate::ado::models::AgentRef {
+                id: 1,
+                name: a.into(),
+                version: None,
+                status: None,
+                enabled: None,
+            });
         }
         if let Some(secs) = finished_at {
             req.result = Some("succeeded".into());
@@ -339,15 +405,45 @@ mod tests {
     fn departures_are_seen_between_polls() {
         let t0 = Instant::now();
         let utc = |secs: i64| UTC0 + time::Duration::seconds(secs);
-        let s0 = Snapshot::next(None, &[request(1, None, None), request(2, Some("a"), None), request(3, None, None), request(4, None, None), request(5, Some("c"), None)], t0, utc(0));
+        let s0 = Snapshot::next(
+            None,
+            &[
+                request(1, None, None),
+                request(2, Some("a"), None),
+                request(3, None, None),
+                request(4, None, None),
+                request(5, Some("c"), None),
+            ],
+            t0,
+            utc(0),
+        );
         assert_eq!(s0.queued(), 3);
         assert!(s0.departed.is_empty());
         let t1 = t0 + Duration::from_secs(4);
         // 1: picked up and finished between polls (still listed, finished 1 s ago),
         // 2: vanished while in flight, 3: vanished while queued (cancelled), 4: still queued,
         // 5: listed finished with a clock-skewed finishTime before the previous poll.
-        let s1 = Snapshot::next(Some(&s0), &[request(1, Some("b"), Some(3)), request(4, None, None), request(5, Some("c"), Some(-30))], t1, utc(4));
-        let mut gone: Vec<_> = s1.departed.iter().map(|d| (d.job.request_id, d.job.reserved_agent.clone().unwrap(), d.left_at)).collect();
+        let s1 = Snapshot::next(
+            Some(&s0),
+            &[
+                request(1, Some("b"), Some(3)),
+                request(4, None, None),
+                request(5, Some("c"), Some(-30)),
+            ],
+            t1,
+            utc(4),
+        );
+        let mut gone: Vec<_> = s1
+            .departed
+            .iter()
+            .map(|d| {
+                (
+                    d.job.request_id,
+                    d.job.reserved_agent.clone().unwrap(),
+                    d.left_at,
+                )
+            })
+            .collect();
         gone.sort();
         assert_eq!(
             gone,
@@ -361,7 +457,12 @@ mod tests {
         // Departed jobs survive later polls until MAX_TEARDOWN_WINDOW.
         let s2 = Snapshot::next(Some(&s1), &[], t1 + Duration::from_secs(1), utc(5));
         assert_eq!(s2.departed.len(), 3);
-        let s3 = Snapshot::next(Some(&s2), &[], t0 + MAX_TEARDOWN_WINDOW + Duration::from_secs(3), utc(700));
+        let s3 = Snapshot::next(
+            Some(&s2),
+            &[],
+            t0 + MAX_TEARDOWN_WINDOW + Duration::from_secs(3),
+            utc(700),
+        );
         assert!(s3.departed.is_empty());
     }
 

@@ -82,7 +82,9 @@ pub struct MethodLabels {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 /// All metric families of the scaler, registered in one registry under `ado_scaler_`.
@@ -111,7 +113,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ado_scaler");
         let queue_jobs = Family::default();
-        registry.register("queue_jobs", "Unfinished job requests of a pool, by state", queue_jobs.clone());
+        registry.register(
+            "queue_jobs",
+            "Unfinished job requests of a pool, by state",
+            queue_jobs.clone(),
+        );
         let trigger_value = Family::default();
         registry.register(
             "trigger_value",
@@ -126,7 +132,11 @@ impl Metrics {
             poll_age_seconds.clone(),
         );
         let token_requests = Family::default();
-        registry.register("token_requests", "Token requests sent to Entra (cache misses), by result", token_requests.clone());
+        registry.register(
+            "token_requests",
+            "Token requests sent to Entra (cache misses), by result",
+            token_requests.clone(),
+        );
         let rate_limit_remaining = Family::default();
         registry.register(
             "rate_limit_remaining",
@@ -134,12 +144,21 @@ impl Metrics {
             rate_limit_remaining.clone(),
         );
         let active_streams = Gauge::default();
-        registry.register("active_streams", "Open StreamIsActive/StreamMetricSpec streams", active_streams.clone());
+        registry.register(
+            "active_streams",
+            "Open StreamIsActive/StreamMetricSpec streams",
+            active_streams.clone(),
+        );
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
-        ado.register("requests", "Requests sent to Azure DevOps, by endpoint and HTTP status", ado_requests.clone());
-        let ado_request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        ado.register(
+            "requests",
+            "Requests sent to Azure DevOps, by endpoint and HTTP status",
+            ado_requests.clone(),
+        );
+        let ado_request_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         ado.register_with_unit(
             "request_duration",
             "Latency of Azure DevOps requests",
@@ -149,8 +168,13 @@ impl Metrics {
 
         let grpc = registry.sub_registry_with_prefix("grpc");
         let grpc_requests = Family::default();
-        grpc.register("requests", "KEDA gRPC calls, by method and status code", grpc_requests.clone());
-        let grpc_request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        grpc.register(
+            "requests",
+            "KEDA gRPC calls, by method and status code",
+            grpc_requests.clone(),
+        );
+        let grpc_request_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         grpc.register_with_unit(
             "request_duration",
             "Latency of KEDA gRPC calls",
@@ -175,7 +199,9 @@ impl Metrics {
 
     pub fn token_request(&self, ok: bool) {
         let result = if ok { "success" } else { "error" };
-        self.token_requests.get_or_create(&ResultLabels { result }).inc();
+        self.token_requests
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// OpenMetrics text of every family.
@@ -195,10 +221,23 @@ mod tests {
         let m = Metrics::new();
         m.token_request(true);
         m.ado_requests
-            .get_or_create(&AdoRequestLabels { org: "o".into(), endpoint: "jobrequests", code: "200".into() })
+            .get_or_create(&AdoRequestLabels {
+                org: "o".into(),
+                endpoint: "jobrequests",
+                code: "200".into(),
+            })
             .inc();
-        m.grpc_request_duration.get_or_create(&MethodLabels { method: "GetMetrics" }).observe(0.01);
-        m.poll_age_seconds.get_or_create(&PoolLabels { org: "o".into(), pool: "p".into() }).set(1.5);
+        m.grpc_request_duration
+            .get_or_create(&MethodLabels {
+                method: "GetMetrics",
+            })
+            .observe(0.01);
+        m.poll_age_seconds
+            .get_or_create(&PoolLabels {
+                org: "o".into(),
+                pool: "p".into(),
+            })
+            .set(1.5);
         let text = m.encode();
         for name in [
             "ado_scaler_token_requests_total{result=\"success\"} 1",

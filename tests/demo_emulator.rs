@@ -12,7 +12,9 @@ const SCALER_POLL: Duration = Duration::from_millis(200);
 
 /// 16 jobs, one every 250 ms: new jobs keep arriving while earlier agents tear down.
 fn scripted(teardown_window: Duration, scaled_jobs: usize) -> DemoConfig {
-    let script = (0..16).map(|i| (Duration::from_millis(250 * i as u64), i % scaled_jobs)).collect();
+    let script = (0..16)
+        .map(|i| (Duration::from_millis(250 * i as u64), i % scaled_jobs))
+        .collect();
     DemoConfig {
         duration: Duration::from_secs(4),
         arrivals: Arrivals::Script(script),
@@ -33,8 +35,14 @@ fn scripted(teardown_window: Duration, scaled_jobs: usize) -> DemoConfig {
 fn show(label: &str, r: &DemoReport) {
     println!(
         "{label}: jobs {}/{} agents {} idle {} wait median {:?} max {:?} jobrequests {} tokens {}",
-        r.jobs_completed, r.jobs_queued, r.agents_started, r.agents_idle_at_end, r.median_wait, r.max_wait,
-        r.job_request_polls, r.token_requests
+        r.jobs_completed,
+        r.jobs_queued,
+        r.agents_started,
+        r.agents_idle_at_end,
+        r.median_wait,
+        r.max_wait,
+        r.job_request_polls,
+        r.token_requests
     );
 }
 
@@ -43,7 +51,10 @@ async fn without_teardown_window_every_agent_runs_exactly_one_job() {
     let report = simulate(scripted(Duration::ZERO, 1)).await.unwrap();
     show("window 0", &report);
     assert_eq!(report.jobs_completed, 16, "every job ran");
-    assert_eq!(report.agents_started, report.jobs_completed, "no agent started for nothing");
+    assert_eq!(
+        report.agents_started, report.jobs_completed,
+        "no agent started for nothing"
+    );
     assert_eq!(report.agents_idle_at_end, 0);
     assert_eq!(report.token_requests, 1);
 }
@@ -58,14 +69,21 @@ async fn teardown_window_bounds_the_wait_with_few_extra_agents() {
     // Pod start plus at most one KEDA cycle and one scaler poll of detection, with slack for
     // a loaded CI machine; without the window a job can also wait for a teardown.
     let bound = POD_START + 2 * KEDA_POLL + 2 * SCALER_POLL + Duration::from_millis(400);
-    assert!(report.max_wait <= bound, "longest wait {:?} > {bound:?}", report.max_wait);
+    assert!(
+        report.max_wait <= bound,
+        "longest wait {:?} > {bound:?}",
+        report.max_wait
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_scaled_jobs_on_one_pool_share_one_poll() {
     let report = simulate(scripted(TEARDOWN, 8)).await.unwrap();
     show("8 ScaledJobs", &report);
-    assert_eq!(report.jobs_completed, 16, "every job ran on an agent with its demand");
+    assert_eq!(
+        report.jobs_completed, 16,
+        "every job ran on an agent with its demand"
+    );
     let intervals = (report.elapsed.as_secs_f64() / SCALER_POLL.as_secs_f64()).ceil() as u64;
     assert!(
         report.job_request_polls <= intervals + 2,

@@ -17,24 +17,48 @@ const FAST: Duration = Duration::from_millis(200);
 #[tokio::test]
 async fn value_follows_the_queue() {
     let h = Harness::start(FAST).await;
-    let sj = h.scaled_job("agents", &[("agentNamePrefix", "agents-"), ("teardownWindow", "0s")]);
+    let sj = h.scaled_job(
+        "agents",
+        &[("agentNamePrefix", "agents-"), ("teardownWindow", "0s")],
+    );
     assert_eq!(h.metric(&sj).await.unwrap(), 0);
 
     let a = h.sim.ado.enqueue(h.pool_id, &[]);
     let _b = h.sim.ado.enqueue(h.pool_id, &[]);
-    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&sj).await.unwrap() == 2
+        })
+        .await
+    );
 
     // Assigned to one of our agents: still counted (the Kubernetes Job still runs).
-    h.sim.ado.assign_next(h.pool_id, "agents-x1", &Default::default()).unwrap();
+    h.sim
+        .ado
+        .assign_next(h.pool_id, "agents-x1", &Default::default())
+        .unwrap();
     tokio::time::sleep(FAST * 3).await;
     assert_eq!(h.metric(&sj).await.unwrap(), 2);
 
     // Assigned to an agent outside our prefix: not ours, so not counted.
-    h.sim.ado.assign_next(h.pool_id, "someone-else", &Default::default()).unwrap();
-    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 1 }).await);
+    h.sim
+        .ado
+        .assign_next(h.pool_id, "someone-else", &Default::default())
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&sj).await.unwrap() == 1
+        })
+        .await
+    );
 
     h.sim.ado.finish(a, "succeeded");
-    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.unwrap() == 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&sj).await.unwrap() == 0
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -44,9 +68,19 @@ async fn demands_select_jobs() {
     h.sim.ado.enqueue(h.pool_id, &["gpu"]);
     h.sim.ado.enqueue(h.pool_id, &[]);
     let maven = h.scaled_job("maven", &[("demands", "maven")]);
-    let gpu = h.scaled_job("gpu", &[("demands", "GPU"), ("caseInsensitiveDemandsProcessing", "true")]);
+    let gpu = h.scaled_job(
+        "gpu",
+        &[
+            ("demands", "GPU"),
+            ("caseInsensitiveDemandsProcessing", "true"),
+        ],
+    );
     let all = h.scaled_job("all", &[]);
-    assert_eq!(h.metric(&maven).await.unwrap(), 2, "maven job + job without demands");
+    assert_eq!(
+        h.metric(&maven).await.unwrap(),
+        2,
+        "maven job + job without demands"
+    );
     assert_eq!(h.metric(&gpu).await.unwrap(), 2);
     assert_eq!(h.metric(&all).await.unwrap(), 3);
 }
@@ -63,8 +97,16 @@ async fn ten_triggers_share_one_poll_and_one_token() {
     // A cold start: ten concurrent callers share the first fetch.
     let first = futures::future::join_all(triggers.iter().map(|t| h.metric(t))).await;
     assert_eq!(first.iter().map(|r| *r.as_ref().unwrap()).sum::<i64>(), 1);
-    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), 1, "one fetch for ten cold callers");
-    assert_eq!(h.sim.ado.requests(Endpoint::Pools), 1, "poolName resolved once");
+    assert_eq!(
+        h.sim.ado.requests(Endpoint::JobRequests),
+        1,
+        "one fetch for ten cold callers"
+    );
+    assert_eq!(
+        h.sim.ado.requests(Endpoint::Pools),
+        1,
+        "poolName resolved once"
+    );
 
     let started = tokio::time::Instant::now();
     let before = h.sim.ado.requests(Endpoint::JobRequests);
@@ -76,9 +118,19 @@ async fn ten_triggers_share_one_poll_and_one_token() {
     }
     let polls = h.sim.ado.requests(Endpoint::JobRequests) - before;
     let intervals = (started.elapsed().as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
-    assert!(polls <= intervals + 1, "{polls} polls in {intervals} intervals");
-    assert!(polls >= intervals.saturating_sub(2), "the watcher keeps polling: {polls} in {intervals}");
-    assert_eq!(h.sim.ado.requests(Endpoint::Pools), 1, "poolName stays cached");
+    assert!(
+        polls <= intervals + 1,
+        "{polls} polls in {intervals} intervals"
+    );
+    assert!(
+        polls >= intervals.saturating_sub(2),
+        "the watcher keeps polling: {polls} in {intervals}"
+    );
+    assert_eq!(
+        h.sim.ado.requests(Endpoint::Pools),
+        1,
+        "poolName stays cached"
+    );
     assert_eq!(h.sim.entra.requests(), 1, "one token for every poll");
 }
 
@@ -89,29 +141,57 @@ async fn sign_in_page_is_a_clear_error() {
     h.sim.ado.accept_tokens(false);
     let err = h.metric(&h.scaled_job("x", &[])).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(err.message().contains("not added to the organisation"), "{}", err.message());
+    assert!(
+        err.message().contains("not added to the organisation"),
+        "{}",
+        err.message()
+    );
     assert!(err.message().contains("HTTP 203"), "{}", err.message());
-    assert!(!err.message().contains("<html"), "no upstream body: {}", err.message());
+    assert!(
+        !err.message().contains("<html"),
+        "no upstream body: {}",
+        err.message()
+    );
 }
 
 #[tokio::test]
 async fn errors_map_to_grpc_codes() {
     let h = Harness::start(FAST).await;
-    let cases: &[(&[(&str, &str)], Code, &str)] = &[
+    type Case = (&'static [(&'static str, &'static str)], Code, &'static str);
+    let cases: &[Case] = &[
         (&[("poolName", "nope")], Code::NotFound, "agent pool `nope`"),
-        (&[("organizationURL", "https://evil.example/contoso")], Code::PermissionDenied, "--allowed-orgs"),
-        (&[("targetPipelinesQueueLength", "zero")], Code::InvalidArgument, "targetPipelinesQueueLength"),
-        (&[("personalAccessToken", "abc123")], Code::InvalidArgument, "personalAccessToken"),
+        (
+            &[("organizationURL", "https://evil.example/contoso")],
+            Code::PermissionDenied,
+            "--allowed-orgs",
+        ),
+        (
+            &[("targetPipelinesQueueLength", "zero")],
+            Code::InvalidArgument,
+            "targetPipelinesQueueLength",
+        ),
+        (
+            &[("personalAccessToken", "abc123")],
+            Code::InvalidArgument,
+            "personalAccessToken",
+        ),
     ];
     for (extra, code, fragment) in cases {
         let err = h.metric(&h.scaled_job("x", extra)).await.unwrap_err();
         assert_eq!(err.code(), *code, "{extra:?}: {err:?}");
-        assert!(err.message().contains(fragment), "{extra:?}: {}", err.message());
+        assert!(
+            err.message().contains(fragment),
+            "{extra:?}: {}",
+            err.message()
+        );
         assert!(!err.message().contains("abc123"));
     }
     let mut client = h.client.clone();
     let err = client
-        .get_metrics(GetMetricsRequest { scaled_object_ref: None, metric_name: "m".into() })
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: None,
+            metric_name: "m".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -120,17 +200,48 @@ async fn errors_map_to_grpc_codes() {
 #[tokio::test]
 async fn metric_spec_and_is_active() {
     let h = Harness::start(FAST).await;
-    let sj = h.scaled_job("agents", &[("targetPipelinesQueueLength", "2"), ("activationTargetPipelinesQueueLength", "1")]);
+    let sj = h.scaled_job(
+        "agents",
+        &[
+            ("targetPipelinesQueueLength", "2"),
+            ("activationTargetPipelinesQueueLength", "1"),
+        ],
+    );
     let mut client = h.client.clone();
-    let spec = client.get_metric_spec(sj.clone()).await.unwrap().into_inner();
+    let spec = client
+        .get_metric_spec(sj.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(spec.metric_specs.len(), 1);
     assert_eq!(spec.metric_specs[0].metric_name, "ado-pool-linux");
-    assert_eq!((spec.metric_specs[0].target_size, spec.metric_specs[0].target_size_float), (2, 2.0));
+    assert_eq!(
+        (
+            spec.metric_specs[0].target_size,
+            spec.metric_specs[0].target_size_float
+        ),
+        (2, 2.0)
+    );
 
-    assert!(!client.is_active(sj.clone()).await.unwrap().into_inner().result);
+    assert!(
+        !client
+            .is_active(sj.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
     h.sim.ado.enqueue(h.pool_id, &[]);
     tokio::time::sleep(FAST * 3).await;
-    assert!(!client.is_active(sj.clone()).await.unwrap().into_inner().result, "1 is not above activation 1");
+    assert!(
+        !client
+            .is_active(sj.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result,
+        "1 is not above activation 1"
+    );
     h.sim.ado.enqueue(h.pool_id, &[]);
     assert!(
         eventually(Duration::from_secs(5), || {
@@ -154,15 +265,32 @@ async fn stream_is_active_pushes_changes_within_an_interval() {
     let sj = h.scaled_job("agents", &[("teardownWindow", "0s")]);
     let mut client = h.client.clone();
     let mut stream = client.stream_is_active(sj).await.unwrap().into_inner();
-    assert!(!stream.next().await.unwrap().unwrap().result, "current value at once");
+    assert!(
+        !stream.next().await.unwrap().unwrap().result,
+        "current value at once"
+    );
 
     let id = h.sim.ado.enqueue(h.pool_id, &[]);
-    let changed = tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
-    assert!(changed.expect("pushed within one interval").unwrap().unwrap().result);
+    let changed =
+        tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
+    assert!(
+        changed
+            .expect("pushed within one interval")
+            .unwrap()
+            .unwrap()
+            .result
+    );
 
     h.sim.ado.finish(id, "succeeded");
-    let changed = tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
-    assert!(!changed.expect("pushed within one interval").unwrap().unwrap().result);
+    let changed =
+        tokio::time::timeout(interval * 2 + Duration::from_millis(200), stream.next()).await;
+    assert!(
+        !changed
+            .expect("pushed within one interval")
+            .unwrap()
+            .unwrap()
+            .result
+    );
     let (_, metrics) = h.http_get("/metrics").await;
     assert!(metrics.contains("ado_scaler_active_streams 1"), "{metrics}");
 }
@@ -175,20 +303,44 @@ async fn rate_limit_waits_for_retry_after_and_is_recorded() {
     h.sim.ado.set_rate_limit_remaining(Some(17));
     assert_eq!(h.metric(&sj).await.unwrap(), 0);
     let before = h.sim.ado.requests(Endpoint::JobRequests);
-    h.sim.ado.add_fault(Fault::status(Endpoint::JobRequests, 429).retry_after(1).times(1));
+    h.sim.ado.add_fault(
+        Fault::status(Endpoint::JobRequests, 429)
+            .retry_after(1)
+            .times(1),
+    );
     // The watcher's next poll gets the 429 ...
-    assert!(eventually(Duration::from_secs(3), || async { h.sim.ado.requests(Endpoint::JobRequests) > before }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            h.sim.ado.requests(Endpoint::JobRequests) > before
+        })
+        .await
+    );
     let at_429 = h.sim.ado.requests(Endpoint::JobRequests);
     let limited_at = tokio::time::Instant::now();
     // ... and then waits Retry-After (1 s) instead of the 100 ms interval.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), at_429, "no poll during Retry-After");
-    assert!(eventually(Duration::from_secs(3), || async { h.sim.ado.requests(Endpoint::JobRequests) > at_429 }).await);
-    assert!(limited_at.elapsed() >= Duration::from_millis(850), "resumed after Retry-After");
+    assert_eq!(
+        h.sim.ado.requests(Endpoint::JobRequests),
+        at_429,
+        "no poll during Retry-After"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            h.sim.ado.requests(Endpoint::JobRequests) > at_429
+        })
+        .await
+    );
+    assert!(
+        limited_at.elapsed() >= Duration::from_millis(850),
+        "resumed after Retry-After"
+    );
     // The cached snapshot keeps answering meanwhile.
     assert_eq!(h.metric(&sj).await.unwrap(), 0);
     let (_, metrics) = h.http_get("/metrics").await;
-    assert!(metrics.contains("ado_scaler_rate_limit_remaining{org="), "{metrics}");
+    assert!(
+        metrics.contains("ado_scaler_rate_limit_remaining{org="),
+        "{metrics}"
+    );
     assert!(metrics.contains("code=\"429\""), "{metrics}");
 }
 
@@ -204,14 +356,24 @@ async fn stale_data_becomes_unavailable() {
     .await;
     let sj = h.scaled_job("agents", &[]);
     assert_eq!(h.metric(&sj).await.unwrap(), 0);
-    h.sim.ado.add_fault(Fault::status(Endpoint::JobRequests, 503));
+    h.sim
+        .ado
+        .add_fault(Fault::status(Endpoint::JobRequests, 503));
     let unavailable = eventually(Duration::from_secs(5), || async {
         matches!(h.metric(&sj).await, Err(e) if e.code() == Code::Unavailable && e.message().contains("HTTP 503"))
     })
     .await;
-    assert!(unavailable, "stale data must fail with UNAVAILABLE naming the last error");
+    assert!(
+        unavailable,
+        "stale data must fail with UNAVAILABLE naming the last error"
+    );
     h.sim.ado.clear_faults();
-    assert!(eventually(Duration::from_secs(5), || async { h.metric(&sj).await.is_ok() }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&sj).await.is_ok()
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -219,28 +381,48 @@ async fn shutdown_drains_in_flight_calls() {
     let mut h = Harness::start(FAST).await;
     let sj = h.scaled_job("agents", &[]);
     // A slow first poll keeps the call in flight while shutdown begins.
-    h.sim.ado.add_fault(Fault::delay(Endpoint::JobRequests, Duration::from_millis(600)).times(1));
+    h.sim
+        .ado
+        .add_fault(Fault::delay(Endpoint::JobRequests, Duration::from_millis(600)).times(1));
     let in_flight = {
         let mut client = h.client.clone();
         let sj = sj.clone();
         tokio::spawn(async move { client.is_active(sj).await })
     };
-    assert!(eventually(Duration::from_secs(5), || async { h.sim.ado.requests(Endpoint::JobRequests) == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.sim.ado.requests(Endpoint::JobRequests) == 1
+        })
+        .await
+    );
     let (code, _) = h.http_get("/readyz").await;
     assert_eq!(code, 200);
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "externalscaler.ExternalScaler".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "externalscaler.ExternalScaler".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    let result = tokio::time::timeout(Duration::from_secs(10), h.shutdown()).await.expect("drains in time");
+    let result = tokio::time::timeout(Duration::from_secs(10), h.shutdown())
+        .await
+        .expect("drains in time");
     result.unwrap();
-    let answer = in_flight.await.unwrap().expect("the in-flight call finished");
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call finished");
     assert!(!answer.into_inner().result);
-    assert!(tokio::net::TcpStream::connect(h.grpc_addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(h.grpc_addr).await.is_err(),
+        "listener closed"
+    );
 }
 
 #[tokio::test]
@@ -268,6 +450,14 @@ async fn metrics_and_health_endpoints() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
-    let overall = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
-    assert_eq!(overall.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let overall = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        overall.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

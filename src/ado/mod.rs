@@ -87,7 +87,11 @@ pub struct AdoClient {
 
 impl AdoClient {
     pub fn new(http: reqwest::Client, auth: TokenSource, metrics: Arc<Metrics>) -> Self {
-        Self { http, auth, metrics }
+        Self {
+            http,
+            auth,
+            metrics,
+        }
     }
 
     pub fn identity(&self) -> &str {
@@ -104,15 +108,21 @@ impl AdoClient {
         match pools.value.len() {
             0 => Err(Error::NotFound(format!("agent pool `{name}` in {org}"))),
             1 => Ok(pools.value.into_iter().next().expect("one pool")),
-            count => Err(Error::AmbiguousPool { name: name.to_owned(), count }),
+            count => Err(Error::AmbiguousPool {
+                name: name.to_owned(),
+                count,
+            }),
         }
     }
 
     /// Unfinished job requests of a pool. No `$top` (it drops `matchedAgents` and caps at 200)
     /// and no api-version, as KEDA's scaler calls it.
     pub async fn job_requests(&self, org: &OrgUrl, pool_id: u32) -> Result<Vec<JobRequest>> {
-        let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/jobrequests"));
-        url.query_pairs_mut().append_pair("completedRequestCount", "0");
+        let mut url = org.join(&format!(
+            "_apis/distributedtask/pools/{pool_id}/jobrequests"
+        ));
+        url.query_pairs_mut()
+            .append_pair("completedRequestCount", "0");
         let list: List<JobRequest> = self.get_json(org, "jobrequests", url).await?;
         Ok(list.value)
     }
@@ -127,10 +137,17 @@ impl AdoClient {
         list.value
             .into_iter()
             .find(|p| !p.version.is_prerelease)
-            .ok_or_else(|| Error::NotFound(format!("a released agent package for {platform} in {org}")))
+            .ok_or_else(|| {
+                Error::NotFound(format!("a released agent package for {platform} in {org}"))
+            })
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, org: &OrgUrl, endpoint: &'static str, url: url::Url) -> Result<T> {
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        org: &OrgUrl,
+        endpoint: &'static str,
+        url: url::Url,
+    ) -> Result<T> {
         let authorization = self.auth.authorization().await?;
         let started = Instant::now();
         let sent = self
@@ -148,7 +165,11 @@ impl AdoClient {
         let count = |code: String| {
             self.metrics
                 .ado_requests
-                .get_or_create(&AdoRequestLabels { org: org_label.clone(), endpoint, code })
+                .get_or_create(&AdoRequestLabels {
+                    org: org_label.clone(),
+                    endpoint,
+                    code,
+                })
                 .inc();
         };
         let response = match sent {
@@ -167,7 +188,9 @@ impl AdoClient {
         if let Some(remaining) = rate.remaining {
             self.metrics
                 .rate_limit_remaining
-                .get_or_create(&OrgLabels { org: org_label.clone() })
+                .get_or_create(&OrgLabels {
+                    org: org_label.clone(),
+                })
                 .set(remaining);
         }
         if let Some(err) = status_error(org, endpoint, status, response.headers(), &url) {
@@ -217,10 +240,20 @@ fn status_error(
                 "a redirect to sign-in"
             },
         },
-        403 => Error::Forbidden { org: org_s, resource: url.path().to_owned() },
+        403 => Error::Forbidden {
+            org: org_s,
+            resource: url.path().to_owned(),
+        },
         404 => Error::NotFound(format!("{} at {org_s}", url.path())),
-        429 => Error::RateLimited { org: org_s, retry_after: retry_after(headers) },
-        code => Error::Upstream { org: org_s, endpoint, status: code },
+        429 => Error::RateLimited {
+            org: org_s,
+            retry_after: retry_after(headers),
+        },
+        code => Error::Upstream {
+            org: org_s,
+            endpoint,
+            status: code,
+        },
     })
 }
 
@@ -234,7 +267,12 @@ pub fn retry_after(headers: &header::HeaderMap) -> Duration {
 }
 
 fn rate_limit(headers: &header::HeaderMap) -> RateLimit {
-    let num = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    };
     RateLimit {
         remaining: num("x-ratelimit-remaining"),
         limit: num("x-ratelimit-limit"),
@@ -274,12 +312,19 @@ mod tests {
         );
         let b = OrgUrl::parse("https://CONTOSO.visualstudio.com").unwrap();
         assert_eq!(b.to_string(), "https://contoso.visualstudio.com");
-        assert_eq!(b.join("/_apis/x").as_str(), "https://contoso.visualstudio.com/_apis/x");
+        assert_eq!(
+            b.join("/_apis/x").as_str(),
+            "https://contoso.visualstudio.com/_apis/x"
+        );
         assert!(OrgUrl::parse("ftp://x").is_err());
         assert!(OrgUrl::parse("https://u:p@dev.azure.com/x").is_err());
         assert!(OrgUrl::parse("https://dev.azure.com/x?a=1").is_err());
         assert!(OrgUrl::parse("dev.azure.com/x").is_err());
-        assert!(OrgUrl::parse("http://127.0.0.1:8080/o").unwrap().is_loopback());
+        assert!(
+            OrgUrl::parse("http://127.0.0.1:8080/o")
+                .unwrap()
+                .is_loopback()
+        );
         assert!(OrgUrl::parse("http://[::1]:8080/o").unwrap().is_loopback());
         assert!(!OrgUrl::parse("http://10.0.0.1/o").unwrap().is_loopback());
     }

@@ -26,14 +26,21 @@ pub const DEFAULT_ALLOWED_ORGS: &str = "https://dev.azure.com/*,https://*.visual
 impl OrgAllowlist {
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, String> {
         let mut patterns = Vec::new();
-        for raw in items.iter().map(AsRef::as_ref).map(str::trim).filter(|s| !s.is_empty()) {
+        for raw in items
+            .iter()
+            .map(AsRef::as_ref)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             // `*` is not valid in a URL host, so parse with a placeholder and map it back.
             let url = url::Url::parse(&raw.replace('*', WILDCARD))
                 .map_err(|e| format!("--allowed-orgs: {raw:?} is not a URL ({e})"))?;
             let scheme = url.scheme().to_owned();
             let host = url.host_str().unwrap_or_default().to_owned();
             if scheme != "https" && scheme != "http" {
-                return Err(format!("--allowed-orgs: {raw:?} must be https (or http for loopback)"));
+                return Err(format!(
+                    "--allowed-orgs: {raw:?} must be https (or http for loopback)"
+                ));
             }
             if host.is_empty() {
                 return Err(format!("--allowed-orgs: {raw:?} has no host"));
@@ -46,12 +53,23 @@ impl OrgAllowlist {
                     ));
                 }
             }
-            let unwild = |s: &str| if s == WILDCARD { "*".to_owned() } else { s.to_owned() };
+            let unwild = |s: &str| {
+                if s == WILDCARD {
+                    "*".to_owned()
+                } else {
+                    s.to_owned()
+                }
+            };
             patterns.push(Pattern {
                 scheme,
                 host_labels: host.split('.').map(unwild).collect(),
                 port: url.port(),
-                segments: url.path().split('/').filter(|s| !s.is_empty()).map(unwild).collect(),
+                segments: url
+                    .path()
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(unwild)
+                    .collect(),
             });
         }
         if patterns.is_empty() {
@@ -61,12 +79,15 @@ impl OrgAllowlist {
     }
 
     pub fn default_cloud() -> Self {
-        Self::parse(&DEFAULT_ALLOWED_ORGS.split(',').collect::<Vec<_>>()).expect("default patterns parse")
+        Self::parse(&DEFAULT_ALLOWED_ORGS.split(',').collect::<Vec<_>>())
+            .expect("default patterns parse")
     }
 
     pub fn allows(&self, org: &OrgUrl) -> bool {
         let url = org.url();
-        let Some(host) = url.host_str() else { return false };
+        let Some(host) = url.host_str() else {
+            return false;
+        };
         let host = host.to_ascii_lowercase();
         let labels: Vec<&str> = host.split('.').collect();
         let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
@@ -74,9 +95,15 @@ impl OrgAllowlist {
             p.scheme == url.scheme()
                 && p.port == url.port()
                 && p.host_labels.len() == labels.len()
-                && p.host_labels.iter().zip(&labels).all(|(p, l)| p == "*" || p == l)
+                && p.host_labels
+                    .iter()
+                    .zip(&labels)
+                    .all(|(p, l)| p == "*" || p == l)
                 && p.segments.len() == segments.len()
-                && p.segments.iter().zip(&segments).all(|(p, s)| p == "*" || p.eq_ignore_ascii_case(s))
+                && p.segments
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| p == "*" || p.eq_ignore_ascii_case(s))
         })
     }
 }
@@ -105,7 +132,9 @@ mod tests {
 
     #[test]
     fn explicit_entries_and_loopback_http() {
-        let list = OrgAllowlist::parse(&["https://dev.azure.com/contoso", "http://127.0.0.1:8080/sim"]).unwrap();
+        let list =
+            OrgAllowlist::parse(&["https://dev.azure.com/contoso", "http://127.0.0.1:8080/sim"])
+                .unwrap();
         assert!(allows(&list, "https://dev.azure.com/Contoso"));
         assert!(!allows(&list, "https://dev.azure.com/fabrikam"));
         assert!(allows(&list, "http://127.0.0.1:8080/sim"));

@@ -44,14 +44,23 @@ impl Trigger {
             .pool
             .label()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect();
         format!("ado-pool-{pool}")
     }
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidMetadata { key, reason: reason.into() }
+    Error::InvalidMetadata {
+        key,
+        reason: reason.into(),
+    }
 }
 
 fn non_empty<'a>(meta: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
@@ -67,7 +76,12 @@ fn boolean(meta: &HashMap<String, String>, key: &'static str, default: bool) -> 
     }
 }
 
-fn integer(meta: &HashMap<String, String>, key: &'static str, default: i64, min: i64) -> Result<i64> {
+fn integer(
+    meta: &HashMap<String, String>,
+    key: &'static str,
+    default: i64,
+    min: i64,
+) -> Result<i64> {
     match non_empty(meta, key) {
         None => Ok(default),
         Some(v) => match v.parse::<i64>() {
@@ -85,7 +99,11 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
     for key in ["personalAccessToken", "personalAccessTokenFromEnv"] {
         if meta.contains_key(key) {
             return Err(invalid(
-                if key == "personalAccessToken" { "personalAccessToken" } else { "personalAccessTokenFromEnv" },
+                if key == "personalAccessToken" {
+                    "personalAccessToken"
+                } else {
+                    "personalAccessTokenFromEnv"
+                },
                 "not accepted: ado-scaler authenticates with its own workload identity; remove the PAT from the trigger",
             ));
         }
@@ -95,20 +113,41 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         Some(v) => ("organizationURL", v),
         None => match non_empty(meta, "organizationURLFromEnv") {
             Some(v) => ("organizationURLFromEnv", v),
-            None => return Err(invalid("organizationURL", "missing (set organizationURL or organizationURLFromEnv)")),
+            None => {
+                return Err(invalid(
+                    "organizationURL",
+                    "missing (set organizationURL or organizationURLFromEnv)",
+                ));
+            }
         },
     };
-    let org = OrgUrl::parse(raw_org).map_err(|e| invalid(if org_key == "organizationURL" { "organizationURL" } else { "organizationURLFromEnv" }, e))?;
+    let org = OrgUrl::parse(raw_org).map_err(|e| {
+        invalid(
+            if org_key == "organizationURL" {
+                "organizationURL"
+            } else {
+                "organizationURLFromEnv"
+            },
+            e,
+        )
+    })?;
     if !allowlist.allows(&org) {
-        return Err(Error::OrgNotAllowed { org: org.to_string() });
+        return Err(Error::OrgNotAllowed {
+            org: org.to_string(),
+        });
     }
     if org.url().scheme() == "http" && !org.is_loopback() {
-        return Err(Error::OrgNotAllowed { org: org.to_string() });
+        return Err(Error::OrgNotAllowed {
+            org: org.to_string(),
+        });
     }
 
     let pool = match (non_empty(meta, "poolName"), non_empty(meta, "poolID")) {
         (Some(name), _) => PoolRef::Name(name.to_owned()),
-        (None, Some(id)) => PoolRef::Id(id.parse::<u32>().map_err(|_| invalid("poolID", format!("{id:?} is not a pool id")))?),
+        (None, Some(id)) => PoolRef::Id(
+            id.parse::<u32>()
+                .map_err(|_| invalid("poolID", format!("{id:?} is not a pool id")))?,
+        ),
         (None, None) => return Err(invalid("poolName", "missing (set poolName or poolID)")),
     };
 
@@ -131,9 +170,13 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
     let teardown_window = match non_empty(meta, "teardownWindow") {
         None => Duration::from_secs(10),
         Some(v) => {
-            let d = humantime::parse_duration(v).map_err(|e| invalid("teardownWindow", format!("{v:?}: {e}")))?;
+            let d = humantime::parse_duration(v)
+                .map_err(|e| invalid("teardownWindow", format!("{v:?}: {e}")))?;
             if d > MAX_TEARDOWN_WINDOW {
-                return Err(invalid("teardownWindow", format!("{v:?} is longer than {MAX_TEARDOWN_WINDOW:?}")));
+                return Err(invalid(
+                    "teardownWindow",
+                    format!("{v:?} is longer than {MAX_TEARDOWN_WINDOW:?}"),
+                ));
             }
             d
         }
@@ -167,10 +210,13 @@ mod tests {
     use super::*;
 
     fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut m: HashMap<String, String> = [("organizationURL", "https://dev.azure.com/contoso"), ("poolName", "linux")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut m: HashMap<String, String> = [
+            ("organizationURL", "https://dev.azure.com/contoso"),
+            ("poolName", "linux"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         for (k, v) in pairs {
             if v.is_empty() {
                 m.remove(*k);
@@ -190,7 +236,11 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let t = parse(&meta(&[("scalerAddress", "x:9090")]), &OrgAllowlist::default_cloud()).unwrap();
+        let t = parse(
+            &meta(&[("scalerAddress", "x:9090")]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
         assert_eq!(t.pool, PoolRef::Name("linux".into()));
         assert_eq!((t.target, t.activation), (1, 0));
         assert_eq!(t.filter, Filter::default());
@@ -199,29 +249,80 @@ mod tests {
 
     #[test]
     fn every_bad_key_is_named() {
-        let table: &[(&[(&str, &str)], &str, &str)] = &[
+        type Row = (
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            &'static str,
+        );
+        let table: &[Row] = &[
             (&[("organizationURL", "")], "organizationURL", "missing"),
-            (&[("organizationURL", "not a url")], "organizationURL", "not a URL"),
-            (&[("organizationURL", ""), ("organizationURLFromEnv", "ftp://x")], "organizationURLFromEnv", "https"),
+            (
+                &[("organizationURL", "not a url")],
+                "organizationURL",
+                "not a URL",
+            ),
+            (
+                &[
+                    ("organizationURL", ""),
+                    ("organizationURLFromEnv", "ftp://x"),
+                ],
+                "organizationURLFromEnv",
+                "https",
+            ),
             (&[("poolName", "")], "poolName", "missing"),
             (&[("poolName", ""), ("poolID", "abc")], "poolID", "\"abc\""),
-            (&[("targetPipelinesQueueLength", "0")], "targetPipelinesQueueLength", "at least 1"),
-            (&[("targetPipelinesQueueLength", "x")], "targetPipelinesQueueLength", "\"x\""),
-            (&[("activationTargetPipelinesQueueLength", "-1")], "activationTargetPipelinesQueueLength", "at least 0"),
-            (&[("requireAllDemands", "yes")], "requireAllDemands", "\"yes\""),
-            (&[("requireAllDemandsAndIgnoreOthers", "1")], "requireAllDemandsAndIgnoreOthers", "\"1\""),
-            (&[("caseInsensitiveDemandsProcessing", "maybe")], "caseInsensitiveDemandsProcessing", "\"maybe\""),
+            (
+                &[("targetPipelinesQueueLength", "0")],
+                "targetPipelinesQueueLength",
+                "at least 1",
+            ),
+            (
+                &[("targetPipelinesQueueLength", "x")],
+                "targetPipelinesQueueLength",
+                "\"x\"",
+            ),
+            (
+                &[("activationTargetPipelinesQueueLength", "-1")],
+                "activationTargetPipelinesQueueLength",
+                "at least 0",
+            ),
+            (
+                &[("requireAllDemands", "yes")],
+                "requireAllDemands",
+                "\"yes\"",
+            ),
+            (
+                &[("requireAllDemandsAndIgnoreOthers", "1")],
+                "requireAllDemandsAndIgnoreOthers",
+                "\"1\"",
+            ),
+            (
+                &[("caseInsensitiveDemandsProcessing", "maybe")],
+                "caseInsensitiveDemandsProcessing",
+                "\"maybe\"",
+            ),
             (&[("scaleOnInFlight", "on")], "scaleOnInFlight", "\"on\""),
             (&[("teardownWindow", "soon")], "teardownWindow", "\"soon\""),
             (&[("teardownWindow", "1h")], "teardownWindow", "longer"),
-            (&[("personalAccessToken", "abc")], "personalAccessToken", "own workload identity"),
-            (&[("personalAccessTokenFromEnv", "abc")], "personalAccessTokenFromEnv", "own workload identity"),
+            (
+                &[("personalAccessToken", "abc")],
+                "personalAccessToken",
+                "own workload identity",
+            ),
+            (
+                &[("personalAccessTokenFromEnv", "abc")],
+                "personalAccessTokenFromEnv",
+                "own workload identity",
+            ),
         ];
         for (pairs, key, fragment) in table {
             let (k, reason) = err_key(pairs);
             assert_eq!(k, *key, "{pairs:?}");
             assert!(reason.contains(fragment), "{pairs:?}: {reason}");
-            let status = tonic::Status::from(Error::InvalidMetadata { key: k, reason: reason.clone() });
+            let status = tonic::Status::from(Error::InvalidMetadata {
+                key: k,
+                reason: reason.clone(),
+            });
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(key));
         }
@@ -253,31 +354,69 @@ mod tests {
         assert_eq!(t.org.to_string(), "https://contoso.visualstudio.com");
         assert_eq!(t.pool, PoolRef::Id(42));
         assert_eq!((t.target, t.activation), (2, 3));
-        assert_eq!(t.filter.demands.iter().map(ToString::to_string).collect::<Vec<_>>(), ["maven", "java -equals 17"]);
+        assert_eq!(
+            t.filter
+                .demands
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["maven", "java -equals 17"]
+        );
         assert_eq!(t.filter.rule, DemandRule::Equal);
         assert!(t.filter.case_insensitive && !t.filter.scale_on_in_flight);
         assert_eq!(t.filter.agent_name_prefix.as_deref(), Some("agents-"));
         assert_eq!(t.filter.teardown_window, Duration::from_secs(3));
 
-        let t = parse(&meta(&[("requireAllDemandsAndIgnoreOthers", "true"), ("teardownWindow", "0s")]), &OrgAllowlist::default_cloud()).unwrap();
+        let t = parse(
+            &meta(&[
+                ("requireAllDemandsAndIgnoreOthers", "true"),
+                ("teardownWindow", "0s"),
+            ]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
         assert_eq!(t.filter.rule, DemandRule::TriggerSubsetOfJob);
         assert!(t.filter.teardown_window.is_zero());
-        let t = parse(&meta(&[("parent", "template"), ("demands", "maven")]), &OrgAllowlist::default_cloud()).unwrap();
+        let t = parse(
+            &meta(&[("parent", "template"), ("demands", "maven")]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
         assert_eq!(t.filter.parent.as_deref(), Some("template"));
         assert!(t.filter.demands.is_empty(), "parent ignores demands");
-        let t = parse(&meta(&[("organizationURL", ""), ("organizationURLFromEnv", "https://dev.azure.com/x")]), &OrgAllowlist::default_cloud()).unwrap();
+        let t = parse(
+            &meta(&[
+                ("organizationURL", ""),
+                ("organizationURLFromEnv", "https://dev.azure.com/x"),
+            ]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
         assert_eq!(t.org.to_string(), "https://dev.azure.com/x");
     }
 
     #[test]
     fn organisation_must_be_allowed() {
         let cloud = OrgAllowlist::default_cloud();
-        for org in ["https://evil.example/contoso", "http://dev.azure.com/contoso", "http://127.0.0.1:9/o"] {
+        for org in [
+            "https://evil.example/contoso",
+            "http://dev.azure.com/contoso",
+            "http://127.0.0.1:9/o",
+        ] {
             let err = parse(&meta(&[("organizationURL", org)]), &cloud).unwrap_err();
             assert!(matches!(err, Error::OrgNotAllowed { .. }), "{org}: {err:?}");
-            assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::PermissionDenied
+            );
         }
         let local = OrgAllowlist::parse(&["http://127.0.0.1:9/o"]).unwrap();
-        assert!(parse(&meta(&[("organizationURL", "http://127.0.0.1:9/o")]), &local).is_ok());
+        assert!(
+            parse(
+                &meta(&[("organizationURL", "http://127.0.0.1:9/o")]),
+                &local
+            )
+            .is_ok()
+        );
     }
 }

@@ -21,14 +21,14 @@ use tonic::{Request, Response, Status};
 use crate::{
     count::Counted,
     error::{Error, Result},
-    poller::{PoolKey, Poller},
+    poller::{Poller, PoolKey},
     telemetry::{GrpcLabels, MethodLabels, Metrics, TriggerLabels},
 };
 use allowlist::OrgAllowlist;
 use metadata::{PoolRef, Trigger};
 use proto::{
-    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
-    ScaledObjectRef, external_scaler_server::ExternalScaler,
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
 };
 
 /// Answers KEDA from the poller's shared snapshots.
@@ -49,8 +49,18 @@ pub struct Evaluation {
 }
 
 impl ScalerService {
-    pub fn new(poller: Poller, allowlist: OrgAllowlist, metrics: Arc<Metrics>, streams_end: CancellationToken) -> Self {
-        Self { poller, allowlist: Arc::new(allowlist), metrics, streams_end }
+    pub fn new(
+        poller: Poller,
+        allowlist: OrgAllowlist,
+        metrics: Arc<Metrics>,
+        streams_end: CancellationToken,
+    ) -> Self {
+        Self {
+            poller,
+            allowlist: Arc::new(allowlist),
+            metrics,
+            streams_end,
+        }
     }
 
     async fn pool_key(&self, trigger: &Trigger) -> Result<PoolKey> {
@@ -58,7 +68,11 @@ impl ScalerService {
             PoolRef::Id(id) => *id,
             PoolRef::Name(name) => self.poller.pool_id(&trigger.org, name).await?,
         };
-        Ok(PoolKey { org: trigger.org.clone(), pool_id, identity: self.poller.identity() })
+        Ok(PoolKey {
+            org: trigger.org.clone(),
+            pool_id,
+            identity: self.poller.identity(),
+        })
     }
 
     /// Parses the trigger and counts it against the pool's current snapshot.
@@ -66,7 +80,9 @@ impl ScalerService {
         let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
         let key = self.pool_key(&trigger).await?;
         let snapshot = self.poller.snapshot(&key, &trigger.pool.label()).await?;
-        let counted = trigger.filter.count(&snapshot.jobs, &snapshot.departed, Instant::now());
+        let counted = trigger
+            .filter
+            .count(&snapshot.jobs, &snapshot.departed, Instant::now());
         self.record_value(r, &trigger, counted.total());
         Ok(Evaluation { trigger, counted })
     }
@@ -74,7 +90,11 @@ impl ScalerService {
     fn record_value(&self, r: &ScaledObjectRef, trigger: &Trigger, value: u64) {
         self.metrics
             .trigger_value
-            .get_or_create(&TriggerLabels { namespace: r.namespace.clone(), name: r.name.clone(), pool: trigger.pool.label() })
+            .get_or_create(&TriggerLabels {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                pool: trigger.pool.label(),
+            })
             .set(value as i64);
     }
 
@@ -83,7 +103,10 @@ impl ScalerService {
             Ok(_) => "OK".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
-        self.metrics.grpc_requests.get_or_create(&GrpcLabels { method, code }).inc();
+        self.metrics
+            .grpc_requests
+            .get_or_create(&GrpcLabels { method, code })
+            .inc();
         self.metrics
             .grpc_request_duration
             .get_or_create(&MethodLabels { method })
@@ -124,12 +147,19 @@ impl Drop for StreamGuard {
 
 #[tonic::async_trait]
 impl ExternalScaler for ScalerService {
-    async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
         let result = self
             .evaluate(request.get_ref())
             .await
-            .map(|e| Response::new(IsActiveResponse { result: e.counted.total() as i64 > e.trigger.activation }))
+            .map(|e| {
+                Response::new(IsActiveResponse {
+                    result: e.counted.total() as i64 > e.trigger.activation,
+                })
+            })
             .map_err(Status::from);
         self.observe("IsActive", started, &result);
         result
@@ -161,14 +191,23 @@ impl ExternalScaler for ScalerService {
             let max_staleness = this.poller.settings().max_staleness;
             let mut last_sent: Option<bool> = None;
             loop {
-                let usable = state.borrow_and_update().usable(&key, max_staleness, Instant::now());
+                let usable = state
+                    .borrow_and_update()
+                    .usable(&key, max_staleness, Instant::now());
                 match usable {
                     Some(Ok(snapshot)) => {
-                        let value = trigger.filter.count(&snapshot.jobs, &snapshot.departed, Instant::now()).total();
+                        let value = trigger
+                            .filter
+                            .count(&snapshot.jobs, &snapshot.departed, Instant::now())
+                            .total();
                         this.record_value(&r, &trigger, value);
                         let active = value as i64 > trigger.activation;
                         if last_sent != Some(active) {
-                            if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                            if tx
+                                .send(Ok(IsActiveResponse { result: active }))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             last_sent = Some(active);
@@ -191,7 +230,10 @@ impl ExternalScaler for ScalerService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_metric_spec(&self, request: Request<ScaledObjectRef>) -> Result<Response<GetMetricSpecResponse>, Status> {
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
         let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
             .map(|t| Response::new(Self::metric_spec(&t)))
@@ -200,19 +242,29 @@ impl ExternalScaler for ScalerService {
         result
     }
 
-    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
         let result = async {
             let r = request
                 .scaled_object_ref
-                .ok_or_else(|| Error::InvalidMetadata { key: "scaledObjectRef", reason: "missing".into() })?;
+                .ok_or_else(|| Error::InvalidMetadata {
+                    key: "scaledObjectRef",
+                    reason: "missing".into(),
+                })?;
             let evaluation = self.evaluate(&r).await?;
             let value = evaluation.counted.total();
             tracing::debug!(
-                namespace = r.namespace, name = r.name, value,
-                queued = evaluation.counted.queued, in_flight = evaluation.counted.in_flight,
-                tearing_down = evaluation.counted.tearing_down, "metric"
+                namespace = r.namespace,
+                name = r.name,
+                value,
+                queued = evaluation.counted.queued,
+                in_flight = evaluation.counted.in_flight,
+                tearing_down = evaluation.counted.tearing_down,
+                "metric"
             );
             // KEDA strips its `sN-` prefix before asking; answer with the name it asked for.
             Ok::<_, Error>(Response::new(GetMetricsResponse {
@@ -236,7 +288,8 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
         let started = Instant::now();
-        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist).map_err(Status::from);
+        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
+            .map_err(Status::from);
         self.observe("StreamMetricSpec", started, &result);
         let spec = Self::metric_spec(&result?);
         let (tx, rx) = mpsc::channel(1);

@@ -19,7 +19,9 @@ use crate::{
     auth::{AuthSettings, TokenSource},
     error::{Error, Result},
     poller::{Poller, PollerSettings},
-    scaler::{ScalerService, allowlist::OrgAllowlist, proto::external_scaler_server::ExternalScalerServer},
+    scaler::{
+        ScalerService, allowlist::OrgAllowlist, proto::external_scaler_server::ExternalScalerServer,
+    },
     telemetry::Metrics,
 };
 
@@ -50,16 +52,25 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let token = TokenSource::new(&settings.auth, &settings.http, Some(metrics.clone()))?;
     if matches!(settings.auth, AuthSettings::Pat { .. }) {
-        tracing::warn!("authenticating with a PAT file: for local development only; use workload identity in clusters");
+        tracing::warn!(
+            "authenticating with a PAT file: for local development only; use workload identity in clusters"
+        );
     }
     let ado = AdoClient::new(settings.http.clone(), token, metrics.clone());
     let stop_polling = CancellationToken::new();
     let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
     let streams_end = CancellationToken::new();
-    let service = ScalerService::new(poller.clone(), settings.allowlist, metrics.clone(), streams_end.clone());
+    let service = ScalerService::new(
+        poller.clone(),
+        settings.allowlist,
+        metrics.clone(),
+        streams_end.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ExternalScalerServer<ScalerService>>().await;
+    health
+        .set_serving::<ExternalScalerServer<ScalerService>>()
+        .await;
     let ready = Arc::new(AtomicBool::new(true));
 
     let stop = CancellationToken::new();
@@ -71,26 +82,38 @@ pub async fn serve(
         }
     });
     tokio::spawn({
-        let (stop, ready, streams_end, health) = (stop.clone(), ready.clone(), streams_end.clone(), health.clone());
+        let (stop, ready, streams_end, health) = (
+            stop.clone(),
+            ready.clone(),
+            streams_end.clone(),
+            health.clone(),
+        );
         async move {
             stop.cancelled().await;
             tracing::info!("shutting down: health NOT_SERVING, draining calls");
             ready.store(false, Ordering::SeqCst);
-            health.set_not_serving::<ExternalScalerServer<ScalerService>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_not_serving::<ExternalScalerServer<ScalerService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             streams_end.cancel();
         }
     });
 
-    let grpc_addr = grpc.local_addr().ok();
-    let http_addr = http.local_addr().ok();
-    tracing::info!(?grpc_addr, ?http_addr, "ado-scaler serving");
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(grpc_addr = %addr(&grpc), http_addr = %addr(&http), "ado-scaler serving");
 
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready_handler))
-        .with_state(HttpState { metrics, poller, ready });
+        .with_state(HttpState {
+            metrics,
+            poller,
+            ready,
+        });
     let http_server = axum::serve(http, app).with_graceful_shutdown({
         let stop = stop.clone();
         async move { stop.cancelled().await }
@@ -115,7 +138,10 @@ pub async fn serve(
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     state.poller.update_age_gauges();
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -46,11 +46,23 @@ pub struct Fault {
 
 impl Fault {
     pub fn status(endpoint: Endpoint, status: u16) -> Self {
-        Self { endpoint: Some(endpoint), status: Some(status), retry_after: None, delay: Duration::ZERO, times: None }
+        Self {
+            endpoint: Some(endpoint),
+            status: Some(status),
+            retry_after: None,
+            delay: Duration::ZERO,
+            times: None,
+        }
     }
 
     pub fn delay(endpoint: Endpoint, delay: Duration) -> Self {
-        Self { endpoint: Some(endpoint), status: None, retry_after: None, delay, times: None }
+        Self {
+            endpoint: Some(endpoint),
+            status: None,
+            retry_after: None,
+            delay,
+            times: None,
+        }
     }
 
     pub fn times(mut self, n: u32) -> Self {
@@ -108,7 +120,11 @@ impl AdoSim {
             state: Arc::new(AdoState {
                 org: org.to_owned(),
                 tokens,
-                store: Mutex::new(Store { next_request_id: 1000, next_agent_id: 1, ..Store::default() }),
+                store: Mutex::new(Store {
+                    next_request_id: 1000,
+                    next_agent_id: 1,
+                    ..Store::default()
+                }),
                 requests: Mutex::default(),
                 faults: Mutex::default(),
                 finished_visible_for: Duration::from_secs(2),
@@ -121,16 +137,31 @@ impl AdoSim {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/{org}/_apis/distributedtask/pools", get(list_pools))
-            .route("/{org}/_apis/distributedtask/pools/{pool_id}/jobrequests", get(list_job_requests))
-            .route("/{org}/_apis/distributedtask/pools/{pool_id}/agents", get(list_agents).post(add_agent))
-            .route("/{org}/_apis/distributedtask/pools/{pool_id}/agents/{agent_id}", delete(delete_agent))
+            .route(
+                "/{org}/_apis/distributedtask/pools/{pool_id}/jobrequests",
+                get(list_job_requests),
+            )
+            .route(
+                "/{org}/_apis/distributedtask/pools/{pool_id}/agents",
+                get(list_agents).post(add_agent),
+            )
+            .route(
+                "/{org}/_apis/distributedtask/pools/{pool_id}/agents/{agent_id}",
+                delete(delete_agent),
+            )
             .with_state(self.state.clone())
     }
 
     pub fn add_pool(&self, name: &str) -> u32 {
         let mut store = self.store();
         let id = 10 + store.pools.len() as u32;
-        store.pools.push(Pool { id, name: name.to_owned(), is_hosted: false, pool_type: Some("automation".into()), size: 0 });
+        store.pools.push(Pool {
+            id,
+            name: name.to_owned(),
+            is_hosted: false,
+            pool_type: Some("automation".into()),
+            size: 0,
+        });
         id
     }
 
@@ -156,16 +187,33 @@ impl AdoSim {
             plan_type: Some("Build".into()),
             plan_id: Some(format!("plan-{id}")),
             job_id: Some(format!("job-{id}")),
-            definition: Some(NamedRef { id: 1, name: "ci".into() }),
-            owner: Some(NamedRef { id: id * 10, name: format!("2026.{id}") }),
+            definition: Some(NamedRef {
+                id: 1,
+                name: "ci".into(),
+            }),
+            owner: Some(NamedRef {
+                id: id * 10,
+                name: format!("2026.{id}"),
+            }),
         };
-        store.jobs.insert(id, SimJob { request, finished_at: None });
+        store.jobs.insert(
+            id,
+            SimJob {
+                request,
+                finished_at: None,
+            },
+        );
         id
     }
 
     /// Gives the oldest queued job whose demands `capabilities` meet to `agent`, as ADO's
     /// dispatcher does for an idle agent.
-    pub fn assign_next(&self, pool_id: u32, agent: &str, capabilities: &BTreeMap<String, String>) -> Option<u64> {
+    pub fn assign_next(
+        &self,
+        pool_id: u32,
+        agent: &str,
+        capabilities: &BTreeMap<String, String>,
+    ) -> Option<u64> {
         let mut store = self.store();
         let agent_id = store
             .agents
@@ -183,8 +231,13 @@ impl AdoSim {
         let now = OffsetDateTime::now_utc();
         job.request.assign_time = Some(now);
         job.request.receive_time = Some(now);
-        job.request.reserved_agent =
-            Some(AgentRef { id: agent_id, name: agent.to_owned(), version: Some("4.261.0".into()), status: Some("online".into()), enabled: Some(true) });
+        job.request.reserved_agent = Some(AgentRef {
+            id: agent_id,
+            name: agent.to_owned(),
+            version: Some("4.261.0".into()),
+            status: Some("online".into()),
+            enabled: Some(true),
+        });
         Some(job.request.request_id)
     }
 
@@ -198,11 +251,19 @@ impl AdoSim {
     }
 
     pub fn job(&self, request_id: u64) -> Option<JobRequest> {
-        self.store().jobs.get(&request_id).map(|j| j.request.clone())
+        self.store()
+            .jobs
+            .get(&request_id)
+            .map(|j| j.request.clone())
     }
 
     /// Registers an agent directly (as `config.sh` would).
-    pub fn register_agent(&self, pool_id: u32, name: &str, capabilities: &BTreeMap<String, String>) -> u32 {
+    pub fn register_agent(
+        &self,
+        pool_id: u32,
+        name: &str,
+        capabilities: &BTreeMap<String, String>,
+    ) -> u32 {
         let mut store = self.store();
         let id = store.next_agent_id;
         store.next_agent_id += 1;
@@ -226,12 +287,22 @@ impl AdoSim {
     }
 
     pub fn agents(&self, pool_id: u32) -> Vec<Agent> {
-        self.store().agents.get(&pool_id).cloned().unwrap_or_default()
+        self.store()
+            .agents
+            .get(&pool_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Requests received at `endpoint`, whatever their outcome.
     pub fn requests(&self, endpoint: Endpoint) -> u64 {
-        self.state.requests.lock().expect("requests").get(&endpoint).copied().unwrap_or(0)
+        self.state
+            .requests
+            .lock()
+            .expect("requests")
+            .get(&endpoint)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total_requests(&self) -> u64 {
@@ -248,7 +319,9 @@ impl AdoSim {
 
     /// Whether Entra tokens are accepted; `false` is an identity that is not a member of the organisation.
     pub fn accept_tokens(&self, accept: bool) {
-        self.state.accept_tokens.store(accept, std::sync::atomic::Ordering::SeqCst);
+        self.state
+            .accept_tokens
+            .store(accept, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Send `X-RateLimit-*` headers with this remaining budget on every answer.
@@ -262,11 +335,23 @@ impl AdoSim {
 }
 
 /// Counting, faults, organisation and bearer-token checks every endpoint shares.
-async fn guard(state: &AdoState, endpoint: Endpoint, org: &str, headers: &HeaderMap) -> Result<(), Response> {
-    *state.requests.lock().expect("requests").entry(endpoint).or_default() += 1;
+async fn guard(
+    state: &AdoState,
+    endpoint: Endpoint,
+    org: &str,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    *state
+        .requests
+        .lock()
+        .expect("requests")
+        .entry(endpoint)
+        .or_default() += 1;
     let fault = {
         let mut faults = state.faults.lock().expect("faults");
-        let found = faults.iter_mut().position(|f| f.endpoint.is_none_or(|e| e == endpoint));
+        let found = faults
+            .iter_mut()
+            .position(|f| f.endpoint.is_none_or(|e| e == endpoint));
         found.map(|i| {
             let f = faults[i].clone();
             if let Some(n) = faults[i].times.as_mut() {
@@ -289,19 +374,27 @@ async fn guard(state: &AdoState, endpoint: Endpoint, org: &str, headers: &Header
             )
                 .into_response();
             if let Some(seconds) = fault.retry_after {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             return Err(response);
         }
     }
     if !org.eq_ignore_ascii_case(&state.org) {
-        return Err((StatusCode::NOT_FOUND, Json(json!({ "message": format!("TF400813: organisation {org} not found") }))).into_response());
+        return Err((
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": format!("TF400813: organisation {org} not found") })),
+        )
+            .into_response());
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let member = state.accept_tokens.load(std::sync::atomic::Ordering::SeqCst);
+    let member = state
+        .accept_tokens
+        .load(std::sync::atomic::Ordering::SeqCst);
     if !member || !bearer.is_some_and(|t| state.tokens.is_valid(t)) {
         // ADO's answer to an unknown or unauthorised identity: 203 and a sign-in page.
         return Err((
@@ -321,13 +414,19 @@ fn with_rate_headers(state: &AdoState, body: impl IntoResponse) -> Response {
         h.insert("x-ratelimit-resource", HeaderValue::from_static("Core"));
         h.insert("x-ratelimit-limit", HeaderValue::from(200));
         h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
-        h.insert("x-ratelimit-reset", HeaderValue::from(OffsetDateTime::now_utc().unix_timestamp() + 300));
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(OffsetDateTime::now_utc().unix_timestamp() + 300),
+        );
     }
     response
 }
 
 fn list<T: serde::Serialize>(value: Vec<T>) -> Json<List<T>> {
-    Json(List { count: value.len(), value })
+    Json(List {
+        count: value.len(),
+        value,
+    })
 }
 
 async fn list_pools(
@@ -343,7 +442,11 @@ async fn list_pools(
     let pools: Vec<Pool> = store
         .pools
         .iter()
-        .filter(|p| query.get("poolName").is_none_or(|n| n.eq_ignore_ascii_case(&p.name)))
+        .filter(|p| {
+            query
+                .get("poolName")
+                .is_none_or(|n| n.eq_ignore_ascii_case(&p.name))
+        })
         .cloned()
         .collect();
     with_rate_headers(&state, list(pools))
@@ -359,10 +462,16 @@ async fn list_job_requests(
     }
     let mut store = state.store.lock().expect("store");
     if !store.pools.iter().any(|p| p.id == pool_id) {
-        return (StatusCode::NOT_FOUND, Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") }))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") })),
+        )
+            .into_response();
     }
     let visible = state.finished_visible_for;
-    store.jobs.retain(|_, j| j.finished_at.is_none_or(|t| t.elapsed() < visible));
+    store
+        .jobs
+        .retain(|_, j| j.finished_at.is_none_or(|t| t.elapsed() < visible));
     let agents = store.agents.get(&pool_id).cloned().unwrap_or_default();
     let requests: Vec<JobRequest> = store
         .jobs
@@ -374,7 +483,13 @@ async fn list_job_requests(
             let matched: Vec<AgentRef> = agents
                 .iter()
                 .filter(|a| demands.iter().all(|d| d.satisfied_by(&a.user_capabilities)))
-                .map(|a| AgentRef { id: a.id, name: a.name.clone(), version: a.version.clone(), status: a.status.clone(), enabled: a.enabled })
+                .map(|a| AgentRef {
+                    id: a.id,
+                    name: a.name.clone(),
+                    version: a.version.clone(),
+                    status: a.status.clone(),
+                    enabled: a.enabled,
+                })
                 .collect();
             r.matches_all_agents_in_pool = demands.is_empty();
             r.matched_agents = Some(matched);
@@ -399,7 +514,11 @@ async fn list_agents(
         .get(&pool_id)
         .into_iter()
         .flatten()
-        .filter(|a| query.get("agentName").is_none_or(|n| n.eq_ignore_ascii_case(&a.name)))
+        .filter(|a| {
+            query
+                .get("agentName")
+                .is_none_or(|n| n.eq_ignore_ascii_case(&a.name))
+        })
         .cloned()
         .collect();
     with_rate_headers(&state, list(agents))
@@ -414,7 +533,9 @@ async fn add_agent(
     if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
         return r;
     }
-    let sim = AdoSim { state: state.clone() };
+    let sim = AdoSim {
+        state: state.clone(),
+    };
     let id = sim.register_agent(pool_id, &agent.name, &agent.user_capabilities);
     let created = sim.agents(pool_id).into_iter().find(|a| a.id == id);
     with_rate_headers(&state, Json(created))

@@ -32,12 +32,29 @@ pub struct TokenStore {
 impl TokenStore {
     pub fn issue(&self, lifetime: Duration) -> String {
         let token = format!("sim-{:032x}", rand::random::<u128>());
-        self.tokens.lock().expect("tokens").insert(token.clone(), Instant::now() + lifetime);
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert(token.clone(), Instant::now() + lifetime);
         token
     }
 
     pub fn is_valid(&self, token: &str) -> bool {
-        self.tokens.lock().expect("tokens").get(token).is_some_and(|exp| *exp > Instant::now())
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .get(token)
+            .is_some_and(|exp| *exp > Instant::now())
+    }
+
+    /// Every token issued so far (tests look for them where they must not be).
+    pub fn all(&self) -> Vec<String> {
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn revoke_all(&self) {
@@ -110,12 +127,16 @@ impl Entra {
 
 /// An unsigned service-account token shaped like the one AKS projects into a pod.
 pub fn service_account_token(issuer: &str, subject: &str) -> String {
-    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     format!(
         "{}.{}.{}",
         b64(json!({"alg": "RS256", "kid": "sim"})),
-        b64(json!({"aud": ["api://AzureADTokenExchange"], "iss": issuer, "sub": subject, "iat": now, "nbf": now, "exp": now + 3600})),
+        b64(
+            json!({"aud": ["api://AzureADTokenExchange"], "iss": issuer, "sub": subject, "iat": now, "nbf": now, "exp": now + 3600})
+        ),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"unsigned-simulator-signature"),
     )
 }
@@ -123,7 +144,9 @@ pub fn service_account_token(issuer: &str, subject: &str) -> String {
 /// The `sub` claim of a JWT, read without verifying it (only to word an error).
 pub fn jwt_subject(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("sub")?.as_str().map(str::to_owned)
 }
@@ -157,9 +180,20 @@ async fn token(
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let bad = StatusCode::BAD_REQUEST;
     if tenant != config.tenant_id {
-        return aad_error(bad, "invalid_request", 90002, format!("Tenant '{tenant}' not found."));
+        return aad_error(
+            bad,
+            "invalid_request",
+            90002,
+            format!("Tenant '{tenant}' not found."),
+        );
     }
-    for required in ["grant_type", "client_id", "scope", "client_assertion", "client_assertion_type"] {
+    for required in [
+        "grant_type",
+        "client_id",
+        "scope",
+        "client_assertion",
+        "client_assertion_type",
+    ] {
         if field(required).is_empty() {
             return aad_error(
                 bad,
@@ -170,7 +204,12 @@ async fn token(
         }
     }
     if field("grant_type") != "client_credentials" {
-        return aad_error(bad, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.".into());
+        return aad_error(
+            bad,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.".into(),
+        );
     }
     if field("client_id") != config.client_id {
         return aad_error(
@@ -184,7 +223,12 @@ async fn token(
         );
     }
     if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
-        return aad_error(bad, "invalid_request", 50027, "Invalid JWT token. Unsupported client assertion type.".into());
+        return aad_error(
+            bad,
+            "invalid_request",
+            50027,
+            "Invalid JWT token. Unsupported client assertion type.".into(),
+        );
     }
     let expected = std::fs::read_to_string(&config.federated_token_file).unwrap_or_default();
     let assertion = field("client_assertion");
@@ -206,7 +250,9 @@ async fn token(
             bad,
             "invalid_resource",
             500011,
-            format!("The resource principal named {scope} was not found in the tenant named {tenant}."),
+            format!(
+                "The resource principal named {scope} was not found in the tenant named {tenant}."
+            ),
         );
     }
     let lifetime = config.token_lifetime;

@@ -58,15 +58,20 @@ impl SimCloud {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
         let write = |name: &str, content: &str| -> Result<PathBuf> {
             let path = dir.join(name);
-            std::fs::write(&path, content).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            std::fs::write(&path, content)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             Ok(path)
         };
         let ca = tls::SimCa::generate()?;
         let ca_file = write("ca.pem", &ca.ca_pem)?;
-        let token_file = write("azure-identity-token", &entra::service_account_token(SIM_ISSUER, SIM_SUBJECT))?;
+        let token_file = write(
+            "azure-identity-token",
+            &entra::service_account_token(SIM_ISSUER, SIM_SUBJECT),
+        )?;
 
         let tokens = Arc::new(TokenStore::default());
         let entra = Entra::new(
@@ -82,16 +87,39 @@ impl SimCloud {
 
         let stop = CancellationToken::new();
         let bind = || async {
-            TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Config(format!("simulator bind: {e}")))
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| Error::Config(format!("simulator bind: {e}")))
         };
         let (entra_listener, ado_listener) = (bind().await?, bind().await?);
         let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
         let authority_host = format!("https://127.0.0.1:{}", port(&entra_listener));
         let org_url = format!("https://127.0.0.1:{}/{SIM_ORG}", port(&ado_listener));
-        tokio::spawn(tls::serve_tls(entra_listener, ca.server_config.clone(), entra.router(), stop.clone()));
-        tokio::spawn(tls::serve_tls(ado_listener, ca.server_config.clone(), ado.router(), stop.clone()));
+        tokio::spawn(tls::serve_tls(
+            entra_listener,
+            ca.server_config.clone(),
+            entra.router(),
+            stop.clone(),
+        ));
+        tokio::spawn(tls::serve_tls(
+            ado_listener,
+            ca.server_config.clone(),
+            ado.router(),
+            stop.clone(),
+        ));
 
-        Ok(Self { entra, ado, authority_host, org_url, ca_pem: ca.ca_pem, tokens, ca_file, token_file, dir, stop })
+        Ok(Self {
+            entra,
+            ado,
+            authority_host,
+            org_url,
+            ca_pem: ca.ca_pem,
+            tokens,
+            ca_file,
+            token_file,
+            dir,
+            stop,
+        })
     }
 
     /// The workload-identity settings an AKS pod of the scaler would get.
@@ -123,10 +151,18 @@ impl SimCloud {
         vec![
             ("AZURE_CLIENT_ID", SIM_CLIENT_ID.into()),
             ("AZURE_TENANT_ID", SIM_TENANT.into()),
-            ("AZURE_FEDERATED_TOKEN_FILE", self.token_file.display().to_string()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                self.token_file.display().to_string(),
+            ),
             ("AZURE_AUTHORITY_HOST", self.authority_host.clone()),
             ("ADO_SCALER_CA_FILE", self.ca_file.display().to_string()),
         ]
+    }
+
+    /// Every access token the simulated Entra issued.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.all()
     }
 
     /// Invalidates every issued token, as if the identity left the organisation.

@@ -10,7 +10,8 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -34,17 +35,24 @@ impl SimCa {
         let ca_key = KeyPair::generate().map_err(tls_err)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "ado-scaler simulator CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ado-scaler simulator CA");
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
         let leaf_key = KeyPair::generate().map_err(tls_err)?;
-        let mut leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
-            .map_err(tls_err)?;
-        leaf.distinguished_name.push(DnType::CommonName, "ado-scaler simulator");
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
+                .map_err(tls_err)?;
+        leaf.distinguished_name
+            .push(DnType::CommonName, "ado-scaler simulator");
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -58,12 +66,20 @@ impl SimCa {
             )
             .map_err(tls_err)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Self { ca_pem: ca_cert.pem(), server_config: Arc::new(config) })
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server_config: Arc::new(config),
+        })
     }
 }
 
 /// Serves `app` over TLS on `listener` until `stop` is cancelled.
-pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, app: Router, stop: CancellationToken) {
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+    stop: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(config);
     loop {
         let (tcp, _) = tokio::select! {
@@ -78,7 +94,9 @@ pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>,
         };
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let service = TowerToHyperService::new(app);
             let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), service);

@@ -29,7 +29,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(interval: Duration) -> Self {
-        Self::start_with(PollerSettings { interval, max_staleness: interval * 20, ..Default::default() }).await
+        Self::start_with(PollerSettings {
+            interval,
+            max_staleness: interval * 20,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn start_with(poller: PollerSettings) -> Self {
@@ -49,7 +54,11 @@ impl Harness {
             let _ = stopped.await;
         }));
         // The listener is bound already, so connecting cannot race the server's start.
-        let channel = Channel::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         Self {
             sim,
             pool_id,
@@ -72,7 +81,11 @@ impl Harness {
         for (k, v) in extra {
             meta.insert(k.to_string(), v.to_string());
         }
-        ScaledObjectRef { name: name.into(), namespace: "agents".into(), scaler_metadata: meta }
+        ScaledObjectRef {
+            name: name.into(),
+            namespace: "agents".into(),
+            scaler_metadata: meta,
+        }
     }
 
     pub async fn metric(&self, r: &ScaledObjectRef) -> Result<i64, tonic::Status> {
@@ -91,7 +104,9 @@ impl Harness {
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.http_addr)).await.unwrap();
+        let response = reqwest::get(format!("http://{}{path}", self.http_addr))
+            .await
+            .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 

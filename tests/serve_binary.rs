@@ -1,0 +1,149 @@
+//! The `ado-scaler serve` binary as Kubernetes runs it: configured only through the
+//! environment the workload-identity webhook and the manifest set, stopped with SIGTERM.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use ado_scaler::{
+    scaler::proto::{
+        GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
+    },
+    sim::SimCloud,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secrets() {
+    let sim = SimCloud::start().await.unwrap();
+    let pool_id = sim.ado.add_pool("linux");
+    sim.ado.enqueue(pool_id, &["maven"]);
+    sim.ado.enqueue(pool_id, &["maven"]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
+        .arg("serve")
+        .envs(sim.pod_env())
+        .env("ADO_SCALER_GRPC_ADDR", "127.0.0.1:0")
+        .env("ADO_SCALER_HTTP_ADDR", "127.0.0.1:0")
+        .env("ADO_SCALER_ALLOWED_ORGS", &sim.org_url)
+        .env("ADO_SCALER_POLL_INTERVAL", "200ms")
+        .env("ADO_SCALER_LOG_FORMAT", "json")
+        // Debug level everywhere, so that any secret in any crate's logs would show.
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Collect log lines on a thread; learn the bound addresses from the startup line.
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut logs = Vec::new();
+    let grpc_addr = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("startup log line");
+        logs.push(line.clone());
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+        if event["message"] == "ado-scaler serving" {
+            break event["grpc_addr"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let mut client = ExternalScalerClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+    let meta: HashMap<String, String> = HashMap::from([
+        ("organizationURLFromEnv".into(), sim.org_url.clone()),
+        ("poolName".into(), "linux".into()),
+        ("demands".into(), "maven".into()),
+    ]);
+    let response = client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(ScaledObjectRef {
+                name: "agents".into(),
+                namespace: "ns".into(),
+                scaler_metadata: meta,
+            }),
+            metric_name: "ado-pool-linux".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.metric_values[0].metric_value, 2);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "graceful exit on SIGTERM: {exit:?}");
+    logs.extend(lines_rx.try_iter());
+    let all = logs.join("\n");
+    assert!(all.contains("ado-scaler stopped"), "{all}");
+
+    let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
+    let tokens = sim.issued_tokens();
+    assert_eq!(tokens.len(), 1);
+    for secret in tokens.iter().chain([&assertion]) {
+        assert!(
+            !all.contains(secret.as_str()),
+            "a secret appeared in the logs"
+        );
+    }
+    // The assertion's signature part is the most specific piece of it.
+    assert!(!all.contains(assertion.rsplit('.').next().unwrap()));
+}
+
+#[test]
+fn bad_flags_fail_fast_and_name_the_problem() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
+            .args(args)
+            .env_remove("AZURE_CLIENT_ID")
+            .env_remove("AZURE_TENANT_ID")
+            .env_remove("AZURE_FEDERATED_TOKEN_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(
+        &[
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(err.contains("AZURE_CLIENT_ID is not set"), "{err}");
+    let err = run(&["serve", "--poll-interval", "soon"], &[]);
+    assert!(err.contains("--poll-interval"), "{err}");
+    let err = run(
+        &["serve", "--allowed-orgs", "http://dev.azure.com/*"],
+        &[("AZURE_CLIENT_ID", "x")],
+    );
+    assert!(err.contains("plain http"), "{err}");
+    let err = run(
+        &["serve", "--max-staleness", "1s", "--poll-interval", "5s"],
+        &[],
+    );
+    assert!(err.contains("--max-staleness"), "{err}");
+    let err = run(&["serve", "--auth", "pat"], &[]);
+    assert!(err.contains("--pat-file"), "{err}");
+}
