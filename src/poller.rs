@@ -231,6 +231,15 @@ impl Poller {
         .copied()
     }
 
+    /// Drops a cached name → id mapping, for a pool that was deleted (and maybe recreated).
+    pub fn forget_pool_name(&self, org: &OrgUrl, name: &str) {
+        self.inner
+            .pool_ids
+            .lock()
+            .expect("pool id cache poisoned")
+            .remove(&(org.clone(), name.to_owned()));
+    }
+
     /// The current snapshot of a pool, starting its watcher if needed. A cold pool's first
     /// callers all wait for the same first poll.
     pub async fn snapshot(&self, key: &PoolKey, pool_label: &str) -> Result<Arc<Snapshot>> {
@@ -317,6 +326,17 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     error: None,
                 });
                 settings.interval
+            }
+            Err(err @ Error::NotFound(_)) => {
+                // The pool is gone (or never existed): no snapshot of it is right any more.
+                // Stop; a caller that resolves the name again starts a watcher for the new id.
+                tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, "pool not found; stop polling it");
+                let mut watchers = inner.watchers.lock().expect("watchers poisoned");
+                watcher.state.send_replace(PoolState { snapshot: None, error: Some(err) });
+                if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
+                    watchers.remove(&key);
+                }
+                return;
             }
             Err(err) => {
                 failures += 1;

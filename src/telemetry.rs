@@ -96,6 +96,8 @@ pub struct Metrics {
     pub poll_age_seconds: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pub token_requests: Family<ResultLabels, Counter>,
     pub rate_limit_remaining: Family<OrgLabels, Gauge>,
+    pub rate_limit_limit: Family<OrgLabels, Gauge>,
+    pub rate_limit_reset: Family<OrgLabels, Gauge>,
     pub active_streams: Gauge,
     pub ado_requests: Family<AdoRequestLabels, Counter>,
     pub ado_request_duration: Family<EndpointLabels, Histogram>,
@@ -143,6 +145,19 @@ impl Metrics {
             "Last X-RateLimit-Remaining reported by Azure DevOps",
             rate_limit_remaining.clone(),
         );
+        let rate_limit_limit = Family::default();
+        registry.register(
+            "rate_limit_limit",
+            "Last X-RateLimit-Limit reported by Azure DevOps (TSTUs per window)",
+            rate_limit_limit.clone(),
+        );
+        let rate_limit_reset = Family::default();
+        registry.register_with_unit(
+            "rate_limit_reset_timestamp",
+            "Last X-RateLimit-Reset reported by Azure DevOps, as a Unix time",
+            Unit::Seconds,
+            rate_limit_reset.clone(),
+        );
         let active_streams = Gauge::default();
         registry.register(
             "active_streams",
@@ -189,6 +204,8 @@ impl Metrics {
             poll_age_seconds,
             token_requests,
             rate_limit_remaining,
+            rate_limit_limit,
+            rate_limit_reset,
             active_streams,
             ado_requests,
             ado_request_duration,

@@ -461,3 +461,41 @@ async fn metrics_and_health_endpoints() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn a_recreated_pool_is_found_again() {
+    let h = Harness::start(FAST).await;
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    h.sim.ado.delete_pool(h.pool_id);
+    let new_id = h.sim.ado.add_pool(common::POOL);
+    assert_ne!(new_id, h.pool_id);
+    h.sim.ado.enqueue(new_id, &[]);
+    h.sim.ado.enqueue(new_id, &[]);
+    // The old id answers 404 once the watcher polls it; the name is then looked up again.
+    let recovered = eventually(Duration::from_secs(10), || async { h.metric(&sj).await.ok() == Some(2) }).await;
+    assert!(recovered, "value from the recreated pool");
+    assert_eq!(h.sim.ado.requests(Endpoint::Pools), 2);
+}
+
+#[tokio::test]
+async fn an_unused_pool_stops_being_polled() {
+    let h = Harness::start_with(ado_scaler::poller::PollerSettings {
+        interval: Duration::from_millis(100),
+        max_staleness: Duration::from_secs(5),
+        idle_timeout: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let after_idle = h.sim.ado.requests(Endpoint::JobRequests);
+    assert!(after_idle >= 3, "polled while in use: {after_idle}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), after_idle, "no polls once idle");
+    // The next call starts it again.
+    assert_eq!(h.metric(&sj).await.unwrap(), 0);
+    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), after_idle + 1);
+}

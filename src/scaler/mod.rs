@@ -79,7 +79,15 @@ impl ScalerService {
     pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
         let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
         let key = self.pool_key(&trigger).await?;
-        let snapshot = self.poller.snapshot(&key, &trigger.pool.label()).await?;
+        let snapshot = match self.poller.snapshot(&key, &trigger.pool.label()).await {
+            Err(Error::NotFound(what)) => {
+                if let PoolRef::Name(name) = &trigger.pool {
+                    self.poller.forget_pool_name(&trigger.org, name);
+                }
+                return Err(Error::NotFound(what));
+            }
+            other => other?,
+        };
         let counted = trigger
             .filter
             .count(&snapshot.jobs, &snapshot.departed, Instant::now());

@@ -89,6 +89,7 @@ struct Store {
     agents: BTreeMap<u32, Vec<Agent>>,
     next_request_id: u64,
     next_agent_id: u32,
+    next_pool_id: u32,
 }
 
 #[derive(Debug)]
@@ -154,7 +155,8 @@ impl AdoSim {
 
     pub fn add_pool(&self, name: &str) -> u32 {
         let mut store = self.store();
-        let id = 10 + store.pools.len() as u32;
+        store.next_pool_id += 1;
+        let id = 9 + store.next_pool_id;
         store.pools.push(Pool {
             id,
             name: name.to_owned(),
@@ -163,6 +165,14 @@ impl AdoSim {
             size: 0,
         });
         id
+    }
+
+    /// Deletes a pool with its jobs and agents.
+    pub fn delete_pool(&self, pool_id: u32) {
+        let mut store = self.store();
+        store.pools.retain(|p| p.id != pool_id);
+        store.jobs.retain(|_, j| j.request.pool_id != pool_id);
+        store.agents.remove(&pool_id);
     }
 
     /// Queues a job; like ADO, every job also demands a minimum agent version.
