@@ -332,7 +332,10 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 // Stop; a caller that resolves the name again starts a watcher for the new id.
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, "pool not found; stop polling it");
                 let mut watchers = inner.watchers.lock().expect("watchers poisoned");
-                watcher.state.send_replace(PoolState { snapshot: None, error: Some(err) });
+                watcher.state.send_replace(PoolState {
+                    snapshot: None,
+                    error: Some(err),
+                });
                 if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
                     watchers.remove(&key);
                 }

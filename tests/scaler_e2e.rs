@@ -474,7 +474,10 @@ async fn a_recreated_pool_is_found_again() {
     h.sim.ado.enqueue(new_id, &[]);
     h.sim.ado.enqueue(new_id, &[]);
     // The old id answers 404 once the watcher polls it; the name is then looked up again.
-    let recovered = eventually(Duration::from_secs(10), || async { h.metric(&sj).await.ok() == Some(2) }).await;
+    let recovered = eventually(Duration::from_secs(10), || async {
+        h.metric(&sj).await.ok() == Some(2)
+    })
+    .await;
     assert!(recovered, "value from the recreated pool");
     assert_eq!(h.sim.ado.requests(Endpoint::Pools), 2);
 }
@@ -494,7 +497,11 @@ async fn an_unused_pool_stops_being_polled() {
     let after_idle = h.sim.ado.requests(Endpoint::JobRequests);
     assert!(after_idle >= 3, "polled while in use: {after_idle}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), after_idle, "no polls once idle");
+    assert_eq!(
+        h.sim.ado.requests(Endpoint::JobRequests),
+        after_idle,
+        "no polls once idle"
+    );
     // The next call starts it again.
     assert_eq!(h.metric(&sj).await.unwrap(), 0);
     assert_eq!(h.sim.ado.requests(Endpoint::JobRequests), after_idle + 1);
