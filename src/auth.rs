@@ -140,8 +140,12 @@ pub struct TokenSource {
 
 #[derive(Clone)]
 enum Inner {
-    Credential(Arc<dyn TokenCredential>),
-    Basic(Secret),
+    Credential {
+        credential: Arc<dyn TokenCredential>,
+        /// What to say when the exchange fails.
+        workload_identity: Option<WorkloadIdentity>,
+    },
+    Pat(Secret),
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -170,7 +174,8 @@ impl TokenSource {
             }
             options
         };
-        let token_err = |e: azure_core::Error| Error::Token(e.to_string());
+        let token_err =
+            |e: azure_core::Error| Error::Token(explain_token_error(&e.to_string(), None));
         match settings {
             AuthSettings::WorkloadIdentity(wi) => {
                 let mut credential_options = azure_identity::ClientAssertionCredentialOptions {
@@ -191,7 +196,10 @@ impl TokenSource {
                     }))
                     .map_err(token_err)?;
                 Ok(Self {
-                    inner: Inner::Credential(credential),
+                    inner: Inner::Credential {
+                        credential,
+                        workload_identity: Some(wi.clone()),
+                    },
                     identity: format!("workload-identity:{}", wi.client_id).into(),
                 })
             }
@@ -203,7 +211,10 @@ impl TokenSource {
                     }))
                     .map_err(token_err)?;
                 Ok(Self {
-                    inner: Inner::Credential(credential),
+                    inner: Inner::Credential {
+                        credential,
+                        workload_identity: None,
+                    },
                     identity: format!(
                         "managed-identity:{}",
                         client_id.as_deref().unwrap_or("system")
@@ -222,9 +233,7 @@ impl TokenSource {
                     )));
                 }
                 Ok(Self {
-                    inner: Inner::Basic(Secret::new(
-                        base64::engine::general_purpose::STANDARD.encode(format!(":{pat}")),
-                    )),
+                    inner: Inner::Pat(Secret::new(pat.to_owned())),
                     identity: "pat".into(),
                 })
             }
@@ -236,30 +245,114 @@ impl TokenSource {
         &self.identity
     }
 
-    /// The raw Entra access token (for the agent's `config.sh`); `None` for PAT auth.
-    pub async fn access_token(&self) -> Result<Option<Secret>> {
+    /// The raw secret ADO accepts from this identity: an Entra access token, or the PAT.
+    /// The agent hands it to `config.sh`, which uses it once to register.
+    pub async fn token(&self) -> Result<Secret> {
         match &self.inner {
-            Inner::Credential(c) => c
+            Inner::Credential {
+                credential,
+                workload_identity,
+            } => credential
                 .get_token(&[ADO_SCOPE], None)
                 .await
-                .map(|t| Some(t.token))
-                .map_err(|e| Error::Token(e.to_string())),
-            Inner::Basic(_) => Ok(None),
+                .map(|t| t.token)
+                .map_err(|e| {
+                    Error::Token(explain_token_error(
+                        &e.to_string(),
+                        workload_identity.as_ref(),
+                    ))
+                }),
+            Inner::Pat(pat) => Ok(pat.clone()),
         }
     }
 
     /// The value of the `Authorization` header for one ADO request.
     pub async fn authorization(&self) -> Result<Secret> {
-        match &self.inner {
-            Inner::Credential(_) => {
-                let token = self
-                    .access_token()
-                    .await?
-                    .expect("credential yields a token");
-                Ok(Secret::new(format!("Bearer {}", token.secret())))
-            }
-            Inner::Basic(b) => Ok(Secret::new(format!("Basic {}", b.secret()))),
-        }
+        let token = self.token().await?;
+        Ok(Secret::new(match &self.inner {
+            Inner::Credential { .. } => format!("Bearer {}", token.secret()),
+            Inner::Pat(_) => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!(":{}", token.secret()))
+            ),
+        }))
+    }
+}
+
+/// Claims of a projected service-account token, read without verifying it: only to explain
+/// which federated credential Entra looked for. Never holds the token itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct AssertionClaims {
+    #[serde(default)]
+    pub iss: String,
+    #[serde(default)]
+    pub sub: String,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <OneOrMany as serde::Deserialize>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl AssertionClaims {
+    /// Decodes the payload of a JWT; `None` when it is not one.
+    pub fn from_jwt(token: &str) -> Option<Self> {
+        let payload = token.trim().split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Option<Self> {
+        Self::from_jwt(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
+/// Adds the fix to an Entra error: AADSTS codes are precise but say nothing of Kubernetes.
+pub fn explain_token_error(message: &str, wi: Option<&WorkloadIdentity>) -> String {
+    let claims = wi.and_then(|wi| AssertionClaims::from_file(&wi.token_file));
+    let hint = if message.contains("AADSTS700213") || message.contains("AADSTS70021:") {
+        Some(match (wi, &claims) {
+            (Some(wi), Some(c)) => format!(
+                "add a federated credential to identity {} with issuer '{}', subject '{}' and audience                  'api://AzureADTokenExchange'",
+                wi.client_id, c.iss, c.sub
+            ),
+            _ => "add a federated credential for this pod's service account                   (subject system:serviceaccount:<namespace>:<serviceaccount>)"
+                .to_owned(),
+        })
+    } else if message.contains("AADSTS700016") {
+        Some(format!(
+            "AZURE_CLIENT_ID{} is not an application in this tenant: check the service account's              azure.workload.identity/client-id annotation",
+            wi.map(|w| format!(" {}", w.client_id)).unwrap_or_default()
+        ))
+    } else if message.contains("AADSTS90002") {
+        Some("AZURE_TENANT_ID names no tenant: check the azure.workload.identity/tenant-id annotation".to_owned())
+    } else if message.contains("AADSTS700024") || message.contains("AADSTS50027") {
+        Some(
+            "the projected service-account token is expired or malformed: check the token volume"
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{message} — to fix: {hint}"),
+        None => message.to_owned(),
     }
 }
 
@@ -328,6 +421,52 @@ mod tests {
         let expected = base64::engine::general_purpose::STANDARD.encode(":sekrit-pat");
         assert_eq!(header.secret(), format!("Basic {expected}"));
         assert!(!format!("{source:?} {header:?}").contains("sekrit"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_assertion_claims_and_explains_entra_errors() {
+        let jwt = crate::sim::entra::service_account_token(
+            "https://oidc.example/x/",
+            "system:serviceaccount:ci:agents",
+        );
+        let claims = AssertionClaims::from_jwt(&jwt).unwrap();
+        assert_eq!(claims.sub, "system:serviceaccount:ci:agents");
+        assert_eq!(claims.aud, ["api://AzureADTokenExchange"]);
+        assert!(AssertionClaims::from_jwt("not-a-jwt").is_none());
+
+        let dir = std::env::temp_dir().join(format!("ado-scaler-claims-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, &jwt).unwrap();
+        let wi = WorkloadIdentity {
+            client_id: "cid".into(),
+            tenant_id: "tid".into(),
+            token_file,
+            authority_host: None,
+        };
+        let msg = explain_token_error(
+            "AADSTS700213: No matching federated identity record",
+            Some(&wi),
+        );
+        assert!(
+            msg.contains("subject 'system:serviceaccount:ci:agents'"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("issuer 'https://oidc.example/x/'") && msg.contains("identity cid"),
+            "{msg}"
+        );
+        assert!(!msg.contains(&jwt), "never the token itself");
+        let msg = explain_token_error(
+            "AADSTS700016: Application with identifier 'cid' was not found",
+            Some(&wi),
+        );
+        assert!(msg.contains("azure.workload.identity/client-id"), "{msg}");
+        assert_eq!(
+            explain_token_error("something else", Some(&wi)),
+            "something else"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -27,6 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the whole loop (Entra, ADO, scaler, KEDA, agents) on this machine, simulated.
     Demo(DemoArgs),
+    /// Entrypoint of an ephemeral agent pod: register, run one job, deregister.
+    Agent(AgentArgs),
 }
 
 /// How to authenticate to Azure DevOps.
@@ -90,6 +92,69 @@ pub struct DemoArgs {
     pub teardown_window: Duration,
 
     /// Print no live table, only the summary.
-    #[arg(long, env = "ADO_SCALER_DEMO_QUIET")]
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_QUIET",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Organisation URL.
+    #[arg(long, env = "AZP_URL")]
+    pub url: String,
+
+    /// Agent pool name.
+    #[arg(long, env = "AZP_POOL", default_value = "Default")]
+    pub pool: String,
+
+    /// Name registered in the pool; defaults to the hostname (the pod name).
+    #[arg(long, env = "AZP_AGENT_NAME")]
+    pub agent_name: Option<String>,
+
+    /// Agent work folder.
+    #[arg(long, env = "AZP_WORK", default_value = "_work")]
+    pub work: String,
+
+    /// Where the agent's `config.sh` and `run.sh` live.
+    #[arg(long, env = "AZP_AGENT_DIR", default_value = "/azp/agent")]
+    pub agent_dir: PathBuf,
+
+    /// If the agent is missing, download it from the organisation instead of failing.
+    #[arg(
+        long,
+        env = "AZP_AGENT_DOWNLOAD",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub download: bool,
+
+    /// Credential: workload identity (AKS), managed identity, or a PAT file (legacy).
+    #[arg(long, env = "ADO_SCALER_AUTH", value_enum, default_value_t = AuthMode::WorkloadIdentity)]
+    pub auth: AuthMode,
+
+    /// File holding a PAT; only with --auth pat.
+    #[arg(long, env = "AZP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Extra PEM roots trusted for ADO and Entra.
+    #[arg(long, env = "ADO_SCALER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// How long deregistration may retry.
+    #[arg(long, env = "AZP_REMOVE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub remove_timeout: Duration,
+
+    /// Extra arguments for `run.sh --once`, after `--`.
+    #[arg(last = true)]
+    pub run_args: Vec<String>,
 }

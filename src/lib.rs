@@ -7,6 +7,9 @@
 //! - [`ado`]: the Azure DevOps REST client and its serde models; each trigger's value comes from
 //! - [`count`]: the pure rules of which job requests count (demands, states, teardown).
 //!
+//! The agent side: [`agent`] is the entrypoint of each ephemeral agent pod (token exchange,
+//! register, one job, deregister).
+//!
 //! Around it: [`auth`] (workload identity, managed identity, PAT file), [`telemetry`]
 //! (logging, Prometheus registry), [`config`] (the CLI), [`sim`] (simulated Entra and ADO
 //! used by the demo, tests and benchmarks) and [`demo`] (the whole loop with a KEDA emulator).
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ado;
+pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod count;
@@ -29,11 +33,12 @@ pub use error::{Error, Result};
 use config::{Cli, Command, ServeArgs};
 use tokio::net::TcpListener;
 
-/// Runs the command line's subcommand to completion.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the command line's subcommand to completion; the result is the process exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve(args) => run_serve(args).await,
-        Command::Demo(args) => demo::run(args).await.map(|_| ()),
+        Command::Serve(args) => run_serve(args).await.map(|()| 0),
+        Command::Demo(args) => demo::run(args).await.map(|_| 0),
+        Command::Agent(args) => agent::run(args).await,
     }
 }
 

@@ -281,7 +281,7 @@ fn rate_limit(headers: &header::HeaderMap) -> RateLimit {
 }
 
 /// The error chain without the URL (reqwest puts the URL first; the chain has the cause).
-fn describe_transport_error(e: &reqwest::Error) -> String {
+pub(crate) fn describe_transport_error(e: &reqwest::Error) -> String {
     let mut out = if e.is_timeout() {
         "timed out".to_owned()
     } else if e.is_connect() {

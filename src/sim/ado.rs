@@ -21,7 +21,9 @@ use time::OffsetDateTime;
 
 use super::entra::TokenStore;
 use crate::{
-    ado::models::{Agent, AgentRef, JobRequest, List, NamedRef, Pool},
+    ado::models::{
+        Agent, AgentPackage, AgentRef, JobRequest, List, NamedRef, PackageVersion, Pool,
+    },
     count::{Demand, parse_demands},
 };
 
@@ -31,6 +33,10 @@ pub enum Endpoint {
     Pools,
     JobRequests,
     Agents,
+    /// `…/distributedtask/packages/agent`.
+    Packages,
+    /// The package download itself (a CDN in reality: no token).
+    Download,
 }
 
 /// A scripted failure: the next `times` matching requests (all, when `None`) get it.
@@ -104,6 +110,10 @@ struct AdoState {
     rate_limit_remaining: Mutex<Option<i64>>,
     /// `false` simulates an identity that was never added to the organisation.
     accept_tokens: std::sync::atomic::AtomicBool,
+    /// The offered agent package: version and `.tar.gz` bytes.
+    agent_package: Mutex<Option<(String, Arc<Vec<u8>>)>>,
+    /// `Authorization` headers seen on downloads (there must be none).
+    download_authorizations: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to the simulated organisation.
@@ -131,6 +141,8 @@ impl AdoSim {
                 finished_visible_for: Duration::from_secs(2),
                 rate_limit_remaining: Mutex::new(None),
                 accept_tokens: std::sync::atomic::AtomicBool::new(true),
+                agent_package: Mutex::new(None),
+                download_authorizations: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -150,6 +162,11 @@ impl AdoSim {
                 "/{org}/_apis/distributedtask/pools/{pool_id}/agents/{agent_id}",
                 delete(delete_agent),
             )
+            .route(
+                "/{org}/_apis/distributedtask/packages/agent",
+                get(list_packages),
+            )
+            .route("/_sim/downloads/{file}", get(download_package))
             .with_state(self.state.clone())
     }
 
@@ -325,6 +342,19 @@ impl AdoSim {
 
     pub fn clear_faults(&self) {
         self.state.faults.lock().expect("faults").clear();
+    }
+
+    /// Offers `bytes` (a `.tar.gz`) as the released `linux-x64` agent `version` (`major.minor.patch`).
+    pub fn set_agent_package(&self, version: &str, bytes: Vec<u8>) {
+        *self.state.agent_package.lock().expect("package") =
+            Some((version.to_owned(), Arc::new(bytes)));
+    }
+
+    /// Downloads that carried an `Authorization` header (a token leaking to the CDN).
+    pub fn download_authorizations(&self) -> u64 {
+        self.state
+            .download_authorizations
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether Entra tokens are accepted; `false` is an identity that is not a member of the organisation.
@@ -567,4 +597,80 @@ async fn delete_agent(
         return (StatusCode::NOT_FOUND, Json(json!({ "message": format!("No agent found in pool {pool_id} having identifier {agent_id}.") }))).into_response();
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_packages(
+    State(state): State<Arc<AdoState>>,
+    Path(org): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&state, Endpoint::Packages, &org, &headers).await {
+        return r;
+    }
+    // HTTP/2 carries the authority in the URI, HTTP/1.1 in `Host`.
+    let host = uri
+        .authority()
+        .map(ToString::to_string)
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let platform = query
+        .get("platform")
+        .cloned()
+        .unwrap_or_else(|| "linux-x64".into());
+    let offered = state.agent_package.lock().expect("package").clone();
+    let packages: Vec<AgentPackage> = offered
+        .filter(|_| platform == "linux-x64")
+        .map(|(version, _)| {
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let filename = format!("vsts-agent-{platform}-{version}.tar.gz");
+            AgentPackage {
+                kind: "agent".into(),
+                platform: platform.clone(),
+                download_url: format!("https://{host}/_sim/downloads/{filename}"),
+                filename,
+                version: PackageVersion {
+                    major: parts.next().unwrap_or(0),
+                    minor: parts.next().unwrap_or(0),
+                    patch: parts.next().unwrap_or(0),
+                    is_prerelease: false,
+                },
+            }
+        })
+        .into_iter()
+        .collect();
+    with_rate_headers(&state, list(packages))
+}
+
+async fn download_package(
+    State(state): State<Arc<AdoState>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    *state
+        .requests
+        .lock()
+        .expect("requests")
+        .entry(Endpoint::Download)
+        .or_default() += 1;
+    if headers.contains_key(header::AUTHORIZATION) {
+        state
+            .download_authorizations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    let offered = state.agent_package.lock().expect("package").clone();
+    match offered {
+        Some((version, bytes)) if file.contains(&version) => (
+            [(header::CONTENT_TYPE, "application/gzip")],
+            bytes.as_ref().clone(),
+        )
+            .into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -21,7 +21,7 @@ use axum::{
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::auth::ADO_SCOPE;
+use crate::auth::{ADO_SCOPE, AssertionClaims};
 
 /// Access tokens the simulated Entra issued, checked by the simulated ADO.
 #[derive(Debug, Default)]
@@ -233,7 +233,8 @@ async fn token(
     let expected = std::fs::read_to_string(&config.federated_token_file).unwrap_or_default();
     let assertion = field("client_assertion");
     if state.refuse_assertion.load(Ordering::SeqCst) || assertion != expected.trim() {
-        let subject = jwt_subject(assertion).unwrap_or_else(|| "<unreadable>".into());
+        let subject =
+            AssertionClaims::from_jwt(assertion).map_or_else(|| "<unreadable>".into(), |c| c.sub);
         return aad_error(
             bad,
             "invalid_client",

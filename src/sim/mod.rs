@@ -165,6 +165,11 @@ impl SimCloud {
         self.tokens.all()
     }
 
+    /// Whether an access token is one the simulated Entra issued and it has not expired.
+    pub fn token_is_valid(&self, token: &str) -> bool {
+        self.tokens.is_valid(token)
+    }
+
     /// Invalidates every issued token, as if the identity left the organisation.
     pub fn revoke_tokens(&self) {
         self.tokens.revoke_all();
