@@ -61,6 +61,11 @@ pub struct Snapshot {
     pub jobs: Vec<Job>,
     /// Jobs that left the in-flight state within [`MAX_TEARDOWN_WINDOW`].
     pub departed: Vec<Departed>,
+    /// Since the previous poll: jobs seen assigned for the first time, with their wait
+    /// (`assignTime − queueTime`) when ADO gave both times.
+    pub started: Vec<Option<Duration>>,
+    /// Since the previous poll: assigned jobs that finished or vanished.
+    pub finished: usize,
 }
 
 impl Snapshot {
@@ -79,6 +84,10 @@ impl Snapshot {
     ) -> Self {
         let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
         let mut departed = Vec::new();
+        let mut started = Vec::new();
+        let mut finished = 0;
+        // Transitions need a previous poll: the first one after a start counts nothing, so a
+        // restart does not count running jobs twice.
         if let Some(prev) = previous {
             departed.extend(
                 prev.departed
@@ -86,6 +95,15 @@ impl Snapshot {
                     .filter(|d| now.saturating_duration_since(d.left_at) < MAX_TEARDOWN_WINDOW)
                     .cloned(),
             );
+            let before: HashMap<u64, &Job> = prev.jobs.iter().map(|j| (j.request_id, j)).collect();
+            for job in jobs.iter().filter(|j| !j.is_queued()) {
+                if before
+                    .get(&job.request_id)
+                    .is_none_or(|old| old.is_queued())
+                {
+                    started.push(wait(job));
+                }
+            }
             let unfinished: HashSet<u64> = jobs.iter().map(|j| j.request_id).collect();
             let finished_here: HashMap<u64, &JobRequest> = requests
                 .iter()
@@ -106,10 +124,16 @@ impl Snapshot {
                         .map(|a| a.name.clone())
                 });
                 let Some(agent) = agent else { continue };
+                if old.is_queued() {
+                    let mut seen = old.clone();
+                    seen.assign_time = record.and_then(|r| r.assign_time);
+                    started.push(wait(&seen));
+                }
+                finished += 1;
                 let midpoint = prev.fetched_at + now.saturating_duration_since(prev.fetched_at) / 2;
                 let left_at = record
                     .and_then(|r| r.finish_time)
-                    .and_then(|finished| Duration::try_from(now_utc - finished).ok())
+                    .and_then(|done| Duration::try_from(now_utc - done).ok())
                     .and_then(|ago| now.checked_sub(ago))
                     .map_or(midpoint, |at| at.clamp(prev.fetched_at, now));
                 let mut job = old.clone();
@@ -121,12 +145,20 @@ impl Snapshot {
             fetched_at: now,
             jobs,
             departed,
+            started,
+            finished,
         }
     }
 
     pub fn queued(&self) -> usize {
         self.jobs.iter().filter(|j| j.is_queued()).count()
     }
+}
+
+/// `assignTime − queueTime`, when ADO gave both and they are in order.
+fn wait(job: &Job) -> Option<Duration> {
+    let (queued, assigned) = (job.queue_time?, job.assign_time?);
+    Duration::try_from(assigned - queued).ok()
 }
 
 /// What callers of a pool see: the last good snapshot and the last error since it.
@@ -320,7 +352,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     now,
                     OffsetDateTime::now_utc(),
                 );
-                publish_queue_gauges(&inner.metrics, &watcher.labels, &snapshot);
+                publish_poll_metrics(&inner.metrics, &watcher.labels, &snapshot);
                 watcher.state.send_replace(PoolState {
                     snapshot: Some(Arc::new(snapshot)),
                     error: None,
@@ -374,7 +406,21 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
     }
 }
 
-fn publish_queue_gauges(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snapshot) {
+fn publish_poll_metrics(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snapshot) {
+    for wait in snapshot.started.iter().flatten() {
+        metrics
+            .job_queue_wait
+            .get_or_create(labels)
+            .observe(wait.as_secs_f64());
+    }
+    metrics
+        .jobs_started
+        .get_or_create(labels)
+        .inc_by(snapshot.started.len() as u64);
+    metrics
+        .jobs_finished
+        .get_or_create(labels)
+        .inc_by(snapshot.finished as u64);
     let queued = snapshot.queued() as i64;
     let in_flight = snapshot.jobs.len() as i64 - queued;
     for (state, value) in [("queued", queued), ("in_flight", in_flight)] {
@@ -442,6 +488,10 @@ mod tests {
         );
         assert_eq!(s0.queued(), 3);
         assert!(s0.departed.is_empty());
+        assert!(
+            s0.started.is_empty() && s0.finished == 0,
+            "nothing counted on the first poll"
+        );
         let t1 = t0 + Duration::from_secs(4);
         // 1: picked up and finished between polls (still listed, finished 1 s ago),
         // 2: vanished while in flight, 3: vanished while queued (cancelled), 4: still queued,
@@ -456,6 +506,9 @@ mod tests {
             t1,
             utc(4),
         );
+        // 1 was queued before and finished between the polls: it started and finished.
+        assert_eq!(s1.started, vec![Some(Duration::ZERO)]);
+        assert_eq!(s1.finished, 3);
         let mut gone: Vec<_> = s1
             .departed
             .iter()
@@ -496,5 +549,48 @@ mod tests {
         let got: Vec<u64> = (1..=6).map(|f| backoff(i, f, cap).as_secs()).collect();
         assert_eq!(got, [5, 10, 20, 40, 60, 60]);
         assert_eq!(backoff(i, 1000, cap).as_secs(), 60);
+    }
+}
+
+#[cfg(test)]
+mod transition_tests {
+    use super::*;
+
+    fn req(id: u64, queued_s: i64, assigned_s: Option<i64>) -> JobRequest {
+        let base = time::macros::datetime!(2026-01-01 00:00:00 UTC);
+        let mut r: JobRequest =
+            serde_json::from_value(serde_json::json!({ "requestId": id })).unwrap();
+        r.queue_time = Some(base + time::Duration::seconds(queued_s));
+        if let Some(a) = assigned_s {
+            r.assign_time = Some(base + time::Duration::seconds(a));
+            r.reserved_agent = Some(crate::ado::models::AgentRef {
+                id: 1,
+                name: format!("agent-{id}"),
+                version: None,
+                status: None,
+                enabled: None,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn started_jobs_carry_their_queue_wait_once() {
+        let t0 = Instant::now();
+        let utc = OffsetDateTime::now_utc();
+        let s0 = Snapshot::next(None, &[req(1, 0, None), req(2, 0, Some(3))], t0, utc);
+        // 1 gets assigned after 12 s; 3 appears already assigned (picked up within one interval).
+        let running = [req(1, 0, Some(12)), req(2, 0, Some(3)), req(3, 5, Some(6))];
+        let s1 = Snapshot::next(Some(&s0), &running, t0, utc);
+        let mut waits: Vec<u64> = s1.started.iter().map(|w| w.unwrap().as_secs()).collect();
+        waits.sort();
+        assert_eq!(waits, [1, 12]);
+        assert_eq!(s1.finished, 0);
+        // The same jobs seen again are not started again.
+        let s2 = Snapshot::next(Some(&s1), &running, t0, utc);
+        assert!(s2.started.is_empty());
+        // Two finish (vanish); one is still running.
+        let s3 = Snapshot::next(Some(&s2), &[req(3, 5, Some(6))], t0, utc);
+        assert_eq!((s3.started.len(), s3.finished), (0, 2));
     }
 }

@@ -3,8 +3,14 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::{Registry, Unit},
 };
 
@@ -81,16 +87,32 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// How long jobs wait for an agent: seconds to an hour.
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    ])
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ])
 }
 
-/// All metric families of the scaler, registered in one registry under `ado_scaler_`.
+/// All metric families: ours under `ado_scaler_` in a sub-registry, the standard `process_*`
+/// ones at the root, all in one registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    pub job_queue_wait: Family<PoolLabels, Histogram>,
+    pub jobs_started: Family<PoolLabels, Counter>,
+    pub jobs_finished: Family<PoolLabels, Counter>,
     pub queue_jobs: Family<QueueLabels, Gauge>,
     pub trigger_value: Family<TriggerLabels, Gauge>,
     pub poll_age_seconds: Family<PoolLabels, Gauge<f64, AtomicU64>>,
@@ -113,7 +135,42 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ado_scaler");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("ado_scaler");
+
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Version of the running ado-scaler (always 1)",
+            build_info,
+        );
+        let job_queue_wait =
+            Family::new_with_constructor(queue_wait_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "job_queue_wait",
+            "Time from queueTime to assignTime of each job, observed when first seen assigned",
+            Unit::Seconds,
+            job_queue_wait.clone(),
+        );
+        let jobs_started = Family::default();
+        registry.register(
+            "jobs_started",
+            "Jobs seen going from queued to assigned between two polls",
+            jobs_started.clone(),
+        );
+        let jobs_finished = Family::default();
+        registry.register(
+            "jobs_finished",
+            "Assigned jobs seen finishing or vanishing between two polls",
+            jobs_finished.clone(),
+        );
+
         let queue_jobs = Family::default();
         registry.register(
             "queue_jobs",
@@ -198,7 +255,10 @@ impl Metrics {
         );
 
         Self {
-            registry,
+            registry: root,
+            job_queue_wait,
+            jobs_started,
+            jobs_finished,
             queue_jobs,
             trigger_value,
             poll_age_seconds,
@@ -226,6 +286,87 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The standard `process_*` metrics of this process, read from `/proc` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    fn emit(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        metric: &impl EncodeMetric,
+    ) -> Result<(), std::fmt::Error> {
+        metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            Self::emit(
+                &mut encoder,
+                "process_cpu",
+                "User and system CPU time spent",
+                Some(&Unit::Seconds),
+                &ConstCounter::new(cpu),
+            )?;
+            let rss = stat.rss * procfs::page_size();
+            Self::emit(
+                &mut encoder,
+                "process_resident_memory",
+                "Resident memory size",
+                Some(&Unit::Bytes),
+                &ConstGauge::new(rss as i64),
+            )?;
+            Self::emit(
+                &mut encoder,
+                "process_virtual_memory",
+                "Virtual memory size",
+                Some(&Unit::Bytes),
+                &ConstGauge::new(stat.vsize as i64),
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let start = boot as f64 + stat.starttime as f64 / ticks;
+                Self::emit(
+                    &mut encoder,
+                    "process_start_time",
+                    "Start time since the Unix epoch",
+                    Some(&Unit::Seconds),
+                    &ConstGauge::new(start),
+                )?;
+            }
+        }
+        if let Ok(fds) = me.fd_count() {
+            Self::emit(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                &ConstGauge::new(fds as i64),
+            )?;
+        }
+        if let Ok(limits) = me.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            Self::emit(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum open file descriptors",
+                None,
+                &ConstGauge::new(max as i64),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -262,6 +403,11 @@ mod tests {
             "ado_scaler_grpc_request_duration_seconds_bucket{",
             "ado_scaler_poll_age_seconds{org=\"o\",pool=\"p\"} 1.5",
             "# HELP ado_scaler_active_streams ",
+            "ado_scaler_build_info{version=\"",
+            "# TYPE process_cpu_seconds counter",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -449,6 +449,30 @@ async fn metrics_and_health_endpoints() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // Transitions between polls: started (with its queue wait), then finished.
+    let id = h
+        .sim
+        .ado
+        .assign_next(h.pool_id, "agent-1", &Default::default())
+        .unwrap();
+    let started = eventually(Duration::from_secs(5), || async {
+        let text = h.http_get("/metrics").await.1;
+        text.contains("ado_scaler_jobs_started_total{org=")
+            && text.contains("pool=\"linux\"} 1\n")
+            && text.contains("ado_scaler_job_queue_wait_seconds_count{")
+    })
+    .await;
+    assert!(started, "{}", h.http_get("/metrics").await.1);
+    h.sim.ado.finish(id, "succeeded");
+    let finished = eventually(Duration::from_secs(5), || async {
+        h.http_get("/metrics")
+            .await
+            .1
+            .lines()
+            .any(|l| l.starts_with("ado_scaler_jobs_finished_total{") && l.ends_with(" 1"))
+    })
+    .await;
+    assert!(finished, "{}", h.http_get("/metrics").await.1);
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
     let overall = health
         .check(tonic_health::pb::HealthCheckRequest {
