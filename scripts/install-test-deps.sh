@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the Rust toolchain, from Debian's packages:
+#   promtool + prometheus (alert unit tests, the dashboard checked against a real Prometheus),
+#   shellcheck (deploy/azure/setup.sh).
+# kubectl with built-in kustomize (v5) ships with this project's machine image; it is checked
+# here, not installed: Debian's kubernetes-client is too old for `replacements`.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+
+if ((${#missing[@]})); then
+  mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "installing Debian packages: ${pkgs[*]}"
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install ${pkgs[*]}" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  # The package starts a Prometheus service where an init system runs; the tests start their own.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    "${sudo[@]}" systemctl stop prometheus || true
+  fi
+fi
+
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "kubectl with built-in kustomize is required (it ships with this project's machine image)" >&2
+  exit 1
+fi
+echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p)"

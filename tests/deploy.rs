@@ -1,0 +1,325 @@
+//! deploy/ as a cluster would get it: `kubectl kustomize deploy/` checked for Pod Security
+//! `restricted`, matching selectors, the ScaledJob pointing at the Service, identities that
+//! match the federated credentials the setup script creates; the alerts through promtool.
+
+#[path = "common/tools.rs"]
+mod tools;
+
+use serde_json::Value;
+use tools::{find, rendered, root, run};
+
+/// (where, pod template) for every workload.
+fn pod_templates(docs: &[Value]) -> Vec<(String, &Value)> {
+    docs.iter()
+        .filter_map(|d| {
+            let name = format!(
+                "{}/{}",
+                d["kind"].as_str()?,
+                d["metadata"]["name"].as_str()?
+            );
+            match d["kind"].as_str()? {
+                "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
+                    Some((name, &d["spec"]["template"]))
+                }
+                "ScaledJob" => Some((name, &d["spec"]["jobTargetRef"]["template"])),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    let selector = selector.as_object().expect("selector labels");
+    !selector.is_empty() && selector.iter().all(|(k, v)| &labels[k] == v)
+}
+
+#[test]
+fn every_pod_passes_pod_security_restricted() {
+    let docs = rendered();
+    let templates = pod_templates(&docs);
+    assert_eq!(
+        templates.len(),
+        2,
+        "the scaler Deployment and the agent ScaledJob"
+    );
+    for (name, template) in templates {
+        let spec = &template["spec"];
+        let pod = &spec["securityContext"];
+        assert_eq!(pod["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        assert!(
+            pod["runAsUser"].as_u64().is_some_and(|u| u > 0),
+            "{name} runs as a non-zero uid"
+        );
+        for container in spec["containers"].as_array().unwrap() {
+            let sc = &container["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            assert!(
+                sc["privileged"].is_null() || sc["privileged"] == false,
+                "{name}"
+            );
+        }
+        // Workload identity: the label the webhook looks for, and an annotated service account.
+        assert_eq!(
+            template["metadata"]["labels"]["azure.workload.identity/use"], "true",
+            "{name}"
+        );
+        let sa = spec["serviceAccountName"].as_str().unwrap();
+        let account = find(&docs, "ServiceAccount", sa);
+        let client_id = &account["metadata"]["annotations"]["azure.workload.identity/client-id"];
+        assert!(
+            client_id.as_str().is_some_and(|c| c.len() == 36),
+            "{name}: {sa} has the client id"
+        );
+    }
+    let scaler = find(&docs, "Deployment", "ado-scaler");
+    let container = &scaler["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    for ns in ["ado-scaler", "ado-agents"] {
+        let namespace = find(&docs, "Namespace", ns);
+        assert_eq!(
+            namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+    }
+    let text = serde_json::to_string(&docs).unwrap();
+    assert!(
+        !text.contains("set-by-kustomization"),
+        "every placeholder replaced"
+    );
+}
+
+#[test]
+fn selectors_probes_and_the_scaled_job_fit_together() {
+    let docs = rendered();
+    let deployment = find(&docs, "Deployment", "ado-scaler");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(
+        &deployment["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let service = find(&docs, "Service", "ado-scaler");
+    assert!(labels_match(&service["spec"]["selector"], pod_labels));
+    let pdb = find(&docs, "PodDisruptionBudget", "ado-scaler");
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let policy = find(&docs, "NetworkPolicy", "ado-scaler");
+    assert!(labels_match(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        pod_labels
+    ));
+    let monitor = find(&docs, "ServiceMonitor", "ado-scaler");
+    assert!(labels_match(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"]
+    ));
+    let port_names: Vec<&str> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(port_names.contains(&monitor["spec"]["endpoints"][0]["port"].as_str().unwrap()));
+
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let grpc_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .unwrap()["port"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(container["readinessProbe"]["grpc"]["port"], grpc_port);
+    assert_eq!(
+        container["readinessProbe"]["grpc"]["service"],
+        "externalscaler.ExternalScaler"
+    );
+    assert_eq!(container["livenessProbe"]["grpc"]["port"], grpc_port);
+
+    let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
+    let job = find(&docs, "ScaledJob", "ado-agent");
+    let trigger = &job["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "external");
+    let meta = &trigger["metadata"];
+    let expected = format!(
+        "{}.{}.svc.cluster.local:{grpc_port}",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(meta["scalerAddress"], expected.as_str());
+    assert_eq!(meta["organizationURL"], settings["organizationURL"]);
+    assert_eq!(meta["poolName"], settings["poolName"]);
+    assert_eq!(meta["scaleOnInFlight"], "true");
+    // Agents are named after their pods, which KEDA names after the ScaledJob.
+    assert_eq!(
+        meta["agentNamePrefix"],
+        format!("{}-", job["metadata"]["name"].as_str().unwrap()).as_str()
+    );
+    assert_eq!(job["spec"]["scalingStrategy"]["strategy"], "default");
+    assert_eq!(job["spec"]["jobTargetRef"]["backoffLimit"], 0);
+    let agent_pod = &job["spec"]["jobTargetRef"]["template"]["spec"];
+    assert!(agent_pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 120);
+    let env = |c: &Value, n: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(
+        env(&agent_pod["containers"][0], "AZP_URL"),
+        settings["organizationURL"]
+    );
+    assert_eq!(
+        env(&agent_pod["containers"][0], "AZP_POOL"),
+        settings["poolName"]
+    );
+    // The scaler allows exactly the one organisation.
+    assert_eq!(
+        env(container, "ADO_SCALER_ALLOWED_ORGS"),
+        settings["organizationURL"]
+    );
+
+    // The images are the ones the Dockerfile builds, renamed in one place.
+    assert!(container["image"].as_str().unwrap().contains("ado-scaler"));
+    assert!(
+        agent_pod["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .contains("ado-agent")
+    );
+}
+
+#[test]
+fn setup_script_is_clean_and_federates_both_service_accounts() {
+    run("shellcheck", &["deploy/azure/setup.sh"], root());
+    let out = std::process::Command::new("bash")
+        .args([
+            "deploy/azure/setup.sh",
+            "--dry-run",
+            "--resource-group",
+            "rg",
+            "--cluster",
+            "aks",
+        ])
+        .args([
+            "--org",
+            "https://dev.azure.com/contoso",
+            "--pool",
+            "aks-linux",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The subjects it federates are exactly the rendered service accounts of the pods.
+    let docs = rendered();
+    for (name, template) in pod_templates(&docs) {
+        let sa = template["spec"]["serviceAccountName"].as_str().unwrap();
+        let account = find(&docs, "ServiceAccount", sa);
+        let subject = format!(
+            "system:serviceaccount:{}:{sa}",
+            account["metadata"]["namespace"].as_str().unwrap()
+        );
+        assert!(
+            printed.contains(&format!("--subject {subject}")),
+            "{name}: {subject} not federated:\n{printed}"
+        );
+    }
+    assert!(printed.contains("--audiences api://AzureADTokenExchange"));
+    assert!(
+        printed.contains("serviceprincipalentitlements"),
+        "adds the identity to the organisation"
+    );
+    assert!(
+        printed.contains("distributedtask.agentpoolrole"),
+        "gives it a role on the pool"
+    );
+
+    let bad = std::process::Command::new("bash")
+        .args([
+            "deploy/azure/setup.sh",
+            "--dry-run",
+            "--resource-group",
+            "rg",
+            "--cluster",
+            "aks",
+            "--pool",
+            "p",
+        ])
+        .args(["--org", "https://example.com/x"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--org must look like"));
+}
+
+#[test]
+fn dashboard_config_map_carries_the_dashboard() {
+    let docs = rendered();
+    let map = find(&docs, "ConfigMap", "ado-scaler-dashboard");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(root().join("dashboards/ado-scaler.json")).unwrap();
+    assert_eq!(map["data"]["ado-scaler.json"].as_str().unwrap(), file);
+}
+
+#[test]
+fn alerts_pass_promtool_and_each_is_unit_tested() {
+    let docs = rendered();
+    let rule = find(&docs, "PrometheusRule", "ado-scaler");
+    let dir = std::env::temp_dir().join(format!("ado-scaler-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let groups = serde_json::json!({ "groups": rule["spec"]["groups"] });
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml_ng::to_string(&groups).unwrap(),
+    )
+    .unwrap();
+    let tests = std::fs::read_to_string(root().join("deploy/monitoring/alerts.test.yaml")).unwrap();
+    std::fs::write(dir.join("alerts.test.yaml"), &tests).unwrap();
+
+    run("promtool", &["check", "rules", "rules.yaml"], &dir);
+    run("promtool", &["test", "rules", "alerts.test.yaml"], &dir);
+
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(alerts.len(), 6);
+    for alert in alerts {
+        let name = alert["alert"].as_str().unwrap();
+        assert!(
+            alert["annotations"]["runbook"]
+                .as_str()
+                .is_some_and(|r| r.len() > 20),
+            "{name} has a runbook"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "{name} is unit-tested"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
