@@ -91,6 +91,14 @@ pub struct DemoArgs {
     #[arg(long, env = "ADO_SCALER_DEMO_TEARDOWN_WINDOW", value_parser = humantime::parse_duration, default_value = "2500ms")]
     pub teardown_window: Duration,
 
+    /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_METRICS_ADDR",
+        default_value = "127.0.0.1:0"
+    )]
+    pub metrics_addr: SocketAddr,
+
     /// Print no live table, only the summary.
     #[arg(
         long,

@@ -179,19 +179,32 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport> {
         "ado-scaler demo: {} ScaledJob(s) on one pool, ~{} jobs/min for {:?}, teardownWindow {:?}",
         config.scaled_jobs, args.jobs_per_minute, config.duration, config.teardown_window
     );
-    let report = simulate(config).await?;
+    let http = TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| Error::Config(format!("--metrics-addr {}: {e}", args.metrics_addr)))?;
+    if let Ok(addr) = http.local_addr() {
+        println!("scaler metrics: http://{addr}/metrics");
+    }
+    let report = simulate_on(config, http).await?;
     println!("{report}");
     Ok(report)
 }
 
 /// Runs one simulated scenario to completion.
 pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
-    let sim = SimCloud::start().await?;
-    let pool_id = sim.ado.add_pool("linux");
-    let grpc = TcpListener::bind("127.0.0.1:0")
+    let http = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
-    let http = TcpListener::bind("127.0.0.1:0")
+    simulate_on(config, http).await
+}
+
+/// Like [`simulate`], with the scaler's `/metrics` served on `http` (for a Prometheus to scrape).
+pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoReport> {
+    let sim = SimCloud::start().await?;
+    let pool_id = sim.ado.add_pool("linux");
+    // ADO reports its rate-limit budget when an identity uses it; show it on the dashboard.
+    sim.ado.simulate_rate_limit(200);
+    let grpc = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
     let grpc_addr = grpc

@@ -108,6 +108,8 @@ struct AdoState {
     /// ADO keeps listing a finished request for a while despite `completedRequestCount=0`.
     finished_visible_for: Duration,
     rate_limit_remaining: Mutex<Option<i64>>,
+    /// `(limit, request times)`: a budget over ADO's 5-minute sliding window, one unit a request.
+    rate_limit_window: Mutex<Option<(i64, std::collections::VecDeque<std::time::Instant>)>>,
     /// `false` simulates an identity that was never added to the organisation.
     accept_tokens: std::sync::atomic::AtomicBool,
     /// The offered agent package: version and `.tar.gz` bytes.
@@ -140,6 +142,7 @@ impl AdoSim {
                 faults: Mutex::default(),
                 finished_visible_for: Duration::from_secs(2),
                 rate_limit_remaining: Mutex::new(None),
+                rate_limit_window: Mutex::new(None),
                 accept_tokens: std::sync::atomic::AtomicBool::new(true),
                 agent_package: Mutex::new(None),
                 download_authorizations: std::sync::atomic::AtomicU64::new(0),
@@ -357,6 +360,12 @@ impl AdoSim {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Report `X-RateLimit-*` headers from a 5-minute sliding window of `limit` requests.
+    pub fn simulate_rate_limit(&self, limit: i64) {
+        *self.state.rate_limit_window.lock().expect("rate limit") =
+            Some((limit, Default::default()));
+    }
+
     /// Whether Entra tokens are accepted; `false` is an identity that is not a member of the organisation.
     pub fn accept_tokens(&self, accept: bool) {
         self.state
@@ -449,7 +458,24 @@ async fn guard(
 
 fn with_rate_headers(state: &AdoState, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
-    if let Some(remaining) = *state.rate_limit_remaining.lock().expect("rate limit") {
+    let windowed = state
+        .rate_limit_window
+        .lock()
+        .expect("rate limit")
+        .as_mut()
+        .map(|(limit, times)| {
+            let now = std::time::Instant::now();
+            times.push_back(now);
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(300))
+            {
+                times.pop_front();
+            }
+            (*limit - times.len() as i64).max(0)
+        });
+    let fixed = *state.rate_limit_remaining.lock().expect("rate limit");
+    if let Some(remaining) = fixed.or(windowed) {
         let h = response.headers_mut();
         h.insert("x-ratelimit-resource", HeaderValue::from_static("Core"));
         h.insert("x-ratelimit-limit", HeaderValue::from(200));
