@@ -329,15 +329,15 @@ pub fn explain_token_error(message: &str, wi: Option<&WorkloadIdentity>) -> Stri
     let hint = if message.contains("AADSTS700213") || message.contains("AADSTS70021:") {
         Some(match (wi, &claims) {
             (Some(wi), Some(c)) => format!(
-                "add a federated credential to identity {} with issuer '{}', subject '{}' and audience                  'api://AzureADTokenExchange'",
+                "add a federated credential to identity {} with issuer '{}', subject '{}' and audience 'api://AzureADTokenExchange'",
                 wi.client_id, c.iss, c.sub
             ),
-            _ => "add a federated credential for this pod's service account                   (subject system:serviceaccount:<namespace>:<serviceaccount>)"
+            _ => "add a federated credential for this pod's service account (subject system:serviceaccount:<namespace>:<serviceaccount>)"
                 .to_owned(),
         })
     } else if message.contains("AADSTS700016") {
         Some(format!(
-            "AZURE_CLIENT_ID{} is not an application in this tenant: check the service account's              azure.workload.identity/client-id annotation",
+            "AZURE_CLIENT_ID{} is not an application in this tenant: check the service account's azure.workload.identity/client-id annotation",
             wi.map(|w| format!(" {}", w.client_id)).unwrap_or_default()
         ))
     } else if message.contains("AADSTS90002") {

@@ -29,6 +29,41 @@ pub enum Command {
     Demo(DemoArgs),
     /// Entrypoint of an ephemeral agent pod: register, run one job, deregister.
     Agent(AgentArgs),
+    /// Explain what is wrong with a setup: runs the real auth and REST calls, prints a checklist.
+    Check(CheckArgs),
+}
+
+/// Which pod `check` runs as: decides the expected service account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckAs {
+    Scaler,
+    Agent,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Organisation URL.
+    #[arg(long, env = "AZP_URL")]
+    pub org: String,
+
+    /// Agent pool name.
+    #[arg(long, env = "AZP_POOL")]
+    pub pool: String,
+
+    /// The trigger's demands (comma list), to explain which queued jobs it would count.
+    #[arg(long, default_value = "")]
+    pub demands: String,
+
+    /// Check as the scaler's or as an agent's pod.
+    #[arg(long = "as", value_enum, default_value_t = CheckAs::Scaler)]
+    pub as_: CheckAs,
+
+    /// Expected service account as `namespace:name`; defaults to deploy/'s for --as.
+    #[arg(long)]
+    pub service_account: Option<String>,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// How to authenticate to Azure DevOps.

@@ -10,6 +10,8 @@
 //! The agent side: [`agent`] is the entrypoint of each ephemeral agent pod (token exchange,
 //! register, one job, deregister).
 //!
+//! Operations: [`check`] explains setup mistakes with the real calls.
+//!
 //! Around it: [`auth`] (workload identity, managed identity, PAT file), [`telemetry`]
 //! (logging, Prometheus registry), [`config`] (the CLI), [`sim`] (simulated Entra and ADO
 //! used by the demo, tests and benchmarks) and [`demo`] (the whole loop with a KEDA emulator).
@@ -19,6 +21,7 @@
 pub mod ado;
 pub mod agent;
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod count;
 pub mod demo;
@@ -39,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => run_serve(args).await.map(|()| 0),
         Command::Demo(args) => demo::run(args).await.map(|_| 0),
         Command::Agent(args) => agent::run(args).await,
+        Command::Check(args) => check::run(args).await,
     }
 }
 

@@ -1,0 +1,423 @@
+//! `ado-scaler check`: runs the real auth and REST calls of the scaler (or an agent) and prints
+//! a checklist, ✔ or ✗ with the fix, so that a setup mistake explains itself.
+
+use std::{fmt, sync::Arc};
+
+use crate::{
+    ado::{AdoClient, OrgUrl, models::JobRequest},
+    auth::{self, AssertionClaims, AuthMode, AuthSettings, TokenSource, WorkloadIdentity},
+    config::{CheckArgs, CheckAs},
+    count::{DemandRule, Filter, Job, Mismatch, parse_demands},
+    error::{Error, Result},
+    telemetry::Metrics,
+};
+
+const AUDIENCE: &str = "api://AzureADTokenExchange";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Information, not a verdict (e.g. how a queued job would be counted).
+    Info,
+    /// Not run: an earlier check failed.
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub status: Status,
+    pub title: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+/// The checklist.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    fn push(
+        &mut self,
+        status: Status,
+        title: &str,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        self.items.push(Item {
+            status,
+            title: title.to_owned(),
+            detail: detail.into(),
+            fix,
+        });
+    }
+
+    fn pass(&mut self, title: &str, detail: impl Into<String>) {
+        self.push(Status::Pass, title, detail, None);
+    }
+
+    fn fail(&mut self, title: &str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(Status::Fail, title, detail, Some(fix.into()));
+    }
+
+    fn skip(&mut self, titles: &[&str]) {
+        for title in titles {
+            self.push(
+                Status::Skipped,
+                title,
+                "skipped: an earlier check failed",
+                None,
+            );
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.items.iter().all(|i| i.status != Status::Fail)
+    }
+
+    pub fn item(&self, title: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.title == title)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            let mark = match item.status {
+                Status::Pass => "✔",
+                Status::Fail => "✗",
+                Status::Info => "·",
+                Status::Skipped => "-",
+            };
+            writeln!(f, "{mark} {}: {}", item.title, item.detail)?;
+            if let Some(fix) = &item.fix {
+                writeln!(f, "    fix: {fix}")?;
+            }
+        }
+        let failed = self
+            .items
+            .iter()
+            .filter(|i| i.status == Status::Fail)
+            .count();
+        match failed {
+            0 => write!(f, "all checks passed"),
+            n => write!(f, "{n} check(s) failed"),
+        }
+    }
+}
+
+pub const WI_VARIABLES: &str = "workload identity variables";
+pub const FEDERATED_TOKEN: &str = "federated token";
+pub const TOKEN_EXCHANGE: &str = "token exchange";
+pub const REACHABLE: &str = "organisation reachable";
+pub const ACCEPTED: &str = "identity accepted";
+pub const POOL_FOUND: &str = "pool found";
+pub const JOBS_READABLE: &str = "job requests readable";
+
+/// Runs the checks and prints the report; exit code 1 when any check failed.
+pub async fn run(args: CheckArgs) -> Result<u8> {
+    let report = check(&args, &|name| std::env::var(name).ok()).await;
+    println!("{report}");
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
+/// Runs every check it can; `env` reads the pod's environment.
+pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Report {
+    let mut report = Report::default();
+    let remote = [
+        TOKEN_EXCHANGE,
+        REACHABLE,
+        ACCEPTED,
+        POOL_FOUND,
+        JOBS_READABLE,
+    ];
+
+    let org = match OrgUrl::parse(&args.org) {
+        Ok(org) => org,
+        Err(e) => {
+            report.fail(
+                "organisation URL",
+                e,
+                "pass --org https://dev.azure.com/ORG",
+            );
+            return report;
+        }
+    };
+
+    let settings = match args.auth.auth {
+        AuthMode::WorkloadIdentity => match workload_identity(args, env, &mut report) {
+            Some(wi) => AuthSettings::WorkloadIdentity(wi),
+            None => {
+                report.skip(&remote);
+                return report;
+            }
+        },
+        AuthMode::ManagedIdentity => AuthSettings::ManagedIdentity {
+            client_id: env("AZURE_CLIENT_ID"),
+        },
+        AuthMode::Pat => match &args.auth.pat_file {
+            Some(file) => AuthSettings::Pat { file: file.clone() },
+            None => {
+                report.fail(
+                    "PAT file",
+                    "--auth pat without --pat-file",
+                    "pass --pat-file, or use workload identity",
+                );
+                report.skip(&remote);
+                return report;
+            }
+        },
+    };
+
+    let http = match args
+        .auth
+        .ca_file
+        .as_deref()
+        .map(auth::read_ca_file)
+        .transpose()
+        .and_then(|ca| auth::http_client(ca.as_deref()))
+    {
+        Ok(http) => http,
+        Err(e) => {
+            report.fail("CA file", e.to_string(), "point --ca-file at a PEM bundle");
+            report.skip(&remote);
+            return report;
+        }
+    };
+    let source = match TokenSource::new(&settings, &http, None) {
+        Ok(source) => source,
+        Err(e) => {
+            report.fail(TOKEN_EXCHANGE, e.to_string(), "see the message");
+            report.skip(&remote[1..]);
+            return report;
+        }
+    };
+    match source.token().await {
+        Ok(_) => report.pass(TOKEN_EXCHANGE, "Entra issued a token for Azure DevOps"),
+        Err(e) => {
+            let text = e.to_string();
+            let (detail, fix) = match text.split_once(" — to fix: ") {
+                Some((detail, fix)) => (detail.to_owned(), fix.to_owned()),
+                None => (
+                    text,
+                    "check the identity's federated credentials and client id".to_owned(),
+                ),
+            };
+            report.fail(TOKEN_EXCHANGE, detail, fix);
+            report.skip(&remote[1..]);
+            return report;
+        }
+    }
+
+    let ado = AdoClient::new(http, source, Arc::new(Metrics::new()));
+    let pool = match ado.find_pool(&org, &args.pool).await {
+        Ok(pool) => {
+            report.pass(REACHABLE, org.to_string());
+            report.pass(ACCEPTED, "Azure DevOps answers this identity with JSON");
+            report.pass(POOL_FOUND, format!("{} (id {})", pool.name, pool.id));
+            pool
+        }
+        Err(e) => {
+            explain_pool_error(&mut report, &org, &args.pool, e);
+            if report.item(JOBS_READABLE).is_none() {
+                report.skip(&[JOBS_READABLE]);
+            }
+            return report;
+        }
+    };
+
+    let requests = match ado.job_requests(&org, pool.id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let fix = match &e {
+                Error::Forbidden { .. } | Error::NotAccepted { .. } => {
+                    format!(
+                        "give the identity a role on pool {} (Organization settings > Agent pools > Security)",
+                        pool.name
+                    )
+                }
+                _ => "retry; if it persists, see the scaler's logs".to_owned(),
+            };
+            report.fail(JOBS_READABLE, e.to_string(), fix);
+            return report;
+        }
+    };
+    let jobs: Vec<(Job, &JobRequest)> = requests
+        .iter()
+        .filter_map(|r| Job::from_request(r).map(|j| (j, r)))
+        .collect();
+    let queued = jobs.iter().filter(|(j, _)| j.is_queued()).count();
+    report.pass(
+        JOBS_READABLE,
+        format!(
+            "{} unfinished: {queued} queued, {} in flight",
+            jobs.len(),
+            jobs.len() - queued
+        ),
+    );
+
+    let filter = Filter {
+        demands: parse_demands(args.demands.split(',')),
+        rule: DemandRule::JobSubsetOfTrigger,
+        ..Filter::default()
+    };
+    for (job, request) in jobs.iter().filter(|(j, _)| j.is_queued()) {
+        let what = format!(
+            "job {} ({})",
+            job.request_id,
+            request.definition.as_ref().map_or("?", |d| d.name.as_str())
+        );
+        let verdict = match filter.check(job) {
+            Ok(()) => "counted".to_owned(),
+            Err(Mismatch::JobDemandNotOffered(d)) => {
+                format!("not counted: it demands `{d}`, which --demands does not offer")
+            }
+            Err(Mismatch::TriggerDemandMissing(d)) => format!("not counted: it lacks `{d}`"),
+            Err(Mismatch::ParentNotMatched(p)) => {
+                format!("not counted: ADO did not match it to `{p}`")
+            }
+        };
+        report.push(Status::Info, &what, verdict, None);
+    }
+    if args.as_ == CheckAs::Agent {
+        report.push(
+            Status::Info,
+            "agent registration",
+            "registering needs the Administrator role on the pool; check cannot test it without registering",
+            None,
+        );
+    }
+    report
+}
+
+fn workload_identity(
+    args: &CheckArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut Report,
+) -> Option<WorkloadIdentity> {
+    let wi = match WorkloadIdentity::from_lookup(env) {
+        Ok(wi) => wi,
+        Err(e) => {
+            report.fail(
+                WI_VARIABLES,
+                e.to_string().trim_start_matches("configuration: ").to_owned(),
+                "label the pod azure.workload.identity/use: \"true\", annotate its service account with \
+                 azure.workload.identity/client-id, and make sure the cluster has workload identity \
+                 enabled (az aks update --enable-oidc-issuer --enable-workload-identity)",
+            );
+            report.skip(&[FEDERATED_TOKEN]);
+            return None;
+        }
+    };
+    report.pass(
+        WI_VARIABLES,
+        format!(
+            "AZURE_CLIENT_ID={}, AZURE_TENANT_ID={}, AZURE_FEDERATED_TOKEN_FILE={}",
+            wi.client_id,
+            wi.tenant_id,
+            wi.token_file.display()
+        ),
+    );
+
+    let expected = args.service_account.clone().unwrap_or_else(|| {
+        match args.as_ {
+            CheckAs::Scaler => "ado-scaler:ado-scaler",
+            CheckAs::Agent => "ado-agents:ado-agent",
+        }
+        .to_owned()
+    });
+    let expected_subject = format!("system:serviceaccount:{expected}");
+    let Some(claims) = std::fs::read_to_string(&wi.token_file)
+        .ok()
+        .and_then(|t| AssertionClaims::from_jwt(&t))
+    else {
+        report.fail(
+            FEDERATED_TOKEN,
+            format!(
+                "{} is missing, unreadable or not a JWT",
+                wi.token_file.display()
+            ),
+            "the workload identity webhook mounts it; restart the pod after labelling it",
+        );
+        return None;
+    };
+    let shown = format!(
+        "iss={}, sub={}, aud={}",
+        claims.iss,
+        claims.sub,
+        claims.aud.join(" ")
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if !claims.aud.iter().any(|a| a == AUDIENCE) {
+        report.fail(
+            FEDERATED_TOKEN,
+            shown,
+            format!("the token's audience must be {AUDIENCE}: is this the webhook's token?"),
+        );
+    } else if claims.exp.is_some_and(|exp| exp <= now) {
+        report.fail(
+            FEDERATED_TOKEN,
+            format!("{shown}; expired"),
+            "kubelet refreshes the projected token; check the volume",
+        );
+    } else if claims.sub != expected_subject {
+        report.fail(
+            FEDERATED_TOKEN,
+            format!("{shown}; expected sub={expected_subject}"),
+            format!(
+                "run the pod as service account {expected}, or register a federated credential for {} \
+                 (deploy/azure/setup.sh)",
+                claims.sub
+            ),
+        );
+    } else {
+        report.pass(FEDERATED_TOKEN, shown);
+    }
+    Some(wi)
+}
+
+fn explain_pool_error(report: &mut Report, org: &OrgUrl, pool: &str, err: Error) {
+    match err {
+        Error::Transport { reason, .. } => {
+            report.fail(REACHABLE, format!("{org}: {reason}"), "check DNS, egress network policies, proxies, and --ca-file for a TLS-inspecting proxy");
+            report.skip(&[ACCEPTED, POOL_FOUND]);
+        }
+        e @ Error::NotAccepted { .. } => {
+            report.pass(REACHABLE, org.to_string());
+            report.fail(
+                ACCEPTED,
+                e.to_string(),
+                format!("add the identity to {org} (Organization settings > Users > Add, or deploy/azure/setup.sh)"),
+            );
+            report.skip(&[POOL_FOUND]);
+        }
+        Error::NotFound(what) => {
+            report.pass(REACHABLE, org.to_string());
+            report.pass(ACCEPTED, "Azure DevOps answers this identity with JSON");
+            report.fail(
+                POOL_FOUND,
+                format!("{what} (ADO lists only pools the identity has a role on)"),
+                format!("create pool {pool}, fix --pool, or give the identity a role on it"),
+            );
+        }
+        e @ (Error::Forbidden { .. } | Error::AmbiguousPool { .. }) => {
+            report.pass(REACHABLE, org.to_string());
+            report.pass(ACCEPTED, "Azure DevOps answers this identity with JSON");
+            report.fail(
+                POOL_FOUND,
+                e.to_string(),
+                "give the identity a role on the pool, or use poolID",
+            );
+        }
+        e => {
+            report.fail(
+                REACHABLE,
+                e.to_string(),
+                "retry; Azure DevOps answered with an error",
+            );
+            report.skip(&[ACCEPTED, POOL_FOUND]);
+        }
+    }
+}

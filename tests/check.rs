@@ -1,0 +1,278 @@
+//! `ado-scaler check` against the simulators: one test per ✗, each with its fix.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use ado_scaler::{
+    auth::AuthMode,
+    check::{
+        self, ACCEPTED, FEDERATED_TOKEN, JOBS_READABLE, POOL_FOUND, REACHABLE, Report, Status,
+        TOKEN_EXCHANGE, WI_VARIABLES,
+    },
+    config::{AuthArgs, CheckArgs, CheckAs},
+    sim::{Endpoint, Fault, SimCloud},
+};
+
+fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
+    CheckArgs {
+        org: sim.org_url.clone(),
+        pool: pool.into(),
+        demands: String::new(),
+        as_: CheckAs::Scaler,
+        service_account: None,
+        auth: AuthArgs {
+            auth: AuthMode::WorkloadIdentity,
+            pat_file: None,
+            ca_file: Some(sim.ca_file.clone()),
+        },
+    }
+}
+
+fn pod_env(sim: &SimCloud) -> HashMap<&'static str, String> {
+    sim.pod_env().into_iter().collect()
+}
+
+async fn run(args: &CheckArgs, env: &HashMap<&'static str, String>) -> Report {
+    check::check(args, &|name| env.get(name).cloned()).await
+}
+
+fn failed<'a>(report: &'a Report, title: &str) -> &'a check::Item {
+    let item = report
+        .item(title)
+        .unwrap_or_else(|| panic!("no {title} in\n{report}"));
+    assert_eq!(item.status, Status::Fail, "{title} should fail:\n{report}");
+    assert!(!report.ok());
+    item
+}
+
+#[tokio::test]
+async fn a_good_setup_passes_and_explains_the_queue() {
+    let sim = SimCloud::start().await.unwrap();
+    let pool = sim.ado.add_pool("linux");
+    sim.ado.enqueue(pool, &["maven"]);
+    sim.ado.enqueue(pool, &["maven", "gpu"]);
+    let running = sim.ado.enqueue(pool, &[]);
+    sim.ado.assign_next(pool, "agent-1", &Default::default());
+    let mut a = args(&sim, "linux");
+    a.demands = "maven".into();
+    let report = run(&a, &pod_env(&sim)).await;
+    let text = report.to_string();
+    println!("{text}");
+    assert!(report.ok(), "{text}");
+    for title in [
+        WI_VARIABLES,
+        FEDERATED_TOKEN,
+        TOKEN_EXCHANGE,
+        REACHABLE,
+        ACCEPTED,
+        POOL_FOUND,
+        JOBS_READABLE,
+    ] {
+        assert_eq!(
+            report.item(title).unwrap().status,
+            Status::Pass,
+            "{title}\n{text}"
+        );
+    }
+    assert!(
+        text.contains("sub=system:serviceaccount:ado-scaler:ado-scaler"),
+        "{text}"
+    );
+    assert!(text.contains("aud=api://AzureADTokenExchange"), "{text}");
+    assert!(
+        text.contains("3 unfinished: 2 queued, 1 in flight"),
+        "{text}"
+    );
+    assert!(text.contains("counted"), "{text}");
+    assert!(
+        text.contains("not counted: it demands `gpu`, which --demands does not offer"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("job {running}")),
+        "in-flight jobs are not listed: {text}"
+    );
+    assert!(text.ends_with("all checks passed"));
+    // Neither the assertion nor the access token is ever printed.
+    let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
+    assert!(
+        !text.contains(assertion.trim()) && !text.contains(assertion.rsplit('.').next().unwrap())
+    );
+    for token in sim.issued_tokens() {
+        assert!(!text.contains(&token));
+    }
+}
+
+#[tokio::test]
+async fn missing_webhook_variables() {
+    let sim = SimCloud::start().await.unwrap();
+    let mut env = pod_env(&sim);
+    env.remove("AZURE_TENANT_ID");
+    let report = run(&args(&sim, "linux"), &env).await;
+    let item = failed(&report, WI_VARIABLES);
+    assert!(item.detail.contains("AZURE_TENANT_ID"), "{report}");
+    assert!(
+        item.fix
+            .as_ref()
+            .unwrap()
+            .contains("azure.workload.identity/use")
+    );
+    assert_eq!(report.item(TOKEN_EXCHANGE).unwrap().status, Status::Skipped);
+    assert_eq!(sim.entra.requests(), 0);
+}
+
+#[tokio::test]
+async fn unreadable_token_file() {
+    let sim = SimCloud::start().await.unwrap();
+    let mut env = pod_env(&sim);
+    env.insert(
+        "AZURE_FEDERATED_TOKEN_FILE",
+        PathBuf::from("/nonexistent/token").display().to_string(),
+    );
+    let report = run(&args(&sim, "linux"), &env).await;
+    let item = failed(&report, FEDERATED_TOKEN);
+    assert!(item.detail.contains("/nonexistent/token"), "{report}");
+}
+
+#[tokio::test]
+async fn token_of_another_service_account() {
+    let sim = SimCloud::start().await.unwrap();
+    sim.ado.add_pool("linux");
+    let mut a = args(&sim, "linux");
+    a.as_ = CheckAs::Agent;
+    let report = run(&a, &pod_env(&sim)).await;
+    let item = failed(&report, FEDERATED_TOKEN);
+    assert!(
+        item.detail
+            .contains("expected sub=system:serviceaccount:ado-agents:ado-agent"),
+        "{report}"
+    );
+    assert!(
+        item.fix
+            .as_ref()
+            .unwrap()
+            .contains("system:serviceaccount:ado-scaler:ado-scaler"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn no_matching_federated_credential() {
+    let sim = SimCloud::start().await.unwrap();
+    sim.entra.refuse_assertions(true);
+    let report = run(&args(&sim, "linux"), &pod_env(&sim)).await;
+    println!("{report}");
+    let item = failed(&report, TOKEN_EXCHANGE);
+    assert!(item.detail.contains("AADSTS700213"), "{report}");
+    let fix = item.fix.as_ref().unwrap();
+    assert!(
+        fix.contains("subject 'system:serviceaccount:ado-scaler:ado-scaler'")
+            && fix.contains("issuer"),
+        "{report}"
+    );
+    assert_eq!(report.item(REACHABLE).unwrap().status, Status::Skipped);
+}
+
+#[tokio::test]
+async fn unknown_client_id() {
+    let sim = SimCloud::start().await.unwrap();
+    let mut env = pod_env(&sim);
+    env.insert(
+        "AZURE_CLIENT_ID",
+        "11111111-2222-4333-8444-555555555555".into(),
+    );
+    let report = run(&args(&sim, "linux"), &env).await;
+    let item = failed(&report, TOKEN_EXCHANGE);
+    assert!(item.detail.contains("AADSTS700016"), "{report}");
+    assert!(
+        item.fix
+            .as_ref()
+            .unwrap()
+            .contains("azure.workload.identity/client-id"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn organisation_unreachable() {
+    let sim = SimCloud::start().await.unwrap();
+    // An address nothing listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut a = args(&sim, "linux");
+    a.org = format!("https://{closed}/contoso");
+    let report = run(&a, &pod_env(&sim)).await;
+    let item = failed(&report, REACHABLE);
+    assert!(item.detail.contains("could not connect"), "{report}");
+    assert_eq!(report.item(TOKEN_EXCHANGE).unwrap().status, Status::Pass);
+}
+
+#[tokio::test]
+async fn identity_not_in_the_organisation() {
+    let sim = SimCloud::start().await.unwrap();
+    sim.ado.add_pool("linux");
+    sim.ado.accept_tokens(false);
+    let report = run(&args(&sim, "linux"), &pod_env(&sim)).await;
+    let item = failed(&report, ACCEPTED);
+    assert!(item.detail.contains("HTTP 203"), "{report}");
+    assert!(
+        item.fix.as_ref().unwrap().contains("add the identity"),
+        "{report}"
+    );
+    assert_eq!(report.item(REACHABLE).unwrap().status, Status::Pass);
+}
+
+#[tokio::test]
+async fn pool_not_found() {
+    let sim = SimCloud::start().await.unwrap();
+    sim.ado.add_pool("linux");
+    let report = run(&args(&sim, "windows"), &pod_env(&sim)).await;
+    let item = failed(&report, POOL_FOUND);
+    assert!(item.detail.contains("agent pool `windows`"), "{report}");
+    assert!(
+        item.fix
+            .as_ref()
+            .unwrap()
+            .contains("give the identity a role"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn job_requests_forbidden() {
+    let sim = SimCloud::start().await.unwrap();
+    sim.ado.add_pool("linux");
+    sim.ado.add_fault(Fault::status(Endpoint::JobRequests, 403));
+    let report = run(&args(&sim, "linux"), &pod_env(&sim)).await;
+    let item = failed(&report, JOBS_READABLE);
+    assert!(item.detail.contains("HTTP 403"), "{report}");
+    assert!(
+        item.fix.as_ref().unwrap().contains("role on pool linux"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_binary_exits_non_zero_on_a_failed_check() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
+        .args([
+            "check",
+            "--org",
+            "https://dev.azure.com/contoso",
+            "--pool",
+            "linux",
+        ])
+        .env_remove("AZURE_CLIENT_ID")
+        .env_remove("AZURE_TENANT_ID")
+        .env_remove("AZURE_FEDERATED_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("✗ workload identity variables: AZURE_CLIENT_ID is not set"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fix: "), "{stdout}");
+}
