@@ -76,6 +76,13 @@ pub enum Error {
 
     #[error("configuration: {0}")]
     Config(String),
+
+    /// A step of the agent entrypoint failed (the agent's scripts, its package).
+    #[error("{0}")]
+    Agent(String),
+
+    #[error("the scaler is shutting down")]
+    ShuttingDown,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,10 +97,11 @@ impl From<Error> for tonic::Status {
             Error::NotFound(_) => Code::NotFound,
             Error::AmbiguousPool { .. } => Code::FailedPrecondition,
             Error::RateLimited { .. } => Code::ResourceExhausted,
-            Error::Upstream { .. } | Error::Transport { .. } | Error::Stale { .. } => {
-                Code::Unavailable
-            }
-            Error::Decode { .. } | Error::Config(_) => Code::Internal,
+            Error::Upstream { .. }
+            | Error::Transport { .. }
+            | Error::Stale { .. }
+            | Error::ShuttingDown => Code::Unavailable,
+            Error::Decode { .. } | Error::Config(_) | Error::Agent(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
     }

@@ -284,9 +284,7 @@ impl Poller {
             ) {
                 return result;
             }
-            rx.changed()
-                .await
-                .map_err(|_| Error::Config("the scaler is shutting down".into()))?;
+            rx.changed().await.map_err(|_| Error::ShuttingDown)?;
         }
     }
 

@@ -31,10 +31,10 @@ pub async fn install(
         package.version.major, package.version.minor, package.version.patch
     );
     let url = url::Url::parse(&package.download_url)
-        .map_err(|e| Error::Config(format!("agent package downloadUrl is not a URL: {e}")))?;
+        .map_err(|e| Error::Agent(format!("agent package downloadUrl is not a URL: {e}")))?;
     let loopback = OrgUrl::parse(url.as_str()).is_ok_and(|o| o.is_loopback());
     if url.scheme() != "https" && !loopback {
-        return Err(Error::Config(format!(
+        return Err(Error::Agent(format!(
             "agent package downloadUrl must be https: {url}"
         )));
     }
@@ -54,14 +54,14 @@ pub async fn install(
     let target = dir.to_owned();
     let entries = tokio::task::spawn_blocking(move || extract(reader, &target))
         .await
-        .map_err(|e| Error::Config(format!("unpacking the agent: {e}")))??;
+        .map_err(|e| Error::Agent(format!("unpacking the agent: {e}")))??;
     tracing::info!(entries, dir = %dir.display(), "agent unpacked");
     Ok(version)
 }
 
 /// Unpacks a `.tar.gz` into `dir`, refusing any entry that would escape it.
 pub fn extract(reader: impl Read, dir: &Path) -> Result<usize> {
-    let fail = |what: String| Error::Config(format!("agent package: {what}"));
+    let fail = |what: String| Error::Agent(format!("agent package: {what}"));
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     archive.set_preserve_permissions(true);

@@ -81,7 +81,7 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
 
     if !agent.args.agent_dir.join("config.sh").exists() {
         if !agent.args.download {
-            return Err(Error::Config(format!(
+            return Err(Error::Agent(format!(
                 "no agent in {} (config.sh missing): bake it into the image, or pass --download",
                 agent.args.agent_dir.display()
             )));
@@ -105,7 +105,7 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
         .await?;
     drop(token);
     if !status.success() {
-        return Err(Error::Config(format!(
+        return Err(Error::Agent(format!(
             "config.sh exited with {}: the agent is not registered (see its output above)",
             exit_code(status)
         )));
@@ -273,13 +273,13 @@ impl Agent {
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
         let mut child = cmd
             .spawn()
-            .map_err(|e| Error::Config(format!("cannot start {program}: {e}")))?;
+            .map_err(|e| Error::Agent(format!("cannot start {program}: {e}")))?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
         let mut forwarded = None;
         loop {
             tokio::select! {
                 status = child.wait() => {
-                    let status = status.map_err(|e| Error::Config(format!("waiting for {program}: {e}")))?;
+                    let status = status.map_err(|e| Error::Agent(format!("waiting for {program}: {e}")))?;
                     return Ok((status, forwarded));
                 }
                 sig = signals.recv() => {
@@ -314,7 +314,7 @@ impl Agent {
                 Err(e) => e.to_string(),
             };
             if Instant::now() + delay > deadline {
-                return Err(Error::Config(format!(
+                return Err(Error::Agent(format!(
                     "giving up after {attempts} attempts: {outcome}"
                 )));
             }
