@@ -34,6 +34,17 @@ fn panel_queries(dashboard: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+async fn get_json(http: &reqwest::Client, url: &str, query: (&str, &str)) -> Value {
+    http.get(url)
+        .query(&[query])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn demo_config() -> DemoConfig {
     DemoConfig {
         duration: Duration::from_secs(60),
@@ -131,15 +142,7 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
     while !pending.is_empty() && tokio::time::Instant::now() < deadline {
         let mut answered = Vec::new();
         for (expr, title) in &pending {
-            let v: Value = http
-                .get(format!("{api}/api/v1/query"))
-                .query(&[("query", expr)])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = get_json(&http, &format!("{api}/api/v1/query"), ("query", expr)).await;
             assert_eq!(
                 v["status"], "success",
                 "panel {title:?}: {expr} is invalid: {v}"
@@ -160,15 +163,12 @@ async fn every_panel_returns_data_from_a_real_prometheus() {
 
     // The template variables resolve too.
     for var in ["org", "pool"] {
-        let v: Value = http
-            .get(format!("{api}/api/v1/label/{var}/values"))
-            .query(&[("match[]", "ado_scaler_queue_jobs")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(
+            &http,
+            &format!("{api}/api/v1/label/{var}/values"),
+            ("match[]", "ado_scaler_queue_jobs"),
+        )
+        .await;
         assert!(
             v["data"].as_array().is_some_and(|a| !a.is_empty()),
             "variable {var}: {v}"

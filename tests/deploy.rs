@@ -201,10 +201,8 @@ fn selectors_probes_and_the_scaled_job_fit_together() {
     );
 }
 
-#[test]
-fn setup_script_is_clean_and_federates_both_service_accounts() {
-    run("shellcheck", &["deploy/azure/setup.sh"], root());
-    let out = std::process::Command::new("bash")
+fn setup_dry_run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
         .args([
             "deploy/azure/setup.sh",
             "--dry-run",
@@ -213,15 +211,21 @@ fn setup_script_is_clean_and_federates_both_service_accounts() {
             "--cluster",
             "aks",
         ])
-        .args([
-            "--org",
-            "https://dev.azure.com/contoso",
-            "--pool",
-            "aks-linux",
-        ])
+        .args(args)
         .current_dir(root())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn setup_script_is_clean_and_federates_both_service_accounts() {
+    run("shellcheck", &["deploy/azure/setup.sh"], root());
+    let out = setup_dry_run(&[
+        "--org",
+        "https://dev.azure.com/contoso",
+        "--pool",
+        "aks-linux",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -256,21 +260,7 @@ fn setup_script_is_clean_and_federates_both_service_accounts() {
         "gives it a role on the pool"
     );
 
-    let bad = std::process::Command::new("bash")
-        .args([
-            "deploy/azure/setup.sh",
-            "--dry-run",
-            "--resource-group",
-            "rg",
-            "--cluster",
-            "aks",
-            "--pool",
-            "p",
-        ])
-        .args(["--org", "https://example.com/x"])
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let bad = setup_dry_run(&["--pool", "p", "--org", "https://example.com/x"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--org must look like"));
 }
