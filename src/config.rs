@@ -51,15 +51,15 @@ pub struct CheckArgs {
     pub pool: String,
 
     /// The trigger's demands (comma list), to explain which queued jobs it would count.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "ADO_SCALER_CHECK_DEMANDS", default_value = "")]
     pub demands: String,
 
     /// Check as the scaler's or as an agent's pod.
-    #[arg(long = "as", value_enum, default_value_t = CheckAs::Scaler)]
+    #[arg(long = "as", env = "ADO_SCALER_CHECK_AS", value_enum, default_value_t = CheckAs::Scaler)]
     pub as_: CheckAs,
 
     /// Expected service account as `namespace:name`; defaults to deploy/'s for --as.
-    #[arg(long)]
+    #[arg(long, env = "ADO_SCALER_CHECK_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
 
     #[command(flatten)]
