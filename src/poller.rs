@@ -254,13 +254,19 @@ impl Poller {
                 .or_default()
                 .clone()
         };
-        cell.get_or_try_init(|| async {
-            let pool = self.inner.ado.find_pool(org, name).await?;
-            tracing::info!(%org, pool = name, pool_id = pool.id, "resolved agent pool");
-            Ok(pool.id)
-        })
-        .await
-        .copied()
+        let resolved = cell
+            .get_or_try_init(|| async {
+                let pool = self.inner.ado.find_pool(org, name).await?;
+                tracing::info!(%org, pool = name, pool_id = pool.id, "resolved agent pool");
+                Ok(pool.id)
+            })
+            .await
+            .copied();
+        if resolved.is_err() {
+            // Keep no entry for a name that did not resolve: trigger metadata is user input.
+            self.forget_pool_name(org, name);
+        }
+        resolved
     }
 
     /// Drops a cached name → id mapping, for a pool that was deleted (and maybe recreated).

@@ -17,6 +17,7 @@ use crate::{
 };
 
 pub const PLATFORM: &str = "linux-x64";
+const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// Downloads and unpacks the newest released agent into `dir`; returns its version.
 pub async fn install(
@@ -40,8 +41,10 @@ pub async fn install(
     }
     tracing::info!(%version, %url, "downloading agent");
     // No Authorization header: the package comes from a CDN, the token is for ADO only.
+    // The shared client's 20 s limit is for API calls; a ~100 MB package may take longer.
     let response = http
         .get(url.clone())
+        .timeout(DOWNLOAD_TIMEOUT)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)

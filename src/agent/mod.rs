@@ -70,8 +70,10 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
     tracing::info!(agent = %agent.name, org = %agent.org, pool = %agent.args.pool, "agent entrypoint starting");
 
     // 1. A token, with the pod's own identity.
+    // A new credential: its token comes from Entra, not a cache. `--download` reuses it.
+    let source = TokenSource::new(&agent.settings, &agent.http, None)?;
     let token = tokio::select! {
-        token = agent.token() => token?,
+        token = source.token() => token?,
         sig = signals.recv() => return Ok(signal_code(sig)),
     };
     tracing::info!(
@@ -88,7 +90,7 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
         }
         let phase = Instant::now();
         let version = tokio::select! {
-            v = agent.download() => v?,
+            v = agent.download(source) => v?,
             sig = signals.recv() => return Ok(signal_code(sig)),
         };
         tracing::info!(%version, elapsed_ms = phase.elapsed().as_millis() as u64, "agent downloaded");
@@ -206,15 +208,14 @@ impl Agent {
         })
     }
 
-    /// A new credential each time: its token comes from Entra, not from a cache.
-    async fn token(&self) -> Result<Secret> {
+    /// A new credential each time: a fresh token from Entra, not one from a cache.
+    async fn fresh_token(&self) -> Result<Secret> {
         TokenSource::new(&self.settings, &self.http, None)?
             .token()
             .await
     }
 
-    async fn download(&self) -> Result<String> {
-        let source = TokenSource::new(&self.settings, &self.http, None)?;
+    async fn download(&self, source: TokenSource) -> Result<String> {
         let ado = AdoClient::new(
             self.http.clone(),
             source,
@@ -300,7 +301,7 @@ impl Agent {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let outcome = match self.token().await {
+            let outcome = match self.fresh_token().await {
                 Ok(token) => {
                     let mut cmd = self.command("config.sh");
                     cmd.args(["remove", "--unattended", "--auth", "PAT"])
