@@ -380,6 +380,15 @@ async fn stale_data_becomes_unavailable() {
 async fn shutdown_drains_in_flight_calls() {
     let mut h = Harness::start(FAST).await;
     let sj = h.scaled_job("agents", &[]);
+    // KEDA keeps streams open; shutdown must end them rather than wait for them.
+    let mut spec_stream = h
+        .client
+        .clone()
+        .stream_metric_spec(sj.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    spec_stream.next().await.unwrap().unwrap();
     // A slow first poll keeps the call in flight while shutdown begins.
     h.sim
         .ado
