@@ -268,6 +268,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         tokio::spawn(print_table(
             stats.clone(),
             sim.ado.clone(),
+            pool_id,
             sim.entra.clone(),
             started,
             stop.clone(),
@@ -478,6 +479,7 @@ async fn simulated_agent(
 async fn print_table(
     stats: Shared,
     ado: AdoSim,
+    pool_id: u32,
     entra: crate::sim::Entra,
     started: Instant,
     stop: tokio_util::sync::CancellationToken,
@@ -501,16 +503,14 @@ async fn print_table(
             _ = ticker.tick() => {}
             () = stop.cancelled() => return,
         }
-        let (queued, in_flight, starting, idle, running, teardown, done) = {
+        // ADO's view (what the scaler polls), then the agents' (what KEDA counts).
+        let (queued, in_flight) = ado.queue_counts(pool_id);
+        let (starting, idle, running, teardown, done) = {
             let s = stats.lock().expect("stats");
-            // Each running agent holds exactly one in-flight job.
-            let running = s.phase_count(Phase::Running);
             (
-                s.queued - s.completed - running as u64,
-                running,
                 s.phase_count(Phase::Starting),
                 s.phase_count(Phase::Idle),
-                running,
+                s.phase_count(Phase::Running),
                 s.phase_count(Phase::TearingDown),
                 s.completed,
             )

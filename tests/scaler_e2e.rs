@@ -37,6 +37,7 @@ async fn value_follows_the_queue() {
         .ado
         .assign_next(h.pool_id, "agents-x1", &Default::default())
         .unwrap();
+    assert_eq!(h.sim.ado.queue_counts(h.pool_id), (1, 1));
     tokio::time::sleep(FAST * 3).await;
     assert_eq!(h.metric(&sj).await.unwrap(), 2);
 

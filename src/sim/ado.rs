@@ -280,6 +280,22 @@ impl AdoSim {
         }
     }
 
+    /// Unfinished jobs of a pool: `(queued, in flight)`, as the jobrequests endpoint reports them.
+    pub fn queue_counts(&self, pool_id: u32) -> (usize, usize) {
+        let store = self.store();
+        let unfinished = store
+            .jobs
+            .values()
+            .filter(|j| j.request.pool_id == pool_id && j.finished_at.is_none());
+        unfinished.fold((0, 0), |(q, f), j| {
+            if j.request.reserved_agent.is_none() {
+                (q + 1, f)
+            } else {
+                (q, f + 1)
+            }
+        })
+    }
+
     pub fn job(&self, request_id: u64) -> Option<JobRequest> {
         self.store()
             .jobs
