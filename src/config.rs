@@ -197,7 +197,31 @@ pub struct AgentArgs {
     #[arg(long, env = "AZP_REMOVE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub remove_timeout: Duration,
 
-    /// Extra arguments for `run.sh --once`, after `--`.
+    /// On SIGTERM/SIGINT while a job runs, how long the job may go on before it is cancelled.
+    #[arg(long, env = "AZP_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub drain_timeout: Duration,
+
+    /// After SIGINT to the listener, how long before the agent's processes are killed.
+    #[arg(long, env = "AZP_CANCEL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "120s")]
+    pub cancel_timeout: Duration,
+
+    /// No job started this long after the listener came up: stop, deregister, exit 0 (0s: wait forever).
+    #[arg(long, env = "AZP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub idle_timeout: Duration,
+
+    /// Pass AZURE_* identity variables to the agent (pipelines that use the pod's identity).
+    #[arg(
+        long,
+        env = "AZP_KEEP_IDENTITY_ENV",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub keep_identity_env: bool,
+
+    /// Extra arguments for the listener's `run --once`, after `--`.
     #[arg(last = true)]
     pub run_args: Vec<String>,
 }

@@ -1,123 +1,144 @@
-//! `ado-scaler agent` as a pod runs it: the real binary, the simulated Entra over TLS, and a
-//! fake agent directory whose `config.sh` / `run.sh` record what they are given.
+//! `ado-scaler agent` as a pod runs it: the real binary, the simulated Entra and ADO over TLS,
+//! and a simulated agent package that behaves like the real agent (`sim::agent`): `run.sh` and
+//! `config.sh` without trap or exec, a listener that shuts down gracefully only on SIGINT, a
+//! worker per job that SIGTERM kills outright, and a `config.sh` that registers on the server.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::Duration,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
-use ado_scaler::{agent::download::package, sim::SimCloud};
+use ado_scaler::{
+    agent::download::package,
+    sim::{
+        SimCloud,
+        agent::{Behaviour, Job, install},
+    },
+};
+use nix::{sys::signal::Signal, unistd::Pid};
 
-/// What one `config.sh` call saw.
-#[derive(Debug)]
-struct ConfigCall {
-    args: String,
-    token: String,
-    ignore: String,
-    /// `/proc/*/cmdline` entries that contained the token while config.sh ran.
-    leaks: Vec<String>,
-}
+const SIM_AGENT: &str = env!("CARGO_BIN_EXE_ado-sim-agent");
+const NAME: &str = "agents-abc12";
 
-struct FakeAgent {
+/// A pod: the simulated cloud, a pool, and a simulated agent in its own directory.
+struct Pod {
+    sim: SimCloud,
+    pool_id: u32,
     dir: PathBuf,
     log: PathBuf,
 }
 
-const CONFIG_SH: &str = r#"#!/bin/sh
-log="LOG"
-n=$(ls "$log" | grep -c '^call-')
-out="$log/call-$n"
-echo "args=$*" > "$out"
-echo "token=$VSTS_AGENT_INPUT_TOKEN" >> "$out"
-echo "ignore=$VSO_AGENT_IGNORE" >> "$out"
-# Look for the token in every process's arguments, without passing it as an argument.
-for p in /proc/[0-9]*/cmdline; do
-  cmd=$(tr '\0' ' ' < "$p" 2>/dev/null)
-  case "$cmd" in *"$VSTS_AGENT_INPUT_TOKEN"*) echo "leak=$p" >> "$out";; esac
-done
-if [ "$1" = remove ]; then
-  if [ -f "$log/fail-remove-once" ]; then rm "$log/fail-remove-once"; exit 1; fi
-  exit 0
-fi
-exit CONFIG_EXIT
-"#;
-
-impl FakeAgent {
-    /// `run_body` is the shell that run.sh executes after recording its arguments.
-    fn new(root: &Path, config_exit: i32, run_body: &str) -> Self {
-        let dir = root.join("agent");
-        let log = root.join("log");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&log).unwrap();
-        let (config, run) = Self::scripts(&log, config_exit, run_body);
-        write_exec(&dir.join("config.sh"), &config);
-        write_exec(&dir.join("run.sh"), &run);
-        Self { dir, log }
+impl Pod {
+    async fn start(tune: impl FnOnce(&mut Behaviour)) -> Self {
+        let sim = SimCloud::start().await.unwrap();
+        let pool_id = sim.ado.add_pool("linux");
+        let dir = sim.dir().join("pod/agent");
+        let log = sim.dir().join("pod/log");
+        let mut behaviour = Behaviour::new(&sim.ca_file, &log);
+        tune(&mut behaviour);
+        install(&dir, Path::new(SIM_AGENT), &behaviour).unwrap();
+        Self {
+            sim,
+            pool_id,
+            dir,
+            log,
+        }
     }
 
-    fn scripts(log: &Path, config_exit: i32, run_body: &str) -> (String, String) {
-        let log_s = log.display().to_string();
-        let config = CONFIG_SH
-            .replace("LOG", &log_s)
-            .replace("CONFIG_EXIT", &config_exit.to_string());
-        let run = format!(
-            "#!/bin/sh\necho \"args=$*\" > {log_s}/run\necho \"token=${{VSTS_AGENT_INPUT_TOKEN:-}}\" >> {log_s}/run\n\
-             echo \"ignore=$VSO_AGENT_IGNORE\" >> {log_s}/run\ntrap 'echo TERM >> {log_s}/run; exit 143' TERM\n{run_body}\n"
-        );
-        (config, run)
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ado-scaler"));
+        cmd.arg("agent")
+            .envs(self.sim.pod_env())
+            .env("AZP_URL", &self.sim.org_url)
+            .env("AZP_POOL", "linux")
+            .env("AZP_AGENT_NAME", NAME)
+            .env("AZP_AGENT_DIR", &self.dir)
+            .env("AZP_REMOVE_TIMEOUT", "10s")
+            .env("AZP_CANCEL_TIMEOUT", "20s")
+            // Tests run as root; so does the agent here, as the real one allows with this.
+            .env("AGENT_ALLOW_RUNASROOT", "1")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
     }
 
-    fn calls(&self) -> Vec<ConfigCall> {
-        (0..)
-            .map(|i| self.log.join(format!("call-{i}")))
-            .take_while(|p| p.exists())
-            .map(|p| {
-                let text = std::fs::read_to_string(p).unwrap();
-                let field = |k: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                ConfigCall {
-                    args: field("args"),
-                    token: field("token"),
-                    ignore: field("ignore"),
-                    leaks: text
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("leak="))
-                        .map(str::to_owned)
-                        .collect(),
-                }
+    /// Event lines with their time (ms since the epoch), in order.
+    fn events(&self) -> Vec<(u128, String)> {
+        std::fs::read_to_string(self.log.join("events"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (t, rest) = l.split_once(' ')?;
+                Some((t.parse().ok()?, rest.to_owned()))
             })
             .collect()
     }
 
-    fn run_log(&self) -> Option<String> {
-        std::fs::read_to_string(self.log.join("run")).ok()
+    fn has(&self, event: &str) -> bool {
+        self.events().iter().any(|(_, e)| e.starts_with(event))
     }
-}
 
-fn write_exec(path: &Path, content: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
+    /// When `event` first happened.
+    fn at(&self, event: &str) -> u128 {
+        self.events()
+            .iter()
+            .find(|(_, e)| e.starts_with(event))
+            .unwrap_or_else(|| panic!("no event {event:?} in {:#?}", self.events()))
+            .0
+    }
 
-fn agent_command(sim: &SimCloud, agent_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ado-scaler"));
-    cmd.arg("agent")
-        .envs(sim.pod_env())
-        .env("AZP_URL", &sim.org_url)
-        .env("AZP_POOL", "linux")
-        .env("AZP_AGENT_NAME", "agents-abc12")
-        .env("AZP_AGENT_DIR", agent_dir)
-        .env("AZP_REMOVE_TIMEOUT", "10s")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+    fn count(&self, event: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|(_, e)| e.starts_with(event))
+            .count()
+    }
+
+    async fn wait_for(&self, event: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.has(event) {
+            assert!(
+                Instant::now() < deadline,
+                "no {event:?} within 30 s: {:#?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn env_of(&self, part: &str) -> BTreeMap<String, String> {
+        let text = std::fs::read(self.log.join(format!("env-{part}.json")))
+            .unwrap_or_else(|_| panic!("{part} never ran"));
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    fn registered(&self) -> Vec<String> {
+        self.sim
+            .ado
+            .agents(self.pool_id)
+            .into_iter()
+            .map(|a| a.name)
+            .collect()
+    }
+
+    /// `remove` ran after every process in the agent directory had exited.
+    fn assert_removed_after_everything_exited(&self) {
+        let start = self
+            .events()
+            .into_iter()
+            .find(|(_, e)| e.starts_with("remove start"))
+            .unwrap_or_else(|| panic!("no remove: {:#?}", self.events()))
+            .1;
+        assert!(
+            start.ends_with("alive="),
+            "processes still alive at remove: {start}"
+        );
+        assert!(self.registered().is_empty(), "{:?}", self.registered());
+    }
 }
 
 async fn output(mut cmd: Command) -> Output {
@@ -126,90 +147,84 @@ async fn output(mut cmd: Command) -> Output {
         .unwrap()
 }
 
-fn root(sim: &SimCloud) -> PathBuf {
-    sim.dir().join("pod")
+async fn finish(child: Child) -> (Option<i32>, String) {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SIGTERM to the entrypoint alone, as the kubelet sends it to the container's PID 1.
+fn terminate(child: &Child) -> u128 {
+    nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u128 / 1_000_000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registers_runs_once_and_removes_with_a_fresh_token() {
-    let sim = SimCloud::start().await.unwrap();
-    // Tokens outlive neither the job nor a cache: the one used to register has expired by
-    // the time the agent deregisters.
-    sim.entra.set_token_lifetime(Duration::from_secs(1));
-    let agent = FakeAgent::new(&root(&sim), 0, "sleep 1.5; exit 0");
-    let mut cmd = agent_command(&sim, &agent.dir);
+async fn one_job_then_removed_with_a_fresh_token_after_everything_exited() {
+    let pod = Pod::start(|_| {}).await;
+    // The token used to register has expired by the time the agent deregisters.
+    pod.sim.entra.set_token_lifetime(Duration::from_secs(1));
+    let mut cmd = pod.command();
     cmd.args(["--", "--startuptype", "service"]);
     let out = output(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr} {:#?}", pod.events());
 
-    let calls = agent.calls();
-    assert_eq!(calls.len(), 2, "configure then remove: {calls:?}");
-    let (configure, remove) = (&calls[0], &calls[1]);
+    let configure = &pod.events()[0].1;
     assert_eq!(
-        configure.args,
-        format!(
-            "--unattended --agent agents-abc12 --url {} --auth PAT --pool linux --work _work --replace --acceptTeeEula",
-            sim.org_url
-        )
+        configure,
+        &format!(
+            "configure args=--unattended --agent {NAME} --url {} --auth PAT --pool linux --work _work --replace --acceptTeeEula leaks=",
+            pod.sim.org_url
+        ),
+        "the token is in no process's arguments"
     );
-    assert_eq!(remove.args, "remove --unattended --auth PAT");
-
-    // The token arrives through VSTS_AGENT_INPUT_TOKEN, and in no process's arguments.
-    assert!(configure.token.starts_with("sim-"), "{configure:?}");
+    assert!(pod.has("configure registered"));
+    assert!(pod.has("listener start pid="));
+    let listener = pod
+        .events()
+        .into_iter()
+        .find(|(_, e)| e.starts_with("listener start"))
+        .unwrap()
+        .1;
     assert!(
-        configure.leaks.is_empty() && remove.leaks.is_empty(),
-        "{calls:?}"
+        listener.ends_with("args=--once --startuptype service"),
+        "{listener}"
     );
-    // Deregistration used a different, newly issued token; the first one had expired.
-    assert!(remove.token.starts_with("sim-") && remove.token != configure.token);
-    assert_eq!(sim.entra.issued(), 2);
-    let issued = sim.issued_tokens();
-    assert!(issued.contains(&configure.token) && issued.contains(&remove.token));
-    assert!(
-        !sim.token_is_valid(&configure.token),
-        "the registration token has expired by now"
-    );
+    assert!(pod.has("worker finished"));
+    assert!(pod.has("listener worker exited code=100"));
+    assert!(!pod.has("listener got"), "nobody interrupted the listener");
+    assert!(pod.at("listener exit code=0") < pod.at("remove start"));
+    pod.assert_removed_after_everything_exited();
 
-    for name in [
-        "AZURE_CLIENT_ID",
-        "AZURE_TENANT_ID",
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "AZURE_AUTHORITY_HOST",
-        "AZP_URL",
-        "AZP_POOL",
-        "AZP_AGENT_NAME",
-        "AZP_AGENT_DIR",
-        "ADO_SCALER_CA_FILE",
-        "VSTS_AGENT_INPUT_TOKEN",
-    ] {
-        assert!(
-            configure.ignore.split(',').any(|n| n == name),
-            "{name} not in VSO_AGENT_IGNORE={}",
-            configure.ignore
-        );
-    }
-
-    let run = agent.run_log().expect("run.sh ran");
-    assert!(run.contains("args=--once --startuptype service"), "{run}");
-    assert!(
-        run.contains("token=\n"),
-        "run.sh never sees the token: {run}"
+    // Registration and removal each used a token of their own, issued for them.
+    let (configure_env, remove_env) = (pod.env_of("configure"), pod.env_of("remove"));
+    let (t1, t2) = (
+        &configure_env["VSTS_AGENT_INPUT_TOKEN"],
+        &remove_env["VSTS_AGENT_INPUT_TOKEN"],
     );
+    assert!(t1.starts_with("sim-") && t2.starts_with("sim-") && t1 != t2);
+    assert_eq!(pod.sim.entra.issued(), 2);
+    assert!(!pod.sim.token_is_valid(t1), "the first token has expired");
     assert!(
-        run.contains("ignore=") && run.contains("AZURE_CLIENT_ID"),
-        "{run}"
+        !pod.env_of("listener")
+            .contains_key("VSTS_AGENT_INPUT_TOKEN"),
+        "the listener never sees a token"
     );
-
-    // Nothing secret in our own output either.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for token in &issued {
-        assert!(!stderr.contains(token.as_str()) && !stdout.contains(token.as_str()));
+    for token in pod.sim.issued_tokens() {
+        assert!(!stderr.contains(&token) && !stdout.contains(&token));
     }
     for phase in [
         "token acquired",
         "agent registered",
-        "run.sh exited",
+        "job started",
+        "listener exited",
+        "ending=\"finished\"",
         "agent removed",
     ] {
         assert!(stderr.contains(phase), "phase {phase} logged: {stderr}");
@@ -217,91 +232,310 @@ async fn registers_runs_once_and_removes_with_a_fresh_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_reaches_the_agent_then_it_deregisters() {
-    let sim = SimCloud::start().await.unwrap();
-    let agent = FakeAgent::new(&root(&sim), 0, "sleep 30 & wait $!");
-    let child = agent_command(&sim, &agent.dir).spawn().unwrap();
-    let pid = child.id();
-    // Wait for run.sh to be running (it records its arguments first).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while agent.run_log().is_none() {
-        assert!(std::time::Instant::now() < deadline, "run.sh never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await; // let run.sh install its trap
+async fn sigterm_during_a_job_cancels_it_through_sigint_to_the_listener_alone() {
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 60_000,
+        })
+    })
+    .await;
+    let child = pod.command().spawn().unwrap();
+    pod.wait_for("worker start").await;
+    terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(143), "{stderr}");
+
+    assert!(pod.has("listener got SIGINT"), "{:#?}", pod.events());
+    assert!(!pod.has("listener got SIGTERM"), "never SIGTERM");
+    assert!(pod.has("worker got SIGINT") && pod.has("worker cancelled"));
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
+        pod.has("listener worker exited code=103 signal=-"),
+        "the job was cancelled, not killed: {:#?}",
+        pod.events()
     );
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
-    assert!(
-        agent.run_log().unwrap().contains("TERM"),
-        "run.sh got SIGTERM"
-    );
-    let calls = agent.calls();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    assert_eq!(calls[1].args, "remove --unattended --auth PAT");
-    assert!(stderr.contains("forwarding signal"), "{stderr}");
+    assert!(pod.at("listener exit code=0") < pod.at("remove start"));
+    pod.assert_removed_after_everything_exited();
+    assert!(stderr.contains("ending=\"cancelled\""), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_exit_code_is_kept_after_removal() {
-    let sim = SimCloud::start().await.unwrap();
-    let agent = FakeAgent::new(&root(&sim), 0, "exit 2");
-    // The first removal fails: it is retried with a new token.
-    std::fs::write(agent.log.join("fail-remove-once"), "").unwrap();
-    let out = output(agent_command(&sim, &agent.dir)).await;
+async fn a_drain_longer_than_the_job_lets_it_finish() {
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 1500,
+        })
+    })
+    .await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_DRAIN_TIMEOUT", "30s");
+    let child = cmd.spawn().unwrap();
+    pod.wait_for("worker start").await;
+    terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "a drained job that finished: {stderr}");
+    assert!(pod.has("worker finished"));
+    assert!(!pod.has("listener got"), "nothing was cancelled");
+    assert!(!pod.has("worker got"), "nothing was cancelled");
+    pod.assert_removed_after_everything_exited();
+    assert!(stderr.contains("ending=\"drained\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_shorter_than_the_job_cancels_it_when_it_ends() {
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 60_000,
+        })
+    })
+    .await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_DRAIN_TIMEOUT", "1500ms");
+    let child = cmd.spawn().unwrap();
+    pod.wait_for("worker start").await;
+    let sent = terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    let waited = pod.at("listener got SIGINT") - sent;
+    assert!(
+        (1500..4000).contains(&waited),
+        "SIGINT {waited} ms after SIGTERM, the drain is 1.5 s"
+    );
+    assert!(pod.has("worker cancelled"));
+    pod.assert_removed_after_everything_exited();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_drain_short() {
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 60_000,
+        })
+    })
+    .await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_DRAIN_TIMEOUT", "10m");
+    let child = cmd.spawn().unwrap();
+    pod.wait_for("worker start").await;
+    terminate(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pod.has("listener got"), "draining");
+    let second = terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(pod.at("listener got SIGINT") - second < 2000);
+    assert!(pod.has("worker cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_outlasts_the_cancel_timeout_is_killed() {
+    // The job ignores the cancel for far longer than we wait.
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 60_000,
+        });
+        b.cancel_ms = 60_000;
+    })
+    .await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_CANCEL_TIMEOUT", "1s");
+    let child = cmd.spawn().unwrap();
+    pod.wait_for("worker start").await;
+    let sent = terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(pod.has("worker got SIGINT"));
+    assert!(!pod.has("worker cancelled"), "killed before it finished");
+    assert!(pod.at("remove start") - sent < 8000);
+    pod.assert_removed_after_everything_exited();
+    assert!(stderr.contains("ending=\"killed\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_a_job_left_behind_are_waited_for_then_killed_before_removal() {
+    // A step started a background process that outlives the job by a minute.
+    let pod = Pod::start(|b| b.orphan_ms = Some(60_000)).await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_CANCEL_TIMEOUT", "1500ms");
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "the job finished: {stderr}");
+    let waited = pod.at("remove start") - pod.at("listener exit code=0");
+    assert!(
+        (1500..6000).contains(&waited),
+        "left-overs get the grace, then SIGKILL: {waited} ms"
+    );
+    assert!(stderr.contains("still running: killing them"), "{stderr}");
+    pod.assert_removed_after_everything_exited();
+
+    // One that ends by itself within the grace is simply waited for.
+    let pod = Pod::start(|b| b.orphan_ms = Some(2_000)).await;
+    let out = output(pod.command()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("killing them"), "{stderr}");
+    pod.assert_removed_after_everything_exited();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_job_never_comes_leaves_at_the_idle_timeout() {
+    let pod = Pod::start(|b| b.job = None).await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_IDLE_TIMEOUT", "1s");
+    let started = Instant::now();
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(pod.has("listener got SIGINT idle"), "{:#?}", pod.events());
+    assert!(!pod.has("worker start"));
+    pod.assert_removed_after_everything_exited();
+    assert!(stderr.contains("ending=\"idle\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_made_before_config_sh_failed_is_deleted() {
+    let pod = Pod::start(|b| b.configure_fails = true).await;
+    let out = output(pod.command()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "config.sh's code: {stderr}");
+    assert!(pod.has("configure registered") && pod.has("configure failed after registering"));
+    assert!(!pod.has("listener start"), "no listener");
+    assert!(
+        pod.registered().is_empty(),
+        "deleted through the REST API: {:?}",
+        pod.registered()
+    );
+    assert!(
+        stderr.contains("registration deleted through the REST API"),
+        "{stderr}"
+    );
+    assert_eq!(pod.sim.entra.issued(), 2, "a fresh token for the cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_registration_interrupts_it_and_cleans_up() {
+    let pod = Pod::start(|b| b.configure_ms = 60_000).await;
+    let child = pod.command().spawn().unwrap();
+    pod.wait_for("configure registered").await;
+    terminate(&child);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(pod.has("configure interrupted"), "{:#?}", pod.events());
+    assert!(!pod.has("listener start"));
+    assert!(pod.registered().is_empty(), "{:?}", pod.registered());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_once_update_restarts_the_listener_in_the_same_pod() {
+    let pod = Pod::start(|b| b.updates = 1).await;
+    let out = output(pod.command()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(pod.count("listener start"), 2, "{:#?}", pod.events());
+    assert!(pod.has("listener exit code=4"));
+    // Started again only once the updater (in the listener's group) had finished.
+    let second_start = pod
+        .events()
+        .into_iter()
+        .filter(|(_, e)| e.starts_with("listener start"))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(pod.at("update done") <= second_start);
+    assert!(pod.has("worker finished"));
+    pod.assert_removed_after_everything_exited();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_never_sees_our_configuration_or_identity() {
+    let pod = Pod::start(|_| {}).await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_WORK", "_work").env("maven", "3.9");
+    let out = output(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in ["configure", "listener", "remove"] {
+        let env = pod.env_of(part);
+        let leaked: Vec<&String> = env
+            .keys()
+            .filter(|k| {
+                k.starts_with("AZP_")
+                    || k.starts_with("ADO_SCALER_")
+                    || (k.starts_with("VSTS_AGENT_INPUT_")
+                        && k.as_str() != "VSTS_AGENT_INPUT_TOKEN")
+                    || [
+                        "AZURE_CLIENT_ID",
+                        "AZURE_TENANT_ID",
+                        "AZURE_FEDERATED_TOKEN_FILE",
+                        "AZURE_AUTHORITY_HOST",
+                    ]
+                    .contains(&k.as_str())
+            })
+            .collect();
+        assert!(leaked.is_empty(), "{part} sees {leaked:?}");
+        assert_eq!(env["maven"], "3.9", "other variables pass");
+        let ignore: Vec<&str> = env["VSO_AGENT_IGNORE"].split(',').collect();
+        assert!(ignore.contains(&"VSO_AGENT_IGNORE") && ignore.contains(&"VSTS_AGENT_INPUT_TOKEN"));
+    }
+    // The registration's capabilities are what the agent saw.
+    let listener_env = pod.env_of("listener");
+    assert!(listener_env.contains_key("maven"));
+
+    let pod = Pod::start(|_| {}).await;
+    let mut cmd = pod.command();
+    cmd.env("AZP_KEEP_IDENTITY_ENV", "true");
+    let out = output(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = pod.env_of("listener");
+    assert_eq!(env["AZURE_CLIENT_ID"], ado_scaler::sim::SIM_CLIENT_ID);
+    assert_eq!(
+        env["AZURE_FEDERATED_TOKEN_FILE"],
+        pod.sim.token_file.display().to_string()
+    );
+    assert!(!env.contains_key("AZP_URL") && !env.contains_key("ADO_SCALER_CA_FILE"));
+    let ignore: Vec<&str> = env["VSO_AGENT_IGNORE"].split(',').collect();
+    assert!(
+        ignore.contains(&"AZURE_CLIENT_ID"),
+        "kept, but never a capability: {ignore:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_code_is_kept_and_removal_retried_with_new_tokens() {
+    let pod = Pod::start(|b| {
+        b.exit_code = 2;
+        b.remove_failures = 1;
+    })
+    .await;
+    let out = output(pod.command()).await;
     assert_eq!(
         out.status.code(),
         Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let calls = agent.calls();
-    assert_eq!(
-        calls.len(),
-        3,
-        "configure, failed remove, remove: {calls:?}"
-    );
-    assert!(calls[1].args.starts_with("remove") && calls[2].args.starts_with("remove"));
-    assert_ne!(
-        calls[1].token, calls[2].token,
-        "each attempt gets its own token"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_registration_runs_nothing() {
-    let sim = SimCloud::start().await.unwrap();
-    let agent = FakeAgent::new(&root(&sim), 3, "exit 0");
-    let out = output(agent_command(&sim, &agent.dir)).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("config.sh exited with 3: the agent is not registered"),
-        "{stderr}"
-    );
-    assert!(agent.run_log().is_none(), "no run.sh");
-    assert_eq!(
-        agent.calls().len(),
-        1,
-        "no remove of an agent that was never registered"
-    );
+    assert_eq!(pod.count("remove start"), 2, "{:#?}", pod.events());
+    assert!(pod.has("remove deleted"));
+    assert_eq!(pod.sim.entra.issued(), 3, "register, and one per removal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_assertion_names_the_federated_credential_to_fix() {
-    let sim = SimCloud::start().await.unwrap();
-    sim.entra.refuse_assertions(true);
-    let agent = FakeAgent::new(&root(&sim), 0, "exit 0");
-    let out = output(agent_command(&sim, &agent.dir)).await;
+    let pod = Pod::start(|_| {}).await;
+    pod.sim.entra.refuse_assertions(true);
+    let out = output(pod.command()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("AADSTS700213"), "{stderr}");
@@ -310,32 +544,37 @@ async fn refused_assertion_names_the_federated_credential_to_fix() {
         "{stderr}"
     );
     assert!(stderr.contains("add a federated credential"), "{stderr}");
-    let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
+    let assertion = std::fs::read_to_string(&pod.sim.token_file).unwrap();
     assert!(
         !stderr.contains(&assertion),
         "the assertion itself is never printed"
     );
-    assert!(agent.calls().is_empty(), "no config.sh call");
+    assert!(pod.events().is_empty(), "no config.sh call");
+}
+
+/// A package of the simulated agent: the scripts, and a listener that runs the simulator
+/// under its own name (links cannot travel in our test packages).
+fn sim_package(pod: &Pod) -> Vec<u8> {
+    let listener = format!("#!/bin/bash\nexec -a \"$0\" {SIM_AGENT} \"$@\"\n");
+    let run = std::fs::read_to_string(pod.dir.join("run.sh")).unwrap();
+    let config = std::fs::read_to_string(pod.dir.join("config.sh")).unwrap();
+    let control = std::fs::read_to_string(pod.dir.join("sim-agent.json")).unwrap();
+    package(&[
+        ("config.sh", &config, 0o755),
+        ("run.sh", &run, 0o755),
+        ("bin/Agent.Listener", &listener, 0o755),
+        ("bin/Agent.Worker", &listener, 0o755),
+        ("sim-agent.json", &control, 0o644),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_agent_is_downloaded_when_asked() {
-    let sim = SimCloud::start().await.unwrap();
-    let root = root(&sim);
-    // Build the package from the same fake scripts, then start from an empty directory.
-    let scripted = FakeAgent::new(&root, 0, "exit 0");
-    let (config, run) = FakeAgent::scripts(&scripted.log, 0, "exit 0");
-    std::fs::remove_dir_all(&scripted.dir).unwrap();
-    sim.ado.set_agent_package(
-        "4.261.0",
-        package(&[
-            ("config.sh", &config, 0o755),
-            ("run.sh", &run, 0o755),
-            ("bin/Agent.Listener", "", 0o755),
-        ]),
-    );
+    let pod = Pod::start(|_| {}).await;
+    pod.sim.ado.set_agent_package("4.261.0", sim_package(&pod));
+    std::fs::remove_dir_all(&pod.dir).unwrap();
 
-    let out = output(agent_command(&sim, &scripted.dir)).await;
+    let out = output(pod.command()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -343,19 +582,19 @@ async fn missing_agent_is_downloaded_when_asked() {
     );
     assert!(stderr.contains("--download"), "{stderr}");
 
-    let mut cmd = agent_command(&sim, &scripted.dir);
+    let mut cmd = pod.command();
     cmd.env("AZP_AGENT_DOWNLOAD", "true");
     let out = output(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(scripted.dir.join("bin/Agent.Listener").exists());
+    assert!(pod.dir.join("bin/Agent.Listener").exists());
     assert!(
         stderr.contains("agent downloaded") && stderr.contains("4.261.0"),
         "{stderr}"
     );
-    assert_eq!(scripted.calls().len(), 2);
+    assert!(pod.has("listener exit code=0") && pod.has("remove deleted"));
     assert_eq!(
-        sim.ado.download_authorizations(),
+        pod.sim.ado.download_authorizations(),
         0,
         "no token sent to the download host"
     );
@@ -363,9 +602,8 @@ async fn missing_agent_is_downloaded_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_escaping_the_agent_dir_is_refused() {
-    let sim = SimCloud::start().await.unwrap();
-    let root = root(&sim);
-    let agent_dir = root.join("agent");
+    let pod = Pod::start(|_| {}).await;
+    std::fs::remove_dir_all(&pod.dir).unwrap();
     // A package whose entry climbs out of the directory.
     let mut header = tar::Header::new_old();
     let name = b"../planted.sh";
@@ -378,13 +616,76 @@ async fn a_package_escaping_the_agent_dir_is_refused() {
     raw.extend(vec![0u8; 1024]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &raw).unwrap();
-    sim.ado.set_agent_package("4.261.0", gz.finish().unwrap());
+    pod.sim
+        .ado
+        .set_agent_package("4.261.0", gz.finish().unwrap());
 
-    let mut cmd = agent_command(&sim, &agent_dir);
+    let mut cmd = pod.command();
     cmd.env("AZP_AGENT_DOWNLOAD", "1");
     let out = output(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("escapes the agent directory"), "{stderr}");
-    assert!(!root.join("planted.sh").exists());
+    assert!(!pod.dir.parent().unwrap().join("planted.sh").exists());
+}
+
+/// The fixture is held to the real agent's behaviour (REALITY.md), so that it cannot be
+/// friendlier than the agent our users run: this is what the old entrypoint did to a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_agent_dies_to_sigterm_like_the_real_one() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let pod = Pod::start(|b| {
+        b.job = Some(Job {
+            after_ms: 100,
+            run_ms: 60_000,
+        });
+        b.report_ms = 500;
+    })
+    .await;
+    std::fs::write(pod.dir.join(".agent"), "{}").unwrap();
+    let mut run = Command::new(pod.dir.join("run.sh"));
+    run.arg("--once")
+        .current_dir(&pod.dir)
+        .env("AGENT_ALLOW_RUNASROOT", "1")
+        .process_group(0);
+    let mut run = run.spawn().unwrap();
+    pod.wait_for("worker start").await;
+
+    // Processes carry the real binaries' names.
+    let pid_of = |event: &str| -> String {
+        let line = pod
+            .events()
+            .into_iter()
+            .find(|(_, e)| e.starts_with(event))
+            .unwrap()
+            .1;
+        line.split("pid=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let comm = |pid: String| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(pid_of("listener start")).trim(), "Agent.Listener");
+    assert_eq!(comm(pid_of("worker start")).trim(), "Agent.Worker");
+
+    // SIGTERM to the whole group, as a start script that forwards it does.
+    nix::sys::signal::killpg(Pid::from_raw(run.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.signal(), Some(15), "run.sh neither traps nor waits");
+    assert!(
+        !pod.has("listener exit"),
+        "run.sh is gone while the listener is still shutting down"
+    );
+    pod.wait_for("listener exit").await;
+    assert!(
+        pod.has("listener worker exited code=- signal=15"),
+        "the worker has no SIGTERM handler: the job was killed, not cancelled: {:#?}",
+        pod.events()
+    );
+    assert!(!pod.has("worker cancelled"));
 }

@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     telemetry::{AdoRequestLabels, EndpointLabels, Metrics, OrgLabels},
 };
-use models::{AgentPackage, JobRequest, List, Pool};
+use models::{Agent, AgentPackage, JobRequest, List, Pool};
 
 /// An organisation URL, normalised: lower-case host, no trailing slash, no query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,17 +142,72 @@ impl AdoClient {
             })
     }
 
+    /// Agents of a pool registered under `name` (ADO matches names case-insensitively).
+    pub async fn agents_named(&self, org: &OrgUrl, pool_id: u32, name: &str) -> Result<Vec<Agent>> {
+        let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/agents"));
+        url.query_pairs_mut()
+            .append_pair("agentName", name)
+            .append_pair("api-version", "7.1");
+        let list: List<Agent> = self.get_json(org, "agents", url).await?;
+        Ok(list.value)
+    }
+
+    /// Deletes an agent registration.
+    pub async fn delete_agent(&self, org: &OrgUrl, pool_id: u32, agent_id: u32) -> Result<()> {
+        let mut url = org.join(&format!(
+            "_apis/distributedtask/pools/{pool_id}/agents/{agent_id}"
+        ));
+        url.query_pairs_mut().append_pair("api-version", "7.1");
+        self.send(org, "agents", reqwest::Method::DELETE, url)
+            .await
+            .map(drop)
+    }
+
     async fn get_json<T: DeserializeOwned>(
         &self,
         org: &OrgUrl,
         endpoint: &'static str,
         url: url::Url,
     ) -> Result<T> {
+        let response = self.send(org, endpoint, reqwest::Method::GET, url).await?;
+        let org_label = org.to_string();
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+        if !is_json {
+            // ADO's answer to an identity it does not know: 203 + an HTML sign-in page.
+            return Err(Error::NotAccepted {
+                org: org_label,
+                status: response.status().as_u16(),
+                what: "a sign-in page instead of JSON",
+            });
+        }
+        let bytes = response.bytes().await.map_err(|e| Error::Transport {
+            org: org_label.clone(),
+            reason: describe_transport_error(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            org: org_label,
+            endpoint,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends one authorised request; counts it, records rate limits, maps error statuses.
+    async fn send(
+        &self,
+        org: &OrgUrl,
+        endpoint: &'static str,
+        method: reqwest::Method,
+        url: url::Url,
+    ) -> Result<reqwest::Response> {
         let authorization = self.auth.authorization().await?;
         let started = Instant::now();
         let sent = self
             .http
-            .get(url.as_str())
+            .request(method, url.as_str())
             .header(header::AUTHORIZATION, authorization.secret())
             .header(header::ACCEPT, "application/json")
             .send()
@@ -196,12 +251,7 @@ impl AdoClient {
         if let Some(err) = status_error(org, endpoint, status, response.headers(), &url) {
             return Err(err);
         }
-        let is_json = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
-        if !is_json {
+        if status == StatusCode::NON_AUTHORITATIVE_INFORMATION {
             // ADO's answer to an identity it does not know: 203 + an HTML sign-in page.
             return Err(Error::NotAccepted {
                 org: org_label,
@@ -209,15 +259,7 @@ impl AdoClient {
                 what: "a sign-in page instead of JSON",
             });
         }
-        let bytes = response.bytes().await.map_err(|e| Error::Transport {
-            org: org_label.clone(),
-            reason: describe_transport_error(&e),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
-            org: org_label,
-            endpoint,
-            reason: e.to_string(),
-        })
+        Ok(response)
     }
 }
 

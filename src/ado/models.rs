@@ -45,6 +45,8 @@ pub struct AgentRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
+    /// Absent in a registration request: the server assigns it.
+    #[serde(default)]
     pub id: u32,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,20 @@ use crate::{
     error::{Error, Result},
 };
 
-pub const PLATFORM: &str = "linux-x64";
+/// The agent package for this machine: the image is built for both architectures.
+pub fn platform() -> Result<&'static str> {
+    platform_for(std::env::consts::ARCH)
+}
+
+fn platform_for(arch: &str) -> Result<&'static str> {
+    match arch {
+        "x86_64" => Ok("linux-x64"),
+        "aarch64" => Ok("linux-arm64"),
+        other => Err(Error::Agent(format!(
+            "no Azure Pipelines agent package for this machine ({other}); bake the agent into the image"
+        ))),
+    }
+}
 const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// Downloads and unpacks the newest released agent into `dir`; returns its version.
@@ -26,7 +39,7 @@ pub async fn install(
     org: &OrgUrl,
     dir: &Path,
 ) -> Result<String> {
-    let package = ado.agent_package(org, PLATFORM).await?;
+    let package = ado.agent_package(org, platform()?).await?;
     let version = format!(
         "{}.{}.{}",
         package.version.major, package.version.minor, package.version.patch
@@ -148,6 +161,14 @@ pub fn package(files: &[(&str, &str, u32)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platform_follows_the_machine() {
+        assert_eq!(platform_for("x86_64").unwrap(), "linux-x64");
+        assert_eq!(platform_for("aarch64").unwrap(), "linux-arm64");
+        let err = platform_for("riscv64").unwrap_err().to_string();
+        assert!(err.contains("riscv64") && err.contains("bake"), "{err}");
+    }
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {
         let dir =

@@ -310,19 +310,29 @@ impl AdoSim {
         name: &str,
         capabilities: &BTreeMap<String, String>,
     ) -> u32 {
+        self.add_registration(
+            Agent {
+                id: 0,
+                name: name.to_owned(),
+                version: Some("4.261.0".into()),
+                status: Some("online".into()),
+                enabled: Some(true),
+                created_on: None,
+                system_capabilities: BTreeMap::new(),
+                user_capabilities: capabilities.clone(),
+            },
+            pool_id,
+        )
+    }
+
+    /// Stores a registration as posted, with a new id and creation time; returns the id.
+    fn add_registration(&self, mut agent: Agent, pool_id: u32) -> u32 {
         let mut store = self.store();
-        let id = store.next_agent_id;
+        agent.id = store.next_agent_id;
         store.next_agent_id += 1;
-        store.agents.entry(pool_id).or_default().push(Agent {
-            id,
-            name: name.to_owned(),
-            version: Some("4.261.0".into()),
-            status: Some("online".into()),
-            enabled: Some(true),
-            created_on: Some(OffsetDateTime::now_utc()),
-            system_capabilities: BTreeMap::new(),
-            user_capabilities: capabilities.clone(),
-        });
+        agent.created_on = Some(OffsetDateTime::now_utc());
+        let id = agent.id;
+        store.agents.entry(pool_id).or_default().push(agent);
         id
     }
 
@@ -453,14 +463,14 @@ async fn guard(
         )
             .into_response());
     }
-    let bearer = headers
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(presented_token);
     let member = state
         .accept_tokens
         .load(std::sync::atomic::Ordering::SeqCst);
-    if !member || !bearer.is_some_and(|t| state.tokens.is_valid(t)) {
+    if !member || !token.is_some_and(|t| state.tokens.is_valid(&t)) {
         // ADO's answer to an unknown or unauthorised identity: 203 and a sign-in page.
         return Err((
             StatusCode::NON_AUTHORITATIVE_INFORMATION,
@@ -470,6 +480,20 @@ async fn guard(
             .into_response());
     }
     Ok(())
+}
+
+/// The token of `Bearer <token>`, or of `Basic base64(<any user>:<token>)` as the agent sends
+/// the token it was configured with (`--auth PAT`, user `VstsAgent`).
+fn presented_token(authorization: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(token) = authorization.strip_prefix("Bearer ") {
+        return Some(token.to_owned());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(authorization.strip_prefix("Basic ")?)
+        .ok()?;
+    let (_user, token) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(token.to_owned())
 }
 
 fn with_rate_headers(state: &AdoState, body: impl IntoResponse) -> Response {
@@ -502,6 +526,13 @@ fn with_rate_headers(state: &AdoState, body: impl IntoResponse) -> Response {
         );
     }
     response
+}
+
+/// ADO matches demands against system and user capabilities; a user one wins a clash.
+fn all_capabilities(agent: &Agent) -> BTreeMap<String, String> {
+    let mut all = agent.system_capabilities.clone();
+    all.extend(agent.user_capabilities.clone());
+    all
 }
 
 fn list<T: serde::Serialize>(value: Vec<T>) -> Json<List<T>> {
@@ -564,7 +595,10 @@ async fn list_job_requests(
             let demands: Vec<Demand> = parse_demands(r.demands.iter().map(String::as_str));
             let matched: Vec<AgentRef> = agents
                 .iter()
-                .filter(|a| demands.iter().all(|d| d.satisfied_by(&a.user_capabilities)))
+                .filter(|a| {
+                    let capabilities = all_capabilities(a);
+                    demands.iter().all(|d| d.satisfied_by(&capabilities))
+                })
                 .map(|a| AgentRef {
                     id: a.id,
                     name: a.name.clone(),
@@ -618,7 +652,32 @@ async fn add_agent(
     let sim = AdoSim {
         state: state.clone(),
     };
-    let id = sim.register_agent(pool_id, &agent.name, &agent.user_capabilities);
+    if !sim.store().pools.iter().any(|p| p.id == pool_id) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") })),
+        )
+            .into_response();
+    }
+    let exists = sim
+        .agents(pool_id)
+        .iter()
+        .any(|a| a.name.eq_ignore_ascii_case(&agent.name));
+    if exists {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "message": format!("An agent named {} already exists in pool {pool_id}.", agent.name), "typeKey": "AgentExistsException" })),
+        )
+            .into_response();
+    }
+    // A new registration is offline until its listener opens a session.
+    let id = sim.add_registration(
+        Agent {
+            status: Some("offline".into()),
+            ..agent
+        },
+        pool_id,
+    );
     let created = sim.agents(pool_id).into_iter().find(|a| a.id == id);
     with_rate_headers(&state, Json(created))
 }
@@ -668,7 +727,7 @@ async fn list_packages(
         .unwrap_or_else(|| "linux-x64".into());
     let offered = state.agent_package.lock().expect("package").clone();
     let packages: Vec<AgentPackage> = offered
-        .filter(|_| platform == "linux-x64")
+        .filter(|_| platform == "linux-x64" || platform == "linux-arm64")
         .map(|(version, _)| {
             let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
             let filename = format!("vsts-agent-{platform}-{version}.tar.gz");

@@ -3,6 +3,7 @@
 //! production code paths (azure_identity, reqwest, tonic) run against them unmodified.
 
 pub mod ado;
+pub mod agent;
 pub mod entra;
 pub mod tls;
 

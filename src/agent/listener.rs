@@ -1,0 +1,362 @@
+//! Running the agent's listener for one job and stopping it the way the real agent expects.
+//!
+//! The listener shuts down gracefully only on SIGINT: it cancels its running job through
+//! `Agent.Worker`, reports it, and exits. SIGTERM gives it 30 s at most, and a SIGTERM that
+//! reaches the worker kills the job's processes without the graceful cancel (the pipeline then
+//! shows a lost agent). So on SIGTERM/SIGINT this module optionally lets a running job finish
+//! (`--drain-timeout`), then sends SIGINT to the `Agent.Listener` process only, waits for the
+//! listener *and every process of its group*, and kills the group only at `--cancel-timeout`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
+use tokio::time::{Instant, sleep_until};
+
+use super::{
+    exit_code,
+    proctable::ProcTable,
+    reaper::Reaper,
+    signals::{Signals, signal_code},
+};
+use crate::error::Result;
+
+/// How a stop request is carried out.
+#[derive(Debug, Clone, Copy)]
+pub struct StopPolicy {
+    /// On a signal while a job runs, how long the job may go on before it is cancelled.
+    pub drain: Duration,
+    /// From the SIGINT to the listener until its group is killed.
+    pub cancel: Duration,
+    /// No job started this long after the listener came up: stop. Zero waits forever.
+    pub idle: Duration,
+}
+
+/// How the listener's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The listener exited by itself (its `--once` job is done, or it failed).
+    Finished,
+    /// A stop was requested while a job ran, and the job finished within the drain.
+    Drained,
+    /// The listener was interrupted and exited within the cancel timeout.
+    Cancelled,
+    /// No job came; the listener was interrupted and exited.
+    Idle,
+    /// The listener's group was still there at the cancel timeout and was killed.
+    Killed,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Finished => "finished",
+            Ending::Drained => "drained",
+            Ending::Cancelled => "cancelled",
+            Ending::Idle => "idle",
+            Ending::Killed => "killed",
+        }
+    }
+}
+
+/// Why we stopped the listener, if we did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    None,
+    Signal(Signal),
+    Idle,
+}
+
+/// What happened to the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub ending: Ending,
+    pub cause: Cause,
+    /// The listener's own exit code (absent if it never exited by itself).
+    pub listener_code: Option<u8>,
+    /// Whether a job (an `Agent.Worker`) was ever seen.
+    pub job_seen: bool,
+}
+
+impl Outcome {
+    /// The listener's code when it ended by itself (a drained job included), 128 + signal when
+    /// we stopped it because of a signal, 0 when no job came.
+    pub fn exit_code(&self) -> u8 {
+        match (self.ending, self.cause) {
+            (Ending::Finished | Ending::Drained, _) => self.listener_code.unwrap_or(1),
+            (_, Cause::Idle) => 0,
+            (_, Cause::Signal(sig)) => signal_code(sig),
+            (_, Cause::None) => self.listener_code.unwrap_or(1),
+        }
+    }
+}
+
+/// The listener's exit code for "run-once agent updating": start it again, as `run.sh` does.
+const RUN_ONCE_UPDATING: u8 = 4;
+/// How long a self-update may take before we give up (run.sh allows 20 s after the exit).
+const UPDATE_LIMIT: Duration = Duration::from_secs(60);
+const MAX_UPDATES: u32 = 3;
+/// Processes a listener that exited by itself leaves behind get this long before SIGKILL.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+/// After SIGKILL, how long to wait for the kernel to tear the group down.
+const AFTER_KILL: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining { until: Instant },
+    Cancelling { until: Instant },
+    Killed,
+}
+
+/// One run of the listener: started by `launch`, ended as [`Outcome`] says.
+pub struct ListenerRun<'a> {
+    pub reaper: &'a Reaper,
+    pub signals: &'a mut Signals,
+    pub policy: StopPolicy,
+    /// The agent directory: `bin/Agent.Listener` must be executable before a restart.
+    pub agent_dir: &'a Path,
+}
+
+impl ListenerRun<'_> {
+    pub async fn run(self, launch: impl Fn() -> Command) -> Result<Outcome> {
+        let Self {
+            reaper,
+            signals,
+            policy,
+            agent_dir,
+        } = self;
+        let me = std::process::id() as i32;
+        let mut child = Some(reaper.spawn(&mut launch())?);
+        let mut group = child.unwrap_or_default();
+        let mut up_since = Instant::now();
+        let mut updates = 0;
+        let mut update_deadline = up_since;
+        let mut job_seen = false;
+        let mut cause = Cause::None;
+        let mut phase = Phase::Running;
+        let mut listener_code = None;
+        let started = Instant::now();
+
+        loop {
+            let deadline = match phase {
+                Phase::Running if child.is_some() && !job_seen && !policy.idle.is_zero() => {
+                    Some(up_since + policy.idle)
+                }
+                Phase::Draining { until } | Phase::Cancelling { until } => Some(until),
+                _ => None,
+            };
+            let far = Instant::now() + Duration::from_secs(86400);
+            let pid = child.unwrap_or_default();
+            tokio::select! {
+                status = reaper.wait(pid), if child.is_some() => {
+                    let code = exit_code(status);
+                    child = None;
+                    if code == RUN_ONCE_UPDATING && cause == Cause::None && updates < MAX_UPDATES {
+                        updates += 1;
+                        update_deadline = Instant::now() + UPDATE_LIMIT;
+                        tracing::info!(attempt = updates, "the listener exited to update itself; starting it again once the update is done");
+                        continue;
+                    }
+                    listener_code = Some(code);
+                    tracing::info!(code, elapsed_ms = started.elapsed().as_millis() as u64, "listener exited");
+                    break;
+                }
+                sig = signals.recv() => {
+                    match phase {
+                        Phase::Running => {
+                            cause = Cause::Signal(sig);
+                            let running = ProcTable::read().job_running(me);
+                            job_seen |= running;
+                            if child.is_none() {
+                                tracing::info!(signal = %sig, "stop requested while the agent updates itself");
+                                break;
+                            } else if running && !policy.drain.is_zero() {
+                                tracing::info!(signal = %sig, drain = ?policy.drain, "stop requested while a job runs: letting it finish");
+                                phase = Phase::Draining { until: Instant::now() + policy.drain };
+                            } else {
+                                tracing::info!(signal = %sig, job_running = running, "stop requested");
+                                phase = interrupt(me, child, policy);
+                            }
+                        }
+                        Phase::Draining { .. } => {
+                            tracing::info!(signal = %sig, "second stop request: cancelling the job now");
+                            phase = interrupt(me, child, policy);
+                        }
+                        Phase::Cancelling { .. } | Phase::Killed => {
+                            tracing::info!(signal = %sig, "already stopping");
+                        }
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    match phase {
+                        Phase::Running => {
+                            if ProcTable::read().job_running(me) {
+                                job_seen = true;
+                            } else {
+                                tracing::info!(idle = ?policy.idle, "no job came: stopping the agent");
+                                cause = Cause::Idle;
+                                phase = interrupt(me, child, policy);
+                            }
+                        }
+                        Phase::Draining { .. } => {
+                            tracing::info!(drain = ?policy.drain, "drain timeout: cancelling the job");
+                            phase = interrupt(me, child, policy);
+                        }
+                        Phase::Cancelling { .. } => {
+                            tracing::warn!(cancel = ?policy.cancel, "the listener did not stop in time: killing its process group");
+                            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+                            phase = Phase::Killed;
+                        }
+                        Phase::Killed => {}
+                    }
+                }
+                _ = tokio::time::sleep(TICK), if !job_seen || child.is_none() => {
+                    let table = ProcTable::read();
+                    if !job_seen && table.job_running(me) {
+                        job_seen = true;
+                        tracing::info!(after_ms = up_since.elapsed().as_millis() as u64, "job started");
+                    }
+                    if child.is_none() {
+                        // Updating: the update script runs in the listener's group and swaps
+                        // `bin/`; start again once it is gone and a listener is in place.
+                        if table.group(group).is_empty() && is_executable(&agent_dir.join("bin/Agent.Listener")) {
+                            let pid = reaper.spawn(&mut launch())?;
+                            (child, group, up_since) = (Some(pid), pid, Instant::now());
+                            tracing::info!("listener started again after its update");
+                        } else if Instant::now() > update_deadline {
+                            tracing::error!(limit = ?UPDATE_LIMIT, "the agent did not update in time");
+                            listener_code = Some(1);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        // The listener has exited; its group (worker, job processes) must be gone too.
+        let group_deadline = match phase {
+            Phase::Cancelling { until } => until,
+            Phase::Killed => Instant::now() + AFTER_KILL,
+            _ => Instant::now() + LEFTOVER_GRACE.min(policy.cancel),
+        };
+        if !wait_group_empty(group, group_deadline).await {
+            let left = ProcTable::read().group(group).len();
+            tracing::warn!(
+                processes = left,
+                "processes of the agent's group are still running: killing them"
+            );
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            if matches!(phase, Phase::Cancelling { .. }) {
+                phase = Phase::Killed;
+            }
+            wait_group_empty(group, Instant::now() + AFTER_KILL).await;
+        }
+
+        let ending = match (phase, cause) {
+            (Phase::Killed, _) => Ending::Killed,
+            (Phase::Running, _) if cause != Cause::None => Ending::Cancelled,
+            (Phase::Running, _) => Ending::Finished,
+            (Phase::Draining { .. }, _) => Ending::Drained,
+            (Phase::Cancelling { .. }, Cause::Idle) => Ending::Idle,
+            (Phase::Cancelling { .. }, _) => Ending::Cancelled,
+        };
+        Ok(Outcome {
+            ending,
+            cause,
+            listener_code,
+            job_seen,
+        })
+    }
+}
+
+/// SIGINT to the listener process alone: never SIGTERM, never the worker or the group.
+fn interrupt(me: i32, child: Option<i32>, policy: StopPolicy) -> Phase {
+    if let Some(child) = child {
+        let target = ProcTable::read().listener_of(me, child);
+        tracing::info!(pid = target, "sending SIGINT to the listener");
+        let _ = kill(Pid::from_raw(target), Signal::SIGINT);
+    }
+    Phase::Cancelling {
+        until: Instant::now() + policy.cancel,
+    }
+}
+
+/// Waits until no process of `group` is left; `false` if some still are at `deadline`.
+async fn wait_group_empty(group: i32, deadline: Instant) -> bool {
+    loop {
+        if ProcTable::read().group(group).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ending: Ending, cause: Cause, code: Option<u8>) -> Outcome {
+        Outcome {
+            ending,
+            cause,
+            listener_code: code,
+            job_seen: true,
+        }
+    }
+
+    #[test]
+    fn exit_codes_by_ending_and_cause() {
+        let term = Cause::Signal(Signal::SIGTERM);
+        let int = Cause::Signal(Signal::SIGINT);
+        let table = [
+            (Ending::Finished, Cause::None, Some(0), 0),
+            (Ending::Finished, Cause::None, Some(2), 2),
+            (Ending::Finished, Cause::None, None, 1),
+            (Ending::Drained, term, Some(0), 0),
+            (Ending::Drained, term, Some(1), 1),
+            (Ending::Cancelled, term, Some(0), 143),
+            (Ending::Cancelled, int, Some(0), 130),
+            (Ending::Killed, term, None, 143),
+            (Ending::Idle, Cause::Idle, Some(0), 0),
+            (Ending::Killed, Cause::Idle, None, 0),
+            (Ending::Killed, Cause::None, Some(3), 3),
+            (Ending::Killed, Cause::None, None, 1),
+        ];
+        for (ending, cause, code, expected) in table {
+            assert_eq!(
+                outcome(ending, cause, code).exit_code(),
+                expected,
+                "{ending:?} {cause:?} {code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn endings_have_names_for_the_log() {
+        let names: Vec<&str> = [
+            Ending::Finished,
+            Ending::Drained,
+            Ending::Cancelled,
+            Ending::Idle,
+            Ending::Killed,
+        ]
+        .map(Ending::as_str)
+        .to_vec();
+        assert_eq!(
+            names,
+            ["finished", "drained", "cancelled", "idle", "killed"]
+        );
+    }
+}
