@@ -27,8 +27,9 @@ FROM ubuntu:24.04 AS agent
 ARG AGENT_VERSION=4.261.0
 ARG TARGETARCH=amd64
 ENV DEBIAN_FRONTEND=noninteractive
+# iputils-ping: the agent's self-update script waits with `ping`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl git jq \
+ && apt-get install -y --no-install-recommends ca-certificates curl git jq iputils-ping \
  && rm -rf /var/lib/apt/lists/*
 # The agent is downloaded once, here, not at every pod start.
 RUN case "${TARGETARCH}" in amd64) arch=x64 ;; arm64) arch=arm64 ;; *) echo "unsupported ${TARGETARCH}" >&2; exit 1 ;; esac \

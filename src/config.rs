@@ -126,6 +126,14 @@ pub struct DemoArgs {
     #[arg(long, env = "ADO_SCALER_DEMO_TEARDOWN_WINDOW", value_parser = humantime::parse_duration, default_value = "2500ms")]
     pub teardown_window: Duration,
 
+    /// Simulated agents with no job this long after registering leave, as `agent --idle-timeout`.
+    #[arg(long, env = "ADO_SCALER_DEMO_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub idle_timeout: Duration,
+
+    /// Share of jobs their users cancel while still queued (0 to 1): their agents get no job.
+    #[arg(long, env = "ADO_SCALER_DEMO_CANCEL_SHARE", default_value_t = 0.1)]
+    pub cancel_share: f64,
+
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
     #[arg(
         long,

@@ -51,6 +51,12 @@ pub struct DemoConfig {
     /// From job end until the Kubernetes Job completes (deregistration, pod exit).
     pub teardown: Duration,
     pub max_replicas: u64,
+    /// An agent with no job this long after it registered leaves (`--idle-timeout`); zero waits.
+    pub idle_timeout: Duration,
+    /// Share of jobs a user cancels while they are still queued, `cancel_after` after queueing:
+    /// the agents started for them never get a job.
+    pub cancel_share: f64,
+    pub cancel_after: Duration,
     /// Give up draining after this long.
     pub drain_limit: Duration,
     pub seed: u64,
@@ -70,6 +76,9 @@ impl DemoConfig {
             job_run: (Duration::from_secs(2), Duration::from_secs(6)),
             teardown: Duration::from_millis(2500),
             max_replicas: 100,
+            idle_timeout: args.idle_timeout,
+            cancel_share: args.cancel_share.clamp(0.0, 1.0),
+            cancel_after: Duration::from_secs(1),
             drain_limit: Duration::from_secs(60),
             seed: 42,
             live_table: !args.quiet,
@@ -82,7 +91,13 @@ impl DemoConfig {
 pub struct DemoReport {
     pub jobs_queued: u64,
     pub jobs_completed: u64,
+    /// Jobs cancelled by their user before an agent took them.
+    pub jobs_cancelled: u64,
     pub agents_started: u64,
+    /// Agents that ran their one job.
+    pub agents_ran_a_job: u64,
+    /// Agents that got no job and left at the idle timeout.
+    pub agents_left_idle: u64,
     /// Agents still waiting for a job when the run ended (started for nothing).
     pub agents_idle_at_end: u64,
     pub max_wait: Duration,
@@ -108,13 +123,16 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "summary")?;
         writeln!(
             f,
-            "  jobs completed        {} of {}",
-            self.jobs_completed, self.jobs_queued
+            "  jobs completed        {} of {} ({} cancelled while queued)",
+            self.jobs_completed, self.jobs_queued, self.jobs_cancelled
         )?;
         writeln!(
             f,
-            "  agents started        {} for {} jobs run ({} left idle)",
-            self.agents_started, self.jobs_completed, self.agents_idle_at_end
+            "  agents started        {}: {} ran a job, {} left at the idle timeout, {} still idle",
+            self.agents_started,
+            self.agents_ran_a_job,
+            self.agents_left_idle,
+            self.agents_idle_at_end
         )?;
         writeln!(
             f,
@@ -150,6 +168,9 @@ struct Stats {
     waits: Vec<Duration>,
     completed: u64,
     queued: u64,
+    cancelled: u64,
+    ran_a_job: u64,
+    left_idle: u64,
     durations: HashMap<u64, Duration>,
 }
 
@@ -298,6 +319,15 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         let refs: Vec<&str> = demands.iter().map(String::as_str).collect();
         let id = sim.ado.enqueue(pool_id, &refs);
         let run_for = rng.random_range(config.job_run.0..=config.job_run.1);
+        if rng.random_bool(config.cancel_share) {
+            let (ado, stats, after) = (sim.ado.clone(), stats.clone(), config.cancel_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if ado.cancel_if_queued(id) {
+                    stats.lock().expect("stats").cancelled += 1;
+                }
+            });
+        }
         let mut s = stats.lock().expect("stats");
         s.queued += 1;
         s.durations.insert(id, run_for);
@@ -309,10 +339,12 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     loop {
         let done = {
             let s = stats.lock().expect("stats");
-            s.completed == s.queued
-                && s.agents
-                    .iter()
-                    .all(|(_, p)| matches!(p, Phase::Done | Phase::Idle | Phase::Starting))
+            // With an idle timeout, agents started for nothing leave by themselves: wait for it.
+            let waiting_ok = config.idle_timeout.is_zero();
+            s.completed + s.cancelled == s.queued
+                && s.agents.iter().all(|(_, p)| {
+                    *p == Phase::Done || (waiting_ok && matches!(p, Phase::Idle | Phase::Starting))
+                })
         };
         if done || Instant::now() > drain_deadline {
             break;
@@ -330,7 +362,10 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     Ok(DemoReport {
         jobs_queued: s.queued,
         jobs_completed: s.completed,
+        jobs_cancelled: s.cancelled,
         agents_started: s.agents.len() as u64,
+        agents_ran_a_job: s.ran_a_job,
+        agents_left_idle: s.left_idle,
         agents_idle_at_end: (s.phase_count(Phase::Idle) + s.phase_count(Phase::Starting)) as u64,
         max_wait: waits.last().copied().unwrap_or_default(),
         median_wait: waits.get(waits.len() / 2).copied().unwrap_or_default(),
@@ -445,9 +480,19 @@ async fn simulated_agent(
         demand.into_iter().map(|d| (d, "1".to_owned())).collect();
     ado.register_agent(pool_id, &name, &capabilities);
     set(Phase::Idle);
+    // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
+    let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
     let request_id = loop {
         if let Some(id) = ado.assign_next(pool_id, &name, &capabilities) {
             break id;
+        }
+        if idle_until.is_some_and(|t| Instant::now() >= t) {
+            set(Phase::TearingDown);
+            tokio::time::sleep(config.teardown).await;
+            ado.remove_agent(pool_id, &name);
+            stats.lock().expect("stats").left_idle += 1;
+            set(Phase::Done);
+            return;
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -470,7 +515,11 @@ async fn simulated_agent(
     tokio::time::sleep(run_for).await;
     ado.finish(request_id, "succeeded");
     set(Phase::TearingDown);
-    stats.lock().expect("stats").completed += 1;
+    {
+        let mut s = stats.lock().expect("stats");
+        s.completed += 1;
+        s.ran_a_job += 1;
+    }
     tokio::time::sleep(config.teardown).await;
     ado.remove_agent(pool_id, &name);
     set(Phase::Done);

@@ -26,6 +26,9 @@ fn scripted(teardown_window: Duration, scaled_jobs: usize) -> DemoConfig {
         job_run: (Duration::from_millis(300), Duration::from_millis(800)),
         teardown: TEARDOWN,
         max_replicas: 50,
+        idle_timeout: Duration::ZERO,
+        cancel_share: 0.0,
+        cancel_after: Duration::ZERO,
         drain_limit: Duration::from_secs(20),
         seed: 7,
         live_table: false,
@@ -91,4 +94,57 @@ async fn many_scaled_jobs_on_one_pool_share_one_poll() {
         report.job_request_polls
     );
     assert_eq!(report.token_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_whose_jobs_were_cancelled_leave_at_the_idle_timeout() {
+    // Every job is cancelled 500 ms after it is queued, once KEDA has started an agent for it
+    // (200 ms polls) and before that agent can take it (600 ms to start). Jobs come 2.5 s apart,
+    // so an idle agent is gone before the next one.
+    let mut config = scripted(Duration::ZERO, 1);
+    config.arrivals = Arrivals::Script(
+        (0..4)
+            .map(|i| (Duration::from_millis(2500 * i), 0))
+            .collect(),
+    );
+    config.duration = Duration::from_secs(8);
+    config.cancel_share = 1.0;
+    config.cancel_after = Duration::from_millis(500);
+    config.idle_timeout = Duration::from_millis(800);
+    let report = simulate(config).await.unwrap();
+    show("all cancelled", &report);
+    assert_eq!(report.jobs_cancelled, 4, "{report:?}");
+    assert_eq!(report.jobs_completed, 0);
+    assert!(
+        report.agents_started >= 1,
+        "KEDA saw queued jobs: {report:?}"
+    );
+    assert_eq!(report.agents_ran_a_job, 0);
+    assert_eq!(
+        report.agents_left_idle, report.agents_started,
+        "every agent left by itself: {report:?}"
+    );
+    assert_eq!(report.agents_idle_at_end, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_agent_ends_one_way_or_the_other() {
+    let mut config = scripted(TEARDOWN, 1);
+    config.cancel_share = 0.3;
+    config.cancel_after = Duration::from_millis(100);
+    config.idle_timeout = Duration::from_secs(1);
+    let report = simulate(config).await.unwrap();
+    show("some cancelled", &report);
+    assert!(report.jobs_cancelled > 0, "{report:?}");
+    assert_eq!(
+        report.jobs_completed + report.jobs_cancelled,
+        report.jobs_queued
+    );
+    assert_eq!(report.agents_ran_a_job, report.jobs_completed);
+    assert_eq!(
+        report.agents_ran_a_job + report.agents_left_idle,
+        report.agents_started,
+        "{report:?}"
+    );
+    assert_eq!(report.agents_idle_at_end, 0);
 }

@@ -167,16 +167,16 @@ fn selectors_probes_and_the_scaled_job_fit_together() {
     assert_eq!(job["spec"]["scalingStrategy"]["strategy"], "default");
     assert_eq!(job["spec"]["jobTargetRef"]["backoffLimit"], 0);
     let agent_pod = &job["spec"]["jobTargetRef"]["template"]["spec"];
-    assert!(agent_pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 120);
     let env = |c: &Value, n: &str| {
         c["env"]
             .as_array()
             .unwrap()
             .iter()
             .find(|e| e["name"] == n)
-            .unwrap()["value"]
+            .unwrap_or_else(|| panic!("{n} not set"))["value"]
             .clone()
     };
+    assert_agent_lifecycle_is_safe(job, |n| env(&agent_pod["containers"][0], n));
     assert_eq!(
         env(&agent_pod["containers"][0], "AZP_URL"),
         settings["organizationURL"]
@@ -198,6 +198,41 @@ fn selectors_probes_and_the_scaled_job_fit_together() {
             .as_str()
             .unwrap()
             .contains("ado-agent")
+    );
+}
+
+/// Running pipeline jobs survive a ScaledJob change, node scale-downs and pod termination.
+fn assert_agent_lifecycle_is_safe(job: &Value, env: impl Fn(&str) -> Value) {
+    assert_eq!(
+        job["spec"]["rollout"]["strategy"], "gradual",
+        "KEDA's default rollout deletes running Jobs"
+    );
+    let template = &job["spec"]["jobTargetRef"]["template"];
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(
+        annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+        "false"
+    );
+    assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
+    let seconds = |name: &str| {
+        let value = env(name);
+        humantime::parse_duration(value.as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{name}={value}: {e}"))
+            .as_secs()
+    };
+    let (drain, cancel, remove) = (
+        seconds("AZP_DRAIN_TIMEOUT"),
+        seconds("AZP_CANCEL_TIMEOUT"),
+        seconds("AZP_REMOVE_TIMEOUT"),
+    );
+    assert!(drain > 0, "a node drain waits for the job");
+    assert!(seconds("AZP_IDLE_TIMEOUT") > 0, "idle agents leave");
+    let grace = template["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        grace >= drain + cancel + remove,
+        "terminationGracePeriodSeconds {grace} < drain {drain} + cancel {cancel} + remove {remove}"
     );
 }
 

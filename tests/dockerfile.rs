@@ -139,6 +139,14 @@ fn agent_image_bakes_the_agent_where_the_entrypoint_looks() {
         all.contains("${AGENT_VERSION}"),
         "the download uses AGENT_VERSION"
     );
+    assert!(
+        all.contains("iputils-ping"),
+        "the agent's self-update script calls ping"
+    );
+    // Built for both architectures; `--download` picks the same way at run time.
+    for arch in ["amd64) arch=x64", "arm64) arch=arm64"] {
+        assert!(all.contains(arch), "{arch}");
+    }
     let lower = all.to_lowercase();
     for cli in ["azure-cli", "installazurecli", "pip install azure"] {
         assert!(

@@ -271,6 +271,19 @@ impl AdoSim {
         Some(job.request.request_id)
     }
 
+    /// Cancels a job no agent has taken yet (a user cancelling a queued run); `false` if one has.
+    pub fn cancel_if_queued(&self, request_id: u64) -> bool {
+        let queued = self
+            .store()
+            .jobs
+            .get(&request_id)
+            .is_some_and(|j| j.finished_at.is_none() && j.request.reserved_agent.is_none());
+        if queued {
+            self.finish(request_id, "canceled");
+        }
+        queued
+    }
+
     pub fn finish(&self, request_id: u64, result: &str) {
         let mut store = self.store();
         if let Some(job) = store.jobs.get_mut(&request_id) {
