@@ -131,7 +131,7 @@ pub struct DemoArgs {
     pub idle_timeout: Duration,
 
     /// Share of jobs their users cancel while still queued (0 to 1): their agents get no job.
-    #[arg(long, env = "ADO_SCALER_DEMO_CANCEL_SHARE", default_value_t = 0.1)]
+    #[arg(long, env = "ADO_SCALER_DEMO_CANCEL_SHARE", default_value_t = 0.15)]
     pub cancel_share: f64,
 
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).

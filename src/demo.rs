@@ -78,7 +78,8 @@ impl DemoConfig {
             max_replicas: 100,
             idle_timeout: args.idle_timeout,
             cancel_share: args.cancel_share.clamp(0.0, 1.0),
-            cancel_after: Duration::from_secs(1),
+            // About when KEDA has started an agent for the job, before that agent is up.
+            cancel_after: Duration::from_secs(2),
             drain_limit: Duration::from_secs(60),
             seed: 42,
             live_table: !args.quiet,
