@@ -164,6 +164,12 @@ mod tests {
 
     #[test]
     fn platform_follows_the_machine() {
+        let here = if cfg!(target_arch = "aarch64") {
+            "linux-arm64"
+        } else {
+            "linux-x64"
+        };
+        assert_eq!(platform().unwrap(), here);
         assert_eq!(platform_for("x86_64").unwrap(), "linux-x64");
         assert_eq!(platform_for("aarch64").unwrap(), "linux-arm64");
         let err = platform_for("riscv64").unwrap_err().to_string();

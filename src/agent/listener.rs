@@ -112,6 +112,47 @@ enum Phase {
     Killed,
 }
 
+impl Phase {
+    /// When this phase next needs attention: the end of the drain or of the cancel timeout,
+    /// or, while a listener (up since `listening_since`) waits for its first job, the idle
+    /// timeout.
+    fn deadline(
+        self,
+        listening_since: Option<Instant>,
+        job_seen: bool,
+        policy: StopPolicy,
+    ) -> Option<Instant> {
+        match self {
+            Phase::Running if !job_seen && !policy.idle.is_zero() => {
+                listening_since.map(|since| since + policy.idle)
+            }
+            Phase::Draining { until } | Phase::Cancelling { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Once the listener has exited, how long its group may take to follow.
+    fn group_deadline(self, now: Instant, policy: StopPolicy) -> Instant {
+        match self {
+            Phase::Cancelling { until } => until,
+            Phase::Killed => now + AFTER_KILL,
+            _ => now + LEFTOVER_GRACE.min(policy.cancel),
+        }
+    }
+
+    /// How a run that ended in this phase ended.
+    fn ending(self, cause: Cause) -> Ending {
+        match (self, cause) {
+            (Phase::Killed, _) => Ending::Killed,
+            (Phase::Running, Cause::None) => Ending::Finished,
+            (Phase::Running, _) => Ending::Cancelled,
+            (Phase::Draining { .. }, _) => Ending::Drained,
+            (Phase::Cancelling { .. }, Cause::Idle) => Ending::Idle,
+            (Phase::Cancelling { .. }, _) => Ending::Cancelled,
+        }
+    }
+}
+
 /// One run of the listener: started by `launch`, ended as [`Outcome`] says.
 pub struct ListenerRun<'a> {
     pub reaper: &'a Reaper,
@@ -142,13 +183,7 @@ impl ListenerRun<'_> {
         let started = Instant::now();
 
         loop {
-            let deadline = match phase {
-                Phase::Running if child.is_some() && !job_seen && !policy.idle.is_zero() => {
-                    Some(up_since + policy.idle)
-                }
-                Phase::Draining { until } | Phase::Cancelling { until } => Some(until),
-                _ => None,
-            };
+            let deadline = phase.deadline(child.map(|_| up_since), job_seen, policy);
             let far = Instant::now() + Duration::from_secs(86400);
             let pid = child.unwrap_or_default();
             tokio::select! {
@@ -238,12 +273,7 @@ impl ListenerRun<'_> {
         }
 
         // The listener has exited; its group (worker, job processes) must be gone too.
-        let group_deadline = match phase {
-            Phase::Cancelling { until } => until,
-            Phase::Killed => Instant::now() + AFTER_KILL,
-            _ => Instant::now() + LEFTOVER_GRACE.min(policy.cancel),
-        };
-        if !wait_group_empty(group, group_deadline).await {
+        if !wait_group_empty(group, phase.group_deadline(Instant::now(), policy)).await {
             let left = ProcTable::read().group(group).len();
             tracing::warn!(
                 processes = left,
@@ -256,16 +286,8 @@ impl ListenerRun<'_> {
             wait_group_empty(group, Instant::now() + AFTER_KILL).await;
         }
 
-        let ending = match (phase, cause) {
-            (Phase::Killed, _) => Ending::Killed,
-            (Phase::Running, _) if cause != Cause::None => Ending::Cancelled,
-            (Phase::Running, _) => Ending::Finished,
-            (Phase::Draining { .. }, _) => Ending::Drained,
-            (Phase::Cancelling { .. }, Cause::Idle) => Ending::Idle,
-            (Phase::Cancelling { .. }, _) => Ending::Cancelled,
-        };
         Ok(Outcome {
-            ending,
+            ending: phase.ending(cause),
             cause,
             listener_code,
             job_seen,
@@ -341,6 +363,131 @@ mod tests {
                 "{ending:?} {cause:?} {code:?}"
             );
         }
+    }
+
+    fn policy() -> StopPolicy {
+        StopPolicy {
+            drain: Duration::from_secs(600),
+            cancel: Duration::from_secs(120),
+            idle: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn the_next_deadline_of_each_phase() {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(7);
+        let p = policy();
+        let no_idle = StopPolicy {
+            idle: Duration::ZERO,
+            ..p
+        };
+        let table = [
+            // (phase, listening since, job seen, policy, deadline)
+            (Phase::Running, Some(t0), false, p, Some(t0 + p.idle)),
+            (Phase::Running, Some(t0), true, p, None),
+            (Phase::Running, Some(t0), false, no_idle, None),
+            (Phase::Running, None, false, p, None),
+            (Phase::Draining { until }, Some(t0), true, p, Some(until)),
+            (Phase::Cancelling { until }, None, false, p, Some(until)),
+            (Phase::Killed, Some(t0), false, p, None),
+        ];
+        for (phase, since, seen, policy, expected) in table {
+            assert_eq!(
+                phase.deadline(since, seen, policy),
+                expected,
+                "{phase:?} {since:?} {seen}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_group_gets_the_rest_of_the_cancel_timeout_or_a_short_grace() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(42);
+        let p = policy();
+        assert_eq!(Phase::Cancelling { until }.group_deadline(now, p), until);
+        assert_eq!(Phase::Killed.group_deadline(now, p), now + AFTER_KILL);
+        assert_eq!(Phase::Running.group_deadline(now, p), now + LEFTOVER_GRACE);
+        assert_eq!(
+            Phase::Draining { until }.group_deadline(now, p),
+            now + LEFTOVER_GRACE
+        );
+        let short = StopPolicy {
+            cancel: Duration::from_secs(1),
+            ..p
+        };
+        assert_eq!(
+            Phase::Running.group_deadline(now, short),
+            now + Duration::from_secs(1),
+            "never longer than the cancel timeout"
+        );
+    }
+
+    #[test]
+    fn how_a_run_ended_by_its_last_phase_and_cause() {
+        let until = Instant::now();
+        let term = Cause::Signal(Signal::SIGTERM);
+        let table = [
+            (Phase::Running, Cause::None, Ending::Finished),
+            (Phase::Running, term, Ending::Cancelled),
+            (Phase::Draining { until }, term, Ending::Drained),
+            (Phase::Cancelling { until }, term, Ending::Cancelled),
+            (Phase::Cancelling { until }, Cause::Idle, Ending::Idle),
+            (Phase::Killed, Cause::Idle, Ending::Killed),
+            (Phase::Killed, term, Ending::Killed),
+        ];
+        for (phase, cause, expected) in table {
+            assert_eq!(phase.ending(cause), expected, "{phase:?} {cause:?}");
+        }
+    }
+
+    #[test]
+    fn interrupting_starts_the_cancel_timeout() {
+        let before = Instant::now();
+        let Phase::Cancelling { until } = interrupt(1, None, policy()) else {
+            panic!("interrupting leads to cancelling");
+        };
+        assert!(until >= before + policy().cancel && until <= Instant::now() + policy().cancel);
+    }
+
+    #[test]
+    fn only_executable_files_can_be_started_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ado-scaler-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        assert!(is_executable(&file("x", 0o755)));
+        assert!(is_executable(&file("user-only", 0o700)));
+        assert!(!is_executable(&file("plain", 0o644)));
+        assert!(!is_executable(&dir), "a directory is not a listener");
+        assert!(!is_executable(&dir.join("missing")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_group_ends_when_it_is_empty_or_at_the_deadline() {
+        let started = Instant::now();
+        assert!(wait_group_empty(i32::MAX, started + Duration::from_secs(5)).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "an empty group returns at once"
+        );
+
+        // This test's own process group is not empty.
+        let ours = nix::unistd::getpgrp().as_raw();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(150);
+        assert!(!wait_group_empty(ours, deadline).await);
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "waited until the deadline"
+        );
     }
 
     #[test]

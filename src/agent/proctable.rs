@@ -162,9 +162,23 @@ mod tests {
     }
 
     #[test]
-    fn reading_proc_finds_this_process() {
+    fn reading_proc_finds_this_process_but_no_zombie() {
+        // A child that has exited and is not yet waited for is a zombie.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id() as i32;
+        let stat = || std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !stat().contains(") Z ") {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let me = std::process::id() as i32;
         let table = ProcTable::read();
         assert!(table.0.iter().any(|p| p.pid == me));
+        assert!(
+            !table.0.iter().any(|p| p.pid == zombie),
+            "zombies are not live"
+        );
+        child.wait().unwrap();
     }
 }
