@@ -422,6 +422,11 @@ mod tests {
             now + Duration::from_secs(1),
             "never longer than the cancel timeout"
         );
+        assert_eq!(
+            Phase::Killed.group_deadline(now, short),
+            now + AFTER_KILL,
+            "after SIGKILL, whatever the cancel timeout"
+        );
     }
 
     #[test]
