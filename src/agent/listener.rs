@@ -13,7 +13,7 @@ use nix::{
     sys::signal::{Signal, kill, killpg},
     unistd::Pid,
 };
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use super::{
     exit_code,
@@ -184,7 +184,6 @@ impl ListenerRun<'_> {
 
         loop {
             let deadline = phase.deadline(child.map(|_| up_since), job_seen, policy);
-            let far = Instant::now() + Duration::from_secs(86400);
             let pid = child.unwrap_or_default();
             tokio::select! {
                 status = reaper.wait(pid), if child.is_some() => {
@@ -226,7 +225,7 @@ impl ListenerRun<'_> {
                         }
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                () = until(deadline) => {
                     match phase {
                         Phase::Running => {
                             if ProcTable::read().job_running(me) {
@@ -292,6 +291,14 @@ impl ListenerRun<'_> {
             listener_code,
             job_seen,
         })
+    }
+}
+
+/// Sleeps until `deadline`; never returns without one.
+pub(crate) async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -493,6 +500,15 @@ mod tests {
             started.elapsed() >= Duration::from_millis(150),
             "waited until the deadline"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_a_deadline_or_never() {
+        let start = Instant::now();
+        until(Some(start + Duration::from_secs(3))).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let never = tokio::time::timeout(Duration::from_secs(86_400), until(None)).await;
+        assert!(never.is_err(), "no deadline: never");
     }
 
     #[test]

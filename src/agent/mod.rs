@@ -287,7 +287,6 @@ impl Agent {
         let mut interrupted = None;
         let mut kill_at = None;
         loop {
-            let far = Instant::now() + Duration::from_secs(86400);
             tokio::select! {
                 status = self.reaper.wait(pid) => {
                     return Ok(match (interrupted, exit_code(status)) {
@@ -302,7 +301,7 @@ impl Agent {
                     interrupted = Some(sig);
                     kill_at = Some(Instant::now() + self.args.cancel_timeout);
                 }
-                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                () = listener::until(kill_at) => {
                     tracing::warn!("config.sh did not stop in time: killing it");
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                     kill_at = None;
