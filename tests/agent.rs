@@ -47,6 +47,27 @@ impl Pod {
         }
     }
 
+    /// A pod whose job arrives 100 ms after the listener starts and runs `run_ms`.
+    async fn with_job(run_ms: u64, tune: impl FnOnce(&mut Behaviour)) -> Self {
+        Self::start(|b| {
+            b.job = Some(Job {
+                after_ms: 100,
+                run_ms,
+            });
+            tune(b);
+        })
+        .await
+    }
+
+    /// Starts the entrypoint with extra variables and returns once its job runs.
+    async fn run_until_the_job_runs(&self, env: &[(&str, &str)]) -> Child {
+        let mut cmd = self.command();
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().unwrap();
+        self.wait_for("worker start").await;
+        child
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ado-scaler"));
         cmd.arg("agent")
@@ -233,15 +254,8 @@ async fn one_job_then_removed_with_a_fresh_token_after_everything_exited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_job_cancels_it_through_sigint_to_the_listener_alone() {
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 60_000,
-        })
-    })
-    .await;
-    let child = pod.command().spawn().unwrap();
-    pod.wait_for("worker start").await;
+    let pod = Pod::with_job(60_000, |_| {}).await;
+    let child = pod.run_until_the_job_runs(&[]).await;
     terminate(&child);
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(143), "{stderr}");
@@ -261,17 +275,10 @@ async fn sigterm_during_a_job_cancels_it_through_sigint_to_the_listener_alone() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_longer_than_the_job_lets_it_finish() {
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 1500,
-        })
-    })
-    .await;
-    let mut cmd = pod.command();
-    cmd.env("AZP_DRAIN_TIMEOUT", "30s");
-    let child = cmd.spawn().unwrap();
-    pod.wait_for("worker start").await;
+    let pod = Pod::with_job(1500, |_| {}).await;
+    let child = pod
+        .run_until_the_job_runs(&[("AZP_DRAIN_TIMEOUT", "30s")])
+        .await;
     terminate(&child);
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(0), "a drained job that finished: {stderr}");
@@ -284,17 +291,10 @@ async fn a_drain_longer_than_the_job_lets_it_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_shorter_than_the_job_cancels_it_when_it_ends() {
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 60_000,
-        })
-    })
-    .await;
-    let mut cmd = pod.command();
-    cmd.env("AZP_DRAIN_TIMEOUT", "1500ms");
-    let child = cmd.spawn().unwrap();
-    pod.wait_for("worker start").await;
+    let pod = Pod::with_job(60_000, |_| {}).await;
+    let child = pod
+        .run_until_the_job_runs(&[("AZP_DRAIN_TIMEOUT", "1500ms")])
+        .await;
     let sent = terminate(&child);
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(143), "{stderr}");
@@ -309,17 +309,10 @@ async fn a_drain_shorter_than_the_job_cancels_it_when_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_cuts_the_drain_short() {
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 60_000,
-        })
-    })
-    .await;
-    let mut cmd = pod.command();
-    cmd.env("AZP_DRAIN_TIMEOUT", "10m");
-    let child = cmd.spawn().unwrap();
-    pod.wait_for("worker start").await;
+    let pod = Pod::with_job(60_000, |_| {}).await;
+    let child = pod
+        .run_until_the_job_runs(&[("AZP_DRAIN_TIMEOUT", "10m")])
+        .await;
     terminate(&child);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pod.has("listener got"), "draining");
@@ -333,18 +326,10 @@ async fn a_second_signal_cuts_the_drain_short() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_that_outlasts_the_cancel_timeout_is_killed() {
     // The job ignores the cancel for far longer than we wait.
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 60_000,
-        });
-        b.cancel_ms = 60_000;
-    })
-    .await;
-    let mut cmd = pod.command();
-    cmd.env("AZP_CANCEL_TIMEOUT", "1s");
-    let child = cmd.spawn().unwrap();
-    pod.wait_for("worker start").await;
+    let pod = Pod::with_job(60_000, |b| b.cancel_ms = 60_000).await;
+    let child = pod
+        .run_until_the_job_runs(&[("AZP_CANCEL_TIMEOUT", "1s")])
+        .await;
     let sent = terminate(&child);
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(143), "{stderr}");
@@ -634,14 +619,7 @@ async fn a_package_escaping_the_agent_dir_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulated_agent_dies_to_sigterm_like_the_real_one() {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
-    let pod = Pod::start(|b| {
-        b.job = Some(Job {
-            after_ms: 100,
-            run_ms: 60_000,
-        });
-        b.report_ms = 500;
-    })
-    .await;
+    let pod = Pod::with_job(60_000, |b| b.report_ms = 500).await;
     std::fs::write(pod.dir.join(".agent"), "{}").unwrap();
     let mut run = Command::new(pod.dir.join("run.sh"));
     run.arg("--once")
