@@ -72,7 +72,7 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
 
     // 1. A token, with the pod's own identity.
     // A new credential: its token comes from Entra, not a cache. `--download` reuses it.
-    let source = TokenSource::new(&agent.settings, &agent.http, None)?;
+    let source = agent.fresh_source()?;
     let token = tokio::select! {
         token = source.token() => token?,
         sig = signals.recv() => return Ok(signal_code(sig)),
@@ -224,28 +224,17 @@ impl Agent {
         })
     }
 
-    /// A client with a new credential: a fresh token from Entra, not one from a cache.
-    fn fresh_client(&self) -> Result<AdoClient> {
-        let source = TokenSource::new(&self.settings, &self.http, None)?;
-        Ok(AdoClient::new(
-            self.http.clone(),
-            source,
-            Arc::new(Metrics::new()),
-        ))
+    /// A new credential each time: a fresh token from Entra, not one from a cache.
+    fn fresh_source(&self) -> Result<TokenSource> {
+        TokenSource::new(&self.settings, &self.http, None)
     }
 
-    async fn fresh_token(&self) -> Result<Secret> {
-        TokenSource::new(&self.settings, &self.http, None)?
-            .token()
-            .await
+    fn client(&self, source: TokenSource) -> AdoClient {
+        AdoClient::new(self.http.clone(), source, Arc::new(Metrics::new()))
     }
 
     async fn download(&self, source: TokenSource) -> Result<String> {
-        let ado = AdoClient::new(
-            self.http.clone(),
-            source,
-            std::sync::Arc::new(Metrics::new()),
-        );
+        let ado = self.client(source);
         download::install(&ado, &self.http, &self.org, &self.args.agent_dir).await
     }
 
@@ -355,7 +344,7 @@ impl Agent {
     }
 
     async fn remove_with_config_sh(&self) -> Result<()> {
-        let token = self.fresh_token().await?;
+        let token = self.fresh_source()?.token().await?;
         let mut cmd = self.command("config.sh");
         cmd.args(["remove", "--unattended", "--auth", "PAT"])
             .env("VSTS_AGENT_INPUT_TOKEN", token.secret());
@@ -368,7 +357,7 @@ impl Agent {
     }
 
     async fn remove_through_rest(&self) -> Result<()> {
-        let ado = self.fresh_client()?;
+        let ado = self.client(self.fresh_source()?);
         let pool = match ado.find_pool(&self.org, &self.args.pool).await {
             Ok(pool) => pool,
             Err(Error::NotFound(what)) => {
