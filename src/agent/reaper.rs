@@ -44,11 +44,13 @@ struct Inner {
 }
 
 impl Reaper {
-    /// Becomes a subreaper (a no-op as PID 1) and starts reaping. Call before any child starts.
+    /// Becomes a subreaper (not needed as PID 1) and starts reaping. Call before any child starts.
     pub fn start() -> Result<Self> {
         if std::process::id() != 1 {
-            nix::sys::prctl::set_child_subreaper(true)
-                .map_err(|e| Error::Agent(format!("cannot become a child subreaper: {e}")))?;
+            // Not fatal: orphans then go to init, and `ProcTable::group` still finds them.
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                tracing::warn!(error = %e, "cannot become a child subreaper; orphans are reaped by init");
+            }
         }
         let mut sigchld = signal(SignalKind::child())
             .map_err(|e| Error::Agent(format!("installing a SIGCHLD handler: {e}")))?;
