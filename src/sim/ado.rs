@@ -541,6 +541,14 @@ fn with_rate_headers(state: &AdoState, body: impl IntoResponse) -> Response {
     response
 }
 
+fn pool_not_found(pool_id: u32) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") })),
+    )
+        .into_response()
+}
+
 /// ADO matches demands against system and user capabilities; a user one wins a clash.
 fn all_capabilities(agent: &Agent) -> BTreeMap<String, String> {
     let mut all = agent.system_capabilities.clone();
@@ -588,17 +596,20 @@ async fn list_job_requests(
     }
     let mut store = state.store.lock().expect("store");
     if !store.pools.iter().any(|p| p.id == pool_id) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") })),
-        )
-            .into_response();
+        return pool_not_found(pool_id);
     }
     let visible = state.finished_visible_for;
     store
         .jobs
         .retain(|_, j| j.finished_at.is_none_or(|t| t.elapsed() < visible));
-    let agents = store.agents.get(&pool_id).cloned().unwrap_or_default();
+    // Each agent's capabilities, merged once per call rather than once per job.
+    let agents: Vec<(&Agent, BTreeMap<String, String>)> = store
+        .agents
+        .get(&pool_id)
+        .into_iter()
+        .flatten()
+        .map(|a| (a, all_capabilities(a)))
+        .collect();
     let requests: Vec<JobRequest> = store
         .jobs
         .values()
@@ -608,11 +619,8 @@ async fn list_job_requests(
             let demands: Vec<Demand> = parse_demands(r.demands.iter().map(String::as_str));
             let matched: Vec<AgentRef> = agents
                 .iter()
-                .filter(|a| {
-                    let capabilities = all_capabilities(a);
-                    demands.iter().all(|d| d.satisfied_by(&capabilities))
-                })
-                .map(|a| AgentRef {
+                .filter(|(_, capabilities)| demands.iter().all(|d| d.satisfied_by(capabilities)))
+                .map(|(a, _)| AgentRef {
                     id: a.id,
                     name: a.name.clone(),
                     version: a.version.clone(),
@@ -666,11 +674,7 @@ async fn add_agent(
         state: state.clone(),
     };
     if !sim.store().pools.iter().any(|p| p.id == pool_id) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": format!("No agent pool found with identifier {pool_id}.") })),
-        )
-            .into_response();
+        return pool_not_found(pool_id);
     }
     let exists = sim
         .agents(pool_id)

@@ -7,8 +7,8 @@
 //! - `bin/Agent.Listener` (`/proc/PID/comm` is `Agent.Listener`, as for the native app host):
 //!   `configure` registers through the simulated ADO's REST API (the token as HTTP Basic) and
 //!   writes `.agent`; `remove` deletes the registration (fine if already gone); `run --once`
-//!   starts one `Agent.Worker` per job. SIGINT cancels the worker with SIGINT, waits for it,
-//!   reports, exits 0. SIGTERM does the same but the process exits 30 s (here
+//!   starts one `Agent.Worker` per job. SIGINT cancels the worker with SIGINT, waits for it
+//!   (killing it after 120 s), reports, exits 0. SIGTERM does the same but the process exits 30 s (here
 //!   `sigterm_exit_ms`) later regardless. SIGINT during `configure` exits 1; SIGTERM is
 //!   not handled there.
 //! - `bin/Agent.Worker` runs the job's step as a child; SIGINT cancels it gracefully (exit
@@ -519,7 +519,7 @@ impl SimAgent {
             _ = int.recv() => {
                 self.event("listener got SIGINT");
                 self.cancel(worker_pid);
-                worker.wait().await
+                self.reap_cancelled(&mut worker).await
             }
             _ = term.recv() => {
                 self.event("listener got SIGTERM");
@@ -532,7 +532,7 @@ impl SimAgent {
                     std::process::exit(143);
                 });
                 self.cancel(worker_pid);
-                worker.wait().await
+                self.reap_cancelled(&mut worker).await
             }
         };
         match status {
@@ -564,6 +564,23 @@ impl SimAgent {
     fn bump(&self, name: &str) {
         let next = self.count(name) + 1;
         let _ = std::fs::write(self.behaviour.log_dir.join(name), next.to_string());
+    }
+
+    /// Waits for a cancelled worker; like the real listener, which gives the job 60 s to
+    /// cancel and kills the worker a minute later, it kills one that takes longer.
+    async fn reap_cancelled(
+        &self,
+        worker: &mut tokio::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        const KILL_AFTER: Duration = Duration::from_secs(120);
+        match tokio::time::timeout(KILL_AFTER, worker.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.event("listener kills the worker");
+                let _ = worker.start_kill();
+                worker.wait().await
+            }
+        }
     }
 
     /// Cancels the job: SIGINT to the worker (the real listener asks over its channel).
