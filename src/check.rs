@@ -278,6 +278,9 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             Err(Mismatch::ParentNotMatched(p)) => {
                 format!("not counted: ADO did not match it to `{p}`")
             }
+            Err(Mismatch::DemandNotMet(d)) => {
+                format!("not counted: `{d}` is not met by --capabilities")
+            }
         };
         report.push(Status::Info, &what, verdict, None);
     }

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod poller;
 pub mod scaler;
+pub mod standby;
 pub mod sim;
 pub mod telemetry;
 

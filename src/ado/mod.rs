@@ -144,12 +144,60 @@ impl AdoClient {
 
     /// Agents of a pool registered under `name` (ADO matches names case-insensitively).
     pub async fn agents_named(&self, org: &OrgUrl, pool_id: u32, name: &str) -> Result<Vec<Agent>> {
+        self.list_agents(org, pool_id, name, false).await
+    }
+
+    /// Like [`Self::agents_named`], with capabilities (ADO omits them unless asked).
+    pub async fn agents_named_with_capabilities(
+        &self,
+        org: &OrgUrl,
+        pool_id: u32,
+        name: &str,
+    ) -> Result<Vec<Agent>> {
+        self.list_agents(org, pool_id, name, true).await
+    }
+
+    async fn list_agents(
+        &self,
+        org: &OrgUrl,
+        pool_id: u32,
+        name: &str,
+        with_capabilities: bool,
+    ) -> Result<Vec<Agent>> {
         let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/agents"));
-        url.query_pairs_mut()
-            .append_pair("agentName", name)
-            .append_pair("api-version", "7.1");
+        url.query_pairs_mut().append_pair("agentName", name);
+        if with_capabilities {
+            url.query_pairs_mut()
+                .append_pair("includeCapabilities", "true");
+        }
+        url.query_pairs_mut().append_pair("api-version", "7.1");
         let list: List<Agent> = self.get_json(org, "agents", url).await?;
         Ok(list.value)
+    }
+
+    /// Registers an agent as `config.sh` does; `Ok(None)` when one of that name already
+    /// exists (HTTP 409).
+    pub async fn add_agent(&self, org: &OrgUrl, pool_id: u32, agent: &Agent) -> Result<Option<Agent>> {
+        let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/agents"));
+        url.query_pairs_mut().append_pair("api-version", "7.1");
+        match self
+            .json_call(org, "agents", reqwest::Method::POST, url, agent)
+            .await
+        {
+            Err(Error::Upstream { status: 409, .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Replaces a registration in place (`PUT`), as `config.sh --replace` does.
+    pub async fn replace_agent(&self, org: &OrgUrl, pool_id: u32, agent: &Agent) -> Result<Agent> {
+        let mut url = org.join(&format!(
+            "_apis/distributedtask/pools/{pool_id}/agents/{}",
+            agent.id
+        ));
+        url.query_pairs_mut().append_pair("api-version", "7.1");
+        self.json_call(org, "agents", reqwest::Method::PUT, url, agent)
+            .await
     }
 
     /// Deletes an agent registration.
@@ -158,7 +206,7 @@ impl AdoClient {
             "_apis/distributedtask/pools/{pool_id}/agents/{agent_id}"
         ));
         url.query_pairs_mut().append_pair("api-version", "7.1");
-        self.send(org, "agents", reqwest::Method::DELETE, url)
+        self.send(org, "agents", reqwest::Method::DELETE, url, None)
             .await
             .map(drop)
     }
@@ -169,7 +217,36 @@ impl AdoClient {
         endpoint: &'static str,
         url: url::Url,
     ) -> Result<T> {
-        let response = self.send(org, endpoint, reqwest::Method::GET, url).await?;
+        let response = self
+            .send(org, endpoint, reqwest::Method::GET, url, None)
+            .await?;
+        self.read_json(org, endpoint, response).await
+    }
+
+    /// Sends `body` as JSON and reads a JSON answer.
+    async fn json_call<T: DeserializeOwned>(
+        &self,
+        org: &OrgUrl,
+        endpoint: &'static str,
+        method: reqwest::Method,
+        url: url::Url,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(body).map_err(|e| Error::Decode {
+            org: org.to_string(),
+            endpoint,
+            reason: e.to_string(),
+        })?;
+        let response = self.send(org, endpoint, method, url, Some(body)).await?;
+        self.read_json(org, endpoint, response).await
+    }
+
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        org: &OrgUrl,
+        endpoint: &'static str,
+        response: reqwest::Response,
+    ) -> Result<T> {
         let org_label = org.to_string();
         let is_json = response
             .headers()
@@ -202,16 +279,21 @@ impl AdoClient {
         endpoint: &'static str,
         method: reqwest::Method,
         url: url::Url,
+        json_body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response> {
         let authorization = self.auth.authorization().await?;
         let started = Instant::now();
-        let sent = self
+        let mut request = self
             .http
             .request(method, url.as_str())
             .header(header::AUTHORIZATION, authorization.secret())
-            .header(header::ACCEPT, "application/json")
-            .send()
-            .await;
+            .header(header::ACCEPT, "application/json");
+        if let Some(body) = json_body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let sent = request.send().await;
         self.metrics
             .ado_request_duration
             .get_or_create(&EndpointLabels { endpoint })

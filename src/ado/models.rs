@@ -41,8 +41,9 @@ pub struct AgentRef {
     pub enabled: Option<bool>,
 }
 
-/// A full agent as listed by `…/pools/{id}/agents`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A full agent as listed by `…/pools/{id}/agents` (capabilities only with
+/// `includeCapabilities=true`), and as sent to register or replace one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     /// Absent in a registration request: the server assigns it.
@@ -65,6 +66,46 @@ pub struct Agent {
     pub system_capabilities: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub user_capabilities: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_description: Option<String>,
+    /// Sent at registration; ADO never returns the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AgentAuthorization>,
+}
+
+/// `TaskAgentAuthorization`: the public half of the agent's RSA key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAuthorization {
+    pub public_key: AgentPublicKey,
+}
+
+impl AgentAuthorization {
+    /// The public half of a fresh RSA-2048 key, as `config.sh` sends it. Whoever does not need
+    /// to open a session as the agent (a placeholder) throws the private half away at once.
+    pub fn fresh() -> Result<Self, String> {
+        use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+        use base64::Engine as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = KeyPair::generate(KeySize::Rsa2048)
+            .map_err(|_| "cannot generate an RSA key".to_owned())?;
+        let public = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(Self {
+            public_key: AgentPublicKey {
+                exponent: b64.encode(&public.e),
+                modulus: b64.encode(&public.n),
+            },
+        })
+    }
+}
+
+/// `TaskAgentPublicKey`: .NET `byte[]`s, so base64 in JSON, big-endian as `RSAParameters`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPublicKey {
+    pub exponent: String,
+    pub modulus: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

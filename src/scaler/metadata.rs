@@ -194,6 +194,7 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         target,
         activation,
         filter: Filter {
+            capabilities: None,
             demands,
             rule,
             case_insensitive: boolean(meta, "caseInsensitiveDemandsProcessing", false)?,

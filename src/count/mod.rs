@@ -1,107 +1,29 @@
 //! Which job requests count for a trigger. Pure: no I/O, no clock reads.
 //!
 //! The poller turns each ADO snapshot into [`Job`]s once; every trigger on the
-//! pool then filters the same slice with its own [`Filter`].
+//! pool then filters the same slice with its own [`Filter`], and [`claims`] tells
+//! which queued jobs no trigger, or more than one, counts.
+
+pub mod demand;
 
 use std::time::Duration;
+
+pub use demand::{Capabilities, Demand, Requirement, parse_demands};
 
 use tokio::time::Instant;
 
 use crate::ado::models::JobRequest;
 
-/// A demand such as `maven`, `java -equals 17` or `Agent.OS -equals Linux`,
-/// parsed so that spacing and operator case do not decide whether two demands
-/// are the same (KEDA compares the raw strings).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Demand {
-    name: String,
-    /// `(operator, value)`; `None` for a bare capability name or `-exists`.
-    condition: Option<(String, String)>,
-}
-
-impl Demand {
-    /// Parses one demand; `None` for an empty string.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let mut words = raw.split_whitespace();
-        let name = words.next()?.to_owned();
-        let condition = match words.next() {
-            None => None,
-            Some(op) => {
-                let op = op.trim_start_matches('-').to_ascii_lowercase();
-                let value = words.collect::<Vec<_>>().join(" ");
-                (op != "exists").then_some((op, value))
-            }
-        };
-        Some(Self { name, condition })
-    }
-
-    /// ADO adds `Agent.Version -gtVersion x` to every job; an ephemeral agent
-    /// from our image always satisfies it, so it must not decide a match.
-    fn is_agent_version(&self) -> bool {
-        self.name
-            .get(..13)
-            .is_some_and(|p| p.eq_ignore_ascii_case("agent.version"))
-    }
-
-    /// Whether an agent with these capabilities meets the demand, as ADO decides when it
-    /// assigns a job (capability names and `-equals` values compare case-insensitively).
-    pub fn satisfied_by(&self, capabilities: &std::collections::BTreeMap<String, String>) -> bool {
-        if self.is_agent_version() {
-            return true;
-        }
-        let Some(value) = capabilities
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&self.name))
-            .map(|(_, v)| v)
-        else {
-            return false;
-        };
-        match &self.condition {
-            Some((op, wanted)) if op == "equals" => value.eq_ignore_ascii_case(wanted),
-            _ => true,
-        }
-    }
-
-    fn same(&self, other: &Self, case_insensitive: bool) -> bool {
-        let eq = |a: &str, b: &str| {
-            if case_insensitive {
-                a.eq_ignore_ascii_case(b)
-            } else {
-                a == b
-            }
-        };
-        eq(&self.name, &other.name)
-            && match (&self.condition, &other.condition) {
-                (None, None) => true,
-                (Some((op_a, va)), Some((op_b, vb))) => op_a == op_b && eq(va, vb),
-                _ => false,
-            }
-    }
-}
-
-impl std::fmt::Display for Demand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.condition {
-            None => f.write_str(&self.name),
-            Some((op, value)) => write!(f, "{} -{op} {value}", self.name),
-        }
-    }
-}
-
-/// Parses a comma list of demands, trimming items and dropping empty ones and `Agent.Version`.
-pub fn parse_demands<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<Demand> {
-    items
-        .into_iter()
-        .filter_map(Demand::parse)
-        .filter(|d| !d.is_agent_version())
-        .collect()
-}
-
 /// The part of a job request that counting needs, extracted once per poll.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub request_id: u64,
+    /// KEDA-normalised demands without `Agent.Version`, for `demands` triggers.
     pub demands: Vec<Demand>,
+    /// Every demand as ADO evaluates it, for `capabilities` triggers.
+    pub requirements: Vec<Requirement>,
+    /// The pipeline's name, for logs.
+    pub definition: Option<String>,
     pub matches_all_agents: bool,
     pub matched_agents: Vec<String>,
     /// The agent the job is assigned to; `None` while it is queued.
@@ -120,6 +42,8 @@ impl Job {
         Some(Self {
             request_id: req.request_id,
             demands: parse_demands(req.demands.iter().map(String::as_str)),
+            requirements: req.demands.iter().map(|d| Requirement::parse(d)).collect(),
+            definition: req.definition.as_ref().map(|d| d.name.clone()),
             matches_all_agents: req.matches_all_agents_in_pool,
             matched_agents: req
                 .matched_agents
@@ -166,6 +90,10 @@ pub enum DemandRule {
 /// One trigger's view of a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
+    /// What this trigger's agents offer (system capabilities included): when set, a job
+    /// counts only if ADO would find every one of its demands satisfied, and `demands`,
+    /// `rule`, `case_insensitive` and `parent` are unused.
+    pub capabilities: Option<Capabilities>,
     pub demands: Vec<Demand>,
     pub rule: DemandRule,
     pub case_insensitive: bool,
@@ -179,6 +107,7 @@ pub struct Filter {
 impl Default for Filter {
     fn default() -> Self {
         Self {
+            capabilities: None,
             demands: Vec::new(),
             rule: DemandRule::default(),
             case_insensitive: false,
@@ -213,11 +142,30 @@ pub enum Mismatch {
     TriggerDemandMissing(String),
     /// `parent` is not among the agents ADO matched for the job.
     ParentNotMatched(String),
+    /// The trigger's capabilities do not satisfy this job demand (or ADO could not parse it).
+    DemandNotMet(String),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JobDemandNotOffered(d) => write!(f, "job demand `{d}` is not in `demands`"),
+            Self::TriggerDemandMissing(d) => write!(f, "trigger demand `{d}` is not in the job"),
+            Self::ParentNotMatched(p) => write!(f, "`parent` {p} is not a matched agent"),
+            Self::DemandNotMet(d) => write!(f, "job demand `{d}` is not met by `capabilities`"),
+        }
+    }
 }
 
 impl Filter {
     /// `Ok` when the trigger's agents can run `job`, otherwise the first reason they cannot.
     pub fn check(&self, job: &Job) -> Result<(), Mismatch> {
+        if let Some(caps) = &self.capabilities {
+            return match job.requirements.iter().find(|r| !r.satisfied_by(caps)) {
+                None => Ok(()),
+                Some(unmet) => Err(Mismatch::DemandNotMet(unmet.to_string())),
+            };
+        }
         if let Some(parent) = &self.parent {
             return if job.matches_all_agents || job.matched_agents.iter().any(|a| a == parent) {
                 Ok(())
@@ -282,6 +230,47 @@ impl Filter {
     }
 }
 
+/// Who counts one queued job: the triggers that do, and why each other one does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim<'a> {
+    pub job: &'a Job,
+    pub claimed_by: Vec<&'a str>,
+    pub refused_by: Vec<(&'a str, Mismatch)>,
+}
+
+impl Claim<'_> {
+    /// No agent will ever start for this job.
+    pub fn is_unclaimed(&self) -> bool {
+        self.claimed_by.is_empty()
+    }
+
+    /// Several ScaledJobs start an agent for it; all but one are wasted.
+    pub fn is_multiclaimed(&self) -> bool {
+        self.claimed_by.len() > 1
+    }
+}
+
+/// For every queued job, which of the named triggers count it.
+pub fn claims<'a>(jobs: &'a [Job], triggers: &'a [(String, Filter)]) -> Vec<Claim<'a>> {
+    jobs.iter()
+        .filter(|j| j.is_queued())
+        .map(|job| {
+            let mut claim = Claim {
+                job,
+                claimed_by: Vec::new(),
+                refused_by: Vec::new(),
+            };
+            for (name, filter) in triggers {
+                match filter.check(job) {
+                    Ok(()) => claim.claimed_by.push(name),
+                    Err(why) => claim.refused_by.push((name, why)),
+                }
+            }
+            claim
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +279,8 @@ mod tests {
         Job {
             request_id: id,
             demands: parse_demands(demands.iter().copied()),
+            requirements: demands.iter().map(|d| Requirement::parse(d)).collect(),
+            definition: None,
             matches_all_agents: false,
             matched_agents: vec![],
             reserved_agent: agent.map(str::to_owned),
@@ -442,28 +433,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn agents_satisfy_demands_like_ado() {
-        let caps: std::collections::BTreeMap<String, String> =
-            [("maven", "3.9"), ("Agent.OS", "Linux")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        let table = [
-            ("maven", true),
-            ("MAVEN", true),
-            ("Agent.OS -equals linux", true),
-            ("Agent.OS -equals Windows_NT", false),
-            ("java", false),
-            ("Agent.Version -gtVersion 99.0", true),
-        ];
-        for (demand, want) in table {
-            assert_eq!(
-                Demand::parse(demand).unwrap().satisfied_by(&caps),
-                want,
-                "{demand}"
-            );
+    fn with_caps(list: &str) -> Filter {
+        Filter {
+            capabilities: Some(Capabilities::parse(list).unwrap()),
+            // Ignored once capabilities are set.
+            demands: parse_demands(["nothing-matches-this"]),
+            rule: DemandRule::TriggerSubsetOfJob,
+            parent: Some("template".into()),
+            ..Filter::default()
         }
+    }
+
+    #[test]
+    fn capabilities_count_a_job_only_if_every_demand_is_met() {
+        let f = with_caps("Agent.OS=Linux,Agent.Version=4.261.0,java=17,docker");
+        // (job demands as ADO lists them, counted)
+        let table: &[(&[&str], bool)] = &[
+            (&[], true),
+            (&["docker", "Agent.Version -gtVersion 2.163.1"], true),
+            (&["DOCKER", "java -equals 17", "Agent.OS -equals linux"], true),
+            (&["docker", "maven"], false),
+            (&["java -equals 21"], false),
+            (&["Agent.Version -gtVersion 4.300.0"], false),
+            (&["docker -exists"], false),
+        ];
+        for (demands, want) in table {
+            assert_eq!(f.matches(&job(1, demands, None)), *want, "{demands:?}");
+        }
+        assert_eq!(
+            f.check(&job(1, &["docker", "maven", "gpu"], None)),
+            Err(Mismatch::DemandNotMet("maven".into()))
+        );
+        let counted = f.count(
+            &[job(1, &["docker"], None), job(2, &["gpu"], None)],
+            &[],
+            Instant::now(),
+        );
+        assert_eq!(counted.queued, 1);
+    }
+
+    #[test]
+    fn claims_show_unclaimed_and_multiclaimed_jobs() {
+        let triggers = vec![
+            ("java".to_owned(), with_caps("java,docker")),
+            ("any-docker".to_owned(), with_caps("docker")),
+            (
+                "keda".to_owned(),
+                filter(&["gpu"], DemandRule::JobSubsetOfTrigger, false),
+            ),
+        ];
+        let jobs = vec![
+            job(1, &["java", "docker"], None),
+            job(2, &["docker"], None),
+            job(3, &["gpu"], None),
+            job(4, &["windows"], None),
+            job(5, &["windows"], Some("someone")),
+        ];
+        let claims = claims(&jobs, &triggers);
+        let summary: Vec<(u64, Vec<&str>, bool, bool)> = claims
+            .iter()
+            .map(|c| {
+                (
+                    c.job.request_id,
+                    c.claimed_by.clone(),
+                    c.is_unclaimed(),
+                    c.is_multiclaimed(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, vec!["java"], false, false),
+                (2, vec!["java", "any-docker"], false, true),
+                (3, vec!["keda"], false, false),
+                (4, vec![], true, false),
+            ]
+        );
+        assert_eq!(
+            claims[3].refused_by,
+            [
+                ("java", Mismatch::DemandNotMet("windows".into())),
+                ("any-docker", Mismatch::DemandNotMet("windows".into())),
+                ("keda", Mismatch::JobDemandNotOffered("windows".into())),
+            ]
+        );
+        assert_eq!(
+            claims[3].refused_by[0].1.to_string(),
+            "job demand `windows` is not met by `capabilities`"
+        );
     }
 
     #[test]
