@@ -104,6 +104,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ADO_SCALER_MAX_STALENESS", value_parser = humantime::parse_duration, default_value = "60s")]
     pub max_staleness: Duration,
 
+    /// How often each placeholder registration is checked (and re-created if deleted).
+    #[arg(long, env = "ADO_SCALER_PLACEHOLDER_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub placeholder_interval: Duration,
+
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -133,6 +137,24 @@ pub struct DemoArgs {
     /// Share of jobs their users cancel while still queued (0 to 1): their agents get no job.
     #[arg(long, env = "ADO_SCALER_DEMO_CANCEL_SHARE", default_value_t = 0.15)]
     pub cancel_share: f64,
+
+    /// Run without placeholder registrations: every job ADO cannot match to a registered
+    /// agent fails at once, as in a real organisation.
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_NO_PLACEHOLDERS",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_placeholders: bool,
+
+    /// Share of jobs (0 to 1) that demand `GPU` where the only GPU ScaledJob, migrated from
+    /// KEDA, says `demands: gpu`: ADO queues them, no trigger counts them.
+    #[arg(long, env = "ADO_SCALER_DEMO_ORPHAN_SHARE", default_value_t = 0.05)]
+    pub orphan_share: f64,
 
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
     #[arg(

@@ -14,8 +14,14 @@ use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tonic::transport::Channel;
 
 use crate::{
+    ado::{
+        AdoClient, OrgUrl,
+        models::{Agent, AgentAuthorization},
+    },
+    auth::TokenSource,
     config::DemoArgs,
     error::{Error, Result},
+    placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
         proto::{GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient},
@@ -29,7 +35,8 @@ use crate::{
 pub enum Arrivals {
     /// Poisson arrivals at this many jobs per minute, each for a random ScaledJob.
     Rate(u32),
-    /// `(offset from start, ScaledJob index)` pairs.
+    /// `(offset from start, ScaledJob index)` pairs; index `scaled_jobs` is a job no
+    /// ScaledJob counts (see [`DemoConfig::orphan_share`]).
     Script(Vec<(Duration, usize)>),
 }
 
@@ -57,6 +64,13 @@ pub struct DemoConfig {
     /// the agents started for them never get a job.
     pub cancel_share: f64,
     pub cancel_after: Duration,
+    /// Whether the triggers keep placeholder registrations (`placeholder` metadata).
+    pub placeholders: bool,
+    /// Share of jobs that demand `GPU` while the only ScaledJob with GPUs, migrated from KEDA's
+    /// scaler, lists `demands: gpu`: ADO matches names case-insensitively and queues them, the
+    /// KEDA-compatible rule compares strings and counts none. Nobody runs them; the scaler
+    /// reports them unclaimed, and the demo's users cancel them at the end.
+    pub orphan_share: f64,
     /// Give up draining after this long.
     pub drain_limit: Duration,
     pub seed: u64,
@@ -80,9 +94,23 @@ impl DemoConfig {
             cancel_share: args.cancel_share.clamp(0.0, 1.0),
             // About when KEDA has started an agent for the job, before that agent is up.
             cancel_after: Duration::from_secs(2),
+            placeholders: !args.no_placeholders,
+            orphan_share: args.orphan_share.clamp(0.0, 1.0),
             drain_limit: Duration::from_secs(60),
             seed: 42,
             live_table: !args.quiet,
+        }
+    }
+}
+
+impl Default for DemoConfig {
+    /// The CLI's defaults.
+    fn default() -> Self {
+        use clap::Parser as _;
+        let cli = crate::config::Cli::parse_from(["ado-scaler", "demo"]);
+        match cli.command {
+            crate::config::Command::Demo(args) => Self::from_args(&args),
+            _ => unreachable!("parsed the demo subcommand"),
         }
     }
 }
@@ -94,6 +122,14 @@ pub struct DemoReport {
     pub jobs_completed: u64,
     /// Jobs cancelled by their user before an agent took them.
     pub jobs_cancelled: u64,
+    /// Jobs ADO failed at once: no registration in the pool satisfied their demands.
+    pub jobs_failed_no_agent: u64,
+    /// Most queued jobs no trigger counted at once (`ado_scaler_jobs_unclaimed`).
+    pub jobs_unclaimed_max: u64,
+    /// Unclaimed jobs still queued when the demo's users gave up on them.
+    pub jobs_unclaimed_abandoned: u64,
+    /// Placeholder registrations in the pool at the end.
+    pub placeholders: u64,
     pub agents_started: u64,
     /// Agents that ran their one job.
     pub agents_ran_a_job: u64,
@@ -127,6 +163,17 @@ impl std::fmt::Display for DemoReport {
             "  jobs completed        {} of {} ({} cancelled while queued)",
             self.jobs_completed, self.jobs_queued, self.jobs_cancelled
         )?;
+        writeln!(
+            f,
+            "  jobs failed (no agent in pool)  {}",
+            self.jobs_failed_no_agent
+        )?;
+        writeln!(
+            f,
+            "  jobs unclaimed        {} at most at once; {} never ran (no trigger counts them)",
+            self.jobs_unclaimed_max, self.jobs_unclaimed_abandoned
+        )?;
+        writeln!(f, "  placeholders          {}", self.placeholders)?;
         writeln!(
             f,
             "  agents started        {}: {} ran a job, {} left at the idle timeout, {} still idle",
@@ -170,6 +217,7 @@ struct Stats {
     completed: u64,
     queued: u64,
     cancelled: u64,
+    failed_no_agent: u64,
     ran_a_job: u64,
     left_idle: u64,
     durations: HashMap<u64, Duration>,
@@ -190,8 +238,43 @@ impl Stats {
 
 type Shared = Arc<Mutex<Stats>>;
 
-fn demand_of(config: &DemoConfig, scaled_job: usize) -> Option<String> {
-    (config.scaled_jobs > 1).then(|| format!("team-{scaled_job}"))
+/// What ScaledJob `index` offers (its `capabilities` and its agents' user capabilities).
+fn capabilities_of(scaled_job: usize) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("docker".to_owned(), String::new()),
+        (format!("team-{scaled_job}"), String::new()),
+    ])
+}
+
+/// What a job for ScaledJob `index` demands; `index == scaled_jobs` is an orphan.
+fn demands_of(config: &DemoConfig, scaled_job: usize) -> Vec<String> {
+    if scaled_job >= config.scaled_jobs {
+        vec!["GPU".into()]
+    } else {
+        vec!["docker".into(), format!("team-{scaled_job}")]
+    }
+}
+
+fn trigger_metadata(config: &DemoConfig, org_url: &str, index: usize) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::from([
+        ("organizationURL".to_owned(), org_url.to_owned()),
+        ("poolName".to_owned(), "linux".to_owned()),
+        (
+            "teardownWindow".to_owned(),
+            humantime::format_duration(config.teardown_window).to_string(),
+        ),
+        ("placeholder".to_owned(), config.placeholders.to_string()),
+    ]);
+    if index < config.scaled_jobs {
+        meta.insert("agentNamePrefix".into(), format!("sj{index}-"));
+        let caps: Vec<String> = capabilities_of(index).into_keys().collect();
+        meta.insert("capabilities".into(), caps.join(","));
+    } else {
+        // Migrated from KEDA's azure-pipelines trigger as it was.
+        meta.insert("agentNamePrefix".into(), "gpu-".into());
+        meta.insert("demands".into(), "gpu".into());
+    }
+    meta
 }
 
 /// Runs the demo from the CLI and prints the summary.
@@ -223,6 +306,7 @@ pub async fn simulate(config: DemoConfig) -> Result<DemoReport> {
 /// Like [`simulate`], with the scaler's `/metrics` served on `http` (for a Prometheus to scrape).
 pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoReport> {
     let sim = SimCloud::start().await?;
+    // An empty pool, as a real one scaled to zero: ephemeral agents leave no registration.
     let pool_id = sim.ado.add_pool("linux");
     // ADO reports its rate-limit budget when an identity uses it; show it on the dashboard.
     sim.ado.simulate_rate_limit(200);
@@ -232,6 +316,10 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| Error::Config(e.to_string()))?;
+    let metrics_url = format!(
+        "http://{}/metrics",
+        http.local_addr().map_err(|e| Error::Config(e.to_string()))?
+    );
     let settings = ServeSettings {
         allowlist: sim.allowlist(),
         poller: PollerSettings {
@@ -239,6 +327,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             max_staleness: config.scaler_poll * 30,
             ..Default::default()
         },
+        placeholders: PlaceholderSettings::default(),
         auth: sim.auth_settings(),
         http: sim.http_client()?,
     };
@@ -251,25 +340,17 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         .connect()
         .await
         .map_err(|e| Error::Config(format!("connect to scaler: {e}")))?;
+    let registrar = Registrar::new(&sim, pool_id)?;
 
     let stats: Shared = Arc::default();
     let started = Instant::now();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut rng = StdRng::seed_from_u64(config.seed);
 
-    for sj in 0..config.scaled_jobs {
-        let mut meta = BTreeMap::from([
-            ("organizationURL".to_owned(), sim.org_url.clone()),
-            ("poolName".to_owned(), "linux".to_owned()),
-            ("agentNamePrefix".to_owned(), format!("sj{sj}-")),
-            (
-                "teardownWindow".to_owned(),
-                humantime::format_duration(config.teardown_window).to_string(),
-            ),
-        ]);
-        if let Some(demand) = demand_of(&config, sj) {
-            meta.insert("demands".into(), demand);
-        }
+    // One emulator per ScaledJob, and one for the GPU ScaledJob migrated from KEDA.
+    let triggers = config.scaled_jobs + usize::from(config.orphan_share > 0.0);
+    for sj in 0..triggers {
+        let meta = trigger_metadata(&config, &sim.org_url, sj);
         let emulator = KedaEmulator {
             index: sj,
             client: ExternalScalerClient::new(channel.clone()),
@@ -281,9 +362,24 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             config: config.clone(),
             stats: stats.clone(),
             ado: sim.ado.clone(),
-            pool_id,
+            registrar: registrar.clone(),
         };
         tokio::spawn(emulator.run(stop.clone()));
+    }
+    let unclaimed_max = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(watch_unclaimed(
+        metrics_url,
+        unclaimed_max.clone(),
+        stop.clone(),
+    ));
+
+    if config.placeholders {
+        // KEDA has deployed the ScaledJobs before the first pipeline runs: their triggers
+        // have been seen and the scaler has registered each placeholder.
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        while placeholders_in(&sim.ado, pool_id) < triggers as u64 && Instant::now() < ready_by {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     if config.live_table {
@@ -298,6 +394,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     }
 
     // Arrivals.
+    let started = Instant::now();
     let schedule: Vec<(Duration, usize)> = match &config.arrivals {
         Arrivals::Script(s) => s.clone(),
         Arrivals::Rate(per_minute) => {
@@ -310,17 +407,30 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
                 if at >= config.duration {
                     break out;
                 }
-                out.push((at, rng.random_range(0..config.scaled_jobs)));
+                let target = if rng.random_bool(config.orphan_share) {
+                    config.scaled_jobs
+                } else {
+                    rng.random_range(0..config.scaled_jobs)
+                };
+                out.push((at, target));
             }
         }
     };
+    let mut orphans = Vec::new();
     for (at, sj) in schedule {
         tokio::time::sleep_until(started + at).await;
-        let demands: Vec<String> = demand_of(&config, sj).into_iter().collect();
+        let demands = demands_of(&config, sj);
         let refs: Vec<&str> = demands.iter().map(String::as_str).collect();
         let id = sim.ado.enqueue(pool_id, &refs);
         let run_for = rng.random_range(config.job_run.0..=config.job_run.1);
-        if rng.random_bool(config.cancel_share) {
+        let failed = sim
+            .ado
+            .job(id)
+            .is_some_and(|j| j.result.as_deref() == Some("failed"));
+        if sj >= config.scaled_jobs && !failed {
+            orphans.push(id);
+        }
+        if !failed && rng.random_bool(config.cancel_share) {
             let (ado, stats, after) = (sim.ado.clone(), stats.clone(), config.cancel_after);
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
@@ -331,18 +441,26 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         }
         let mut s = stats.lock().expect("stats");
         s.queued += 1;
+        if failed {
+            s.failed_no_agent += 1;
+        }
         s.durations.insert(id, run_for);
     }
     tokio::time::sleep_until(started + config.duration).await;
 
-    // Drain: wait until every job ran and every agent that has a job finished tearing down.
+    // Drain: wait until every job that can run ran and every agent that has a job finished
+    // tearing down; unclaimed jobs would wait forever.
     let drain_deadline = Instant::now() + config.drain_limit;
     loop {
         let done = {
             let s = stats.lock().expect("stats");
+            let stuck = orphans
+                .iter()
+                .filter(|id| sim.ado.job(**id).is_some_and(|j| j.result.is_none()))
+                .count() as u64;
             // With an idle timeout, agents started for nothing leave by themselves: wait for it.
             let waiting_ok = config.idle_timeout.is_zero();
-            s.completed + s.cancelled == s.queued
+            s.completed + s.cancelled + s.failed_no_agent + stuck == s.queued
                 && s.agents.iter().all(|(_, p)| {
                     *p == Phase::Done || (waiting_ok && matches!(p, Phase::Idle | Phase::Starting))
                 })
@@ -353,6 +471,11 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
+    // Their users give up on the jobs nobody runs.
+    let abandoned = orphans
+        .iter()
+        .filter(|id| sim.ado.cancel_if_queued(**id))
+        .count() as u64;
     stop.cancel();
     let _ = stop_server.send(());
     let _ = server.await;
@@ -364,6 +487,10 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         jobs_queued: s.queued,
         jobs_completed: s.completed,
         jobs_cancelled: s.cancelled,
+        jobs_failed_no_agent: sim.ado.jobs_rejected_no_agent(),
+        jobs_unclaimed_max: unclaimed_max.load(std::sync::atomic::Ordering::SeqCst),
+        jobs_unclaimed_abandoned: abandoned,
+        placeholders: placeholders_in(&sim.ado, pool_id),
         agents_started: s.agents.len() as u64,
         agents_ran_a_job: s.ran_a_job,
         agents_left_idle: s.left_idle,
@@ -377,6 +504,91 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     })
 }
 
+fn placeholders_in(ado: &AdoSim, pool_id: u32) -> u64 {
+    ado.agents(pool_id)
+        .iter()
+        .filter(|a| a.name.ends_with("placeholder") || a.name.starts_with("ado-scaler-placeholder-"))
+        .count() as u64
+}
+
+/// Samples the scaler's `ado_scaler_jobs_unclaimed` as a Prometheus would.
+async fn watch_unclaimed(
+    url: String,
+    max: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let http = reqwest::Client::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let Ok(response) = http.get(&url).send().await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        let now: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("ado_scaler_jobs_unclaimed{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        max.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Registers and deregisters simulated agents through the simulated ADO's REST API, with
+/// the production client, as `config.sh` does.
+#[derive(Clone)]
+struct Registrar {
+    ado: AdoClient,
+    org: OrgUrl,
+    pool_id: u32,
+    /// One key for every simulated agent: they never open a session that would use it.
+    authorization: AgentAuthorization,
+}
+
+impl Registrar {
+    fn new(sim: &SimCloud, pool_id: u32) -> Result<Self> {
+        let http = sim.http_client()?;
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let token = TokenSource::new(&sim.auth_settings(), &http, Some(metrics.clone()))?;
+        Ok(Self {
+            ado: AdoClient::new(http, token, metrics),
+            org: OrgUrl::parse(&sim.org_url).map_err(Error::Config)?,
+            pool_id,
+            authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
+        })
+    }
+
+    async fn register(&self, name: &str, capabilities: &BTreeMap<String, String>) -> Result<u32> {
+        let agent = Agent {
+            name: name.to_owned(),
+            version: Some(crate::sim::SIM_AGENT_VERSION.into()),
+            enabled: Some(true),
+            os_description: Some("Linux (simulated)".into()),
+            authorization: Some(self.authorization.clone()),
+            system_capabilities: BTreeMap::from([
+                ("Agent.Name".to_owned(), name.to_owned()),
+                ("Agent.OS".to_owned(), "Linux".to_owned()),
+                ("Agent.Version".to_owned(), crate::sim::SIM_AGENT_VERSION.to_owned()),
+            ]),
+            user_capabilities: capabilities.clone(),
+            ..Agent::default()
+        };
+        let created = self.ado.add_agent(&self.org, self.pool_id, &agent).await?;
+        created
+            .map(|a| a.id)
+            .ok_or_else(|| Error::Config(format!("agent {name} already registered")))
+    }
+
+    async fn deregister(&self, agent_id: u32) {
+        if let Err(e) = self.ado.delete_agent(&self.org, self.pool_id, agent_id).await {
+            tracing::warn!(error = %e, "simulated agent could not deregister");
+        }
+    }
+}
+
 /// Emulates KEDA's ScaledJob controller for one ScaledJob.
 struct KedaEmulator {
     index: usize,
@@ -385,7 +597,7 @@ struct KedaEmulator {
     config: DemoConfig,
     stats: Shared,
     ado: AdoSim,
-    pool_id: u32,
+    registrar: Registrar,
 }
 
 impl KedaEmulator {
@@ -420,11 +632,11 @@ impl KedaEmulator {
                 tokio::spawn(simulated_agent(
                     slot,
                     name,
-                    demand_of(&self.config, self.index),
+                    capabilities_of(self.index),
                     self.config.clone(),
                     self.stats.clone(),
                     self.ado.clone(),
-                    self.pool_id,
+                    self.registrar.clone(),
                     stop.clone(),
                 ));
             }
@@ -465,21 +677,27 @@ impl KedaEmulator {
 async fn simulated_agent(
     slot: usize,
     name: String,
-    demand: Option<String>,
+    capabilities: BTreeMap<String, String>,
     config: DemoConfig,
     stats: Shared,
     ado: AdoSim,
-    pool_id: u32,
+    registrar: Registrar,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let set = |phase| stats.lock().expect("stats").agents[slot].1 = phase;
+    let pool_id = registrar.pool_id;
     tokio::select! {
         () = tokio::time::sleep(config.pod_start) => {}
         () = stop.cancelled() => return,
     }
-    let capabilities: BTreeMap<String, String> =
-        demand.into_iter().map(|d| (d, "1".to_owned())).collect();
-    ado.register_agent(pool_id, &name, &capabilities);
+    let agent_id = match registrar.register(&name, &capabilities).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(agent = name, error = %e, "simulated agent could not register");
+            set(Phase::Done);
+            return;
+        }
+    };
     set(Phase::Idle);
     // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
     let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
@@ -490,7 +708,7 @@ async fn simulated_agent(
         if idle_until.is_some_and(|t| Instant::now() >= t) {
             set(Phase::TearingDown);
             tokio::time::sleep(config.teardown).await;
-            ado.remove_agent(pool_id, &name);
+            registrar.deregister(agent_id).await;
             stats.lock().expect("stats").left_idle += 1;
             set(Phase::Done);
             return;
@@ -522,7 +740,7 @@ async fn simulated_agent(
         s.ran_a_job += 1;
     }
     tokio::time::sleep(config.teardown).await;
-    ado.remove_agent(pool_id, &name);
+    registrar.deregister(agent_id).await;
     set(Phase::Done);
 }
 

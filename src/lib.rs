@@ -5,7 +5,11 @@
 //! - [`scaler`]: KEDA's external-scaler gRPC service; parses trigger metadata, answers from
 //! - [`poller`]: one background poll per pool, shared by every trigger on it, using
 //! - [`ado`]: the Azure DevOps REST client and its serde models; each trigger's value comes from
-//! - [`count`]: the pure rules of which job requests count (demands, states, teardown).
+//! - [`count`]: the pure rules of which job requests count (demands, capabilities, states,
+//!   teardown), and [`standby`]: idle agents to keep ready, by schedule.
+//!
+//! Beside the data path, `serve` keeps [`placeholder`] registrations so that ADO queues jobs
+//! for a pool scaled to zero, and [`claims`] reports queued jobs no trigger (or several) counts.
 //!
 //! The agent side: [`agent`] is the entrypoint of each ephemeral agent pod (token exchange,
 //! register, one job, deregister).
@@ -22,17 +26,21 @@ pub mod ado;
 pub mod agent;
 pub mod auth;
 pub mod check;
+pub mod claims;
 pub mod config;
 pub mod count;
 pub mod demo;
 pub mod error;
 pub mod poller;
+pub mod placeholder;
 pub mod scaler;
 pub mod standby;
 pub mod sim;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+
+use std::time::Duration;
 
 use config::{Cli, Command, ServeArgs};
 use tokio::net::TcpListener;
@@ -66,6 +74,11 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
             "--poll-interval must be greater than 0".into(),
         ));
     }
+    if args.placeholder_interval < Duration::from_secs(10) {
+        return Err(Error::Config(
+            "--placeholder-interval must be at least 10s".into(),
+        ));
+    }
     if args.max_staleness < args.poll_interval {
         return Err(Error::Config(
             "--max-staleness must be at least --poll-interval".into(),
@@ -89,6 +102,10 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         poller: poller::PollerSettings {
             interval: args.poll_interval,
             max_staleness: args.max_staleness,
+            ..Default::default()
+        },
+        placeholders: placeholder::PlaceholderSettings {
+            interval: args.placeholder_interval,
             ..Default::default()
         },
         auth: auth::AuthSettings::from_env(args.auth.auth, args.auth.pat_file.clone())?,

@@ -1,6 +1,6 @@
 //! Logging setup and the one Prometheus registry every component reports into.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
     collector::Collector,
@@ -125,6 +125,8 @@ pub struct Metrics {
     pub ado_request_duration: Family<EndpointLabels, Histogram>,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_request_duration: Family<MethodLabels, Histogram>,
+    pub placeholders: Arc<crate::placeholder::PlaceholderMetrics>,
+    pub claims: Arc<crate::claims::ClaimMetrics>,
 }
 
 impl Default for Metrics {
@@ -222,6 +224,9 @@ impl Metrics {
             active_streams.clone(),
         );
 
+        let placeholders = crate::placeholder::PlaceholderMetrics::register(registry);
+        let claims = crate::claims::ClaimMetrics::register(registry);
+
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
         ado.register(
@@ -271,6 +276,8 @@ impl Metrics {
             ado_request_duration,
             grpc_requests,
             grpc_request_duration,
+            placeholders,
+            claims,
         }
     }
 

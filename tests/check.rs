@@ -48,6 +48,14 @@ fn failed<'a>(report: &'a Report, title: &str) -> &'a check::Item {
 async fn a_good_setup_passes_and_explains_the_queue() {
     let sim = SimCloud::start().await.unwrap();
     let pool = sim.ado.add_pool("linux");
+    sim.ado.register_offline_agent(
+        pool,
+        "template",
+        &[("maven", ""), ("gpu", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     sim.ado.enqueue(pool, &["maven"]);
     sim.ado.enqueue(pool, &["maven", "gpu"]);
     let running = sim.ado.enqueue(pool, &[]);

@@ -63,6 +63,7 @@ fn demo_config() -> DemoConfig {
         drain_limit: Duration::from_secs(10),
         seed: 3,
         live_table: false,
+        ..DemoConfig::default()
     }
 }
 

@@ -32,6 +32,7 @@ fn scripted(teardown_window: Duration, scaled_jobs: usize) -> DemoConfig {
         drain_limit: Duration::from_secs(20),
         seed: 7,
         live_table: false,
+        ..DemoConfig::default()
     }
 }
 

@@ -19,9 +19,8 @@ use ado_scaler::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secrets() {
     let sim = SimCloud::start().await.unwrap();
+    // Empty, as a pool scaled to zero: jobs queued now would fail at once.
     let pool_id = sim.ado.add_pool("linux");
-    sim.ado.enqueue(pool_id, &["maven"]);
-    sim.ado.enqueue(pool_id, &["maven"]);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
         .arg("serve")
@@ -66,19 +65,41 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
         ("poolName".into(), "linux".into()),
         ("demands".into(), "maven".into()),
     ]);
-    let response = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(ScaledObjectRef {
-                name: "agents".into(),
-                namespace: "ns".into(),
-                scaler_metadata: meta,
-            }),
-            metric_name: "ado-pool-linux".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.metric_values[0].metric_value, 2);
+    let request = GetMetricsRequest {
+        scaled_object_ref: Some(ScaledObjectRef {
+            name: "agents".into(),
+            namespace: "ns".into(),
+            scaler_metadata: meta,
+        }),
+        metric_name: "ado-pool-linux".into(),
+    };
+    let mut value = async || {
+        client
+            .get_metrics(request.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .metric_values[0]
+            .metric_value
+    };
+    assert_eq!(value().await, 0);
+    // The trigger's first call registers its placeholder; from then on ADO queues its jobs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.ado.agents(pool_id).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no placeholder registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let placeholder = &sim.ado.agents(pool_id)[0];
+    assert!(placeholder.name.starts_with("ado-scaler-placeholder-"));
+    assert_eq!(placeholder.user_capabilities.get("maven").map(String::as_str), Some(""));
+    sim.ado.enqueue(pool_id, &["maven"]);
+    sim.ado.enqueue(pool_id, &["maven"]);
+    assert_eq!(sim.ado.jobs_rejected_no_agent(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while value().await != 2 {
+        assert!(std::time::Instant::now() < deadline, "both jobs counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -159,10 +159,40 @@ impl Capabilities {
         merged
     }
 
+    /// Equal names (ignoring case) with equal values.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.by_key.len() == other.by_key.len()
+            && self
+                .by_key
+                .iter()
+                .zip(&other.by_key)
+                .all(|((ka, (_, va)), (kb, (_, vb)))| ka == kb && va == vb)
+    }
+
+    /// `NAME=value` pairs with names folded to one case: the same for the same capabilities
+    /// however their names are spelt.
+    pub fn canonical(&self) -> String {
+        self.by_key
+            .iter()
+            .map(|(k, (_, v))| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Capabilities {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut caps = Self::default();
+        for (name, value) in pairs {
+            caps.insert(name.as_ref(), value.as_ref());
+        }
+        caps
     }
 }
 
@@ -298,6 +328,11 @@ fn parse_version(text: &str) -> Option<Version> {
         *slot = digits.parse::<i32>().ok()?.into();
     }
     Some(version)
+}
+
+/// Whether ADO would read `text` as a version (for `agentVersion`).
+pub fn is_version(text: &str) -> bool {
+    parse_version(text).is_some()
 }
 
 /// `DemandMinimumVersion.CompareVersion`: no version sorts below any version.
@@ -436,6 +471,19 @@ mod tests {
         assert_eq!(merged.get("agent.version"), Some("4.0"));
         assert_eq!(merged.get("java"), Some(""));
         assert_eq!(merged.to_map().len(), 3);
+    }
+
+    #[test]
+    fn sameness_ignores_name_case_but_not_values() {
+        let a = caps("docker,java=17");
+        let b: Capabilities = [("JAVA", "17"), ("Docker", "")].into_iter().collect();
+        assert!(a.same_as(&b));
+        assert_eq!(a.canonical(), b.canonical());
+        assert_eq!(a.canonical(), "DOCKER=,JAVA=17");
+        assert!(!a.same_as(&caps("docker,java=17.0")));
+        assert!(!a.same_as(&caps("docker")));
+        assert!(!a.same_as(&caps("docker,java=17,gpu")));
+        assert!(!caps("docker").same_as(&caps("podman")));
     }
 
     #[test]

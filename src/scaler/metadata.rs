@@ -5,10 +5,12 @@ use std::{collections::HashMap, sync::Once, time::Duration};
 
 use crate::{
     ado::OrgUrl,
-    count::{DemandRule, Filter, parse_demands},
+    count::{Capabilities, DemandRule, Filter, parse_demands},
     error::{Error, Result},
+    placeholder::{DEFAULT_AGENT_VERSION, PlaceholderSpec},
     poller::MAX_TEARDOWN_WINDOW,
     scaler::allowlist::OrgAllowlist,
+    standby::Standby,
 };
 
 /// A pool by name (resolved through the pools API) or by id.
@@ -35,6 +37,11 @@ pub struct Trigger {
     pub target: i64,
     pub activation: i64,
     pub filter: Filter,
+    /// The registration to keep in the pool; `None` with `placeholder: "false"` or `parent`
+    /// (the parent is the user's own registration).
+    pub placeholder: Option<PlaceholderSpec>,
+    /// Idle agents to keep ready, added to the value.
+    pub standby: Option<Standby>,
 }
 
 impl Trigger {
@@ -182,6 +189,62 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         }
     };
 
+    let agent_version = match non_empty(meta, "agentVersion") {
+        None => DEFAULT_AGENT_VERSION.to_owned(),
+        Some(v) if crate::count::demand::is_version(v) => v.to_owned(),
+        Some(v) => {
+            return Err(invalid(
+                "agentVersion",
+                format!("{v:?} is not a version like 4.261.0"),
+            ));
+        }
+    };
+    let capabilities = match meta.get("capabilities") {
+        None => None,
+        Some(list) => {
+            for other in ["demands", "parent"] {
+                if non_empty(meta, other).is_some() {
+                    return Err(invalid(
+                        "capabilities",
+                        format!("cannot be combined with `{other}`: `capabilities` says what the agents offer and every job demand is checked against it; remove `{other}`"),
+                    ));
+                }
+            }
+            Some(Capabilities::parse(list).map_err(|e| invalid("capabilities", e))?)
+        }
+    };
+    let agent_name_prefix = non_empty(meta, "agentNamePrefix").map(str::to_owned);
+    let placeholder = match (boolean(meta, "placeholder", true)?, &parent) {
+        (true, None) => {
+            let offered: Capabilities = match &capabilities {
+                Some(caps) => caps.clone(),
+                // Whatever the counted jobs may demand, so that ADO queues them.
+                None => demands.iter().map(|d| d.as_capability()).collect(),
+            };
+            Some(PlaceholderSpec::new(
+                agent_name_prefix.as_deref(),
+                &agent_version,
+                offered,
+            ))
+        }
+        _ => None,
+    };
+    // Counting sees what a real agent of ours reports: the system capabilities we know,
+    // overlaid with the trigger's.
+    let capabilities = capabilities.map(|caps| {
+        let system: Capabilities = [
+            ("Agent.OS", "Linux"),
+            ("Agent.Version", agent_version.as_str()),
+        ]
+        .into_iter()
+        .collect();
+        caps.over(&system)
+    });
+    let standby = non_empty(meta, "standby")
+        .map(Standby::parse)
+        .transpose()
+        .map_err(|e| invalid("standby", e))?;
+
     if meta.contains_key("jobsToFetch") || meta.contains_key("fetchUnfinishedJobsOnly") {
         IGNORED_KEYS_LOGGED.call_once(|| {
             tracing::info!("trigger keys jobsToFetch and fetchUnfinishedJobsOnly are ignored: ado-scaler always reads every unfinished request");
@@ -193,14 +256,16 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         pool,
         target,
         activation,
+        placeholder,
+        standby,
         filter: Filter {
-            capabilities: None,
+            capabilities,
             demands,
             rule,
             case_insensitive: boolean(meta, "caseInsensitiveDemandsProcessing", false)?,
             parent,
             scale_on_in_flight: boolean(meta, "scaleOnInFlight", true)?,
-            agent_name_prefix: non_empty(meta, "agentNamePrefix").map(str::to_owned),
+            agent_name_prefix,
             teardown_window,
         },
     })
@@ -315,6 +380,28 @@ mod tests {
                 "personalAccessTokenFromEnv",
                 "own workload identity",
             ),
+            (
+                &[("capabilities", "docker"), ("demands", "maven")],
+                "capabilities",
+                "combined with `demands`",
+            ),
+            (
+                &[("capabilities", "docker"), ("parent", "template")],
+                "capabilities",
+                "combined with `parent`",
+            ),
+            (
+                &[("capabilities", "docker,=x")],
+                "capabilities",
+                "no capability name",
+            ),
+            (&[("placeholder", "yes")], "placeholder", "\"yes\""),
+            (&[("agentVersion", "latest")], "agentVersion", "\"latest\""),
+            (
+                &[("standby", "Mon-Fri 07:00-19:00 Europe/Berlin=2; Sat 9-12 UTC=1")],
+                "standby",
+                "\"Sat 9-12 UTC=1\": \"9\" is not a time",
+            ),
         ];
         for (pairs, key, fragment) in table {
             let (k, reason) = err_key(pairs);
@@ -394,6 +481,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.org.to_string(), "https://dev.azure.com/x");
+    }
+
+    #[test]
+    fn capabilities_placeholders_and_standby() {
+        let cloud = OrgAllowlist::default_cloud();
+        // Defaults: a placeholder named from the prefix, offering what `demands` lists.
+        let t = parse(
+            &meta(&[("demands", "maven,java -equals 17"), ("agentNamePrefix", "a-")]),
+            &cloud,
+        )
+        .unwrap();
+        let p = t.placeholder.unwrap();
+        assert_eq!(p.name, "a-placeholder");
+        assert_eq!(p.agent_version, DEFAULT_AGENT_VERSION);
+        assert_eq!(p.capabilities.to_string(), "java=17,maven");
+        assert!(t.filter.capabilities.is_none() && t.standby.is_none());
+
+        let t = parse(
+            &meta(&[
+                ("capabilities", "Agent.OS=Linux,java=/usr/lib/jvm/17,docker"),
+                ("agentVersion", "4.270.1"),
+                ("standby", " 2 "),
+            ]),
+            &cloud,
+        )
+        .unwrap();
+        let p = t.placeholder.unwrap();
+        assert!(p.name.starts_with("ado-scaler-placeholder-"));
+        assert_eq!(p.agent_version, "4.270.1");
+        assert_eq!(p.capabilities.to_string(), "Agent.OS=Linux,docker,java=/usr/lib/jvm/17");
+        let counted = t.filter.capabilities.unwrap();
+        assert_eq!(counted.get("agent.version"), Some("4.270.1"));
+        assert_eq!(counted.get("Agent.OS"), Some("Linux"));
+        assert_eq!(counted.get("docker"), Some(""));
+        assert_eq!(t.standby, Some(Standby::Always(2)));
+
+        // The user's capabilities win over the system ones we assume.
+        let t = parse(&meta(&[("capabilities", "agent.os=Darwin")]), &cloud).unwrap();
+        assert_eq!(t.filter.capabilities.unwrap().get("Agent.OS"), Some("Darwin"));
+
+        for off in [&[("placeholder", "FALSE")][..], &[("parent", "template")][..]] {
+            assert!(parse(&meta(off), &cloud).unwrap().placeholder.is_none(), "{off:?}");
+        }
     }
 
     #[test]

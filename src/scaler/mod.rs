@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    claims::ClaimTracker,
     count::Counted,
     error::{Error, Result},
+    placeholder::Placeholders,
     poller::{Poller, PoolKey},
     telemetry::{GrpcLabels, MethodLabels, Metrics, TriggerLabels},
 };
@@ -39,6 +41,8 @@ pub struct ScalerService {
     metrics: Arc<Metrics>,
     /// Cancelled when the server stops: ends open streams so that shutdown can drain.
     streams_end: CancellationToken,
+    placeholders: Option<Placeholders>,
+    claims: Option<ClaimTracker>,
 }
 
 /// A trigger, the pool it resolved to, and its value.
@@ -46,6 +50,20 @@ pub struct ScalerService {
 pub struct Evaluation {
     pub trigger: Trigger,
     pub counted: Counted,
+    /// Standby agents wanted now.
+    pub standby: u64,
+}
+
+impl Evaluation {
+    /// The value KEDA gets.
+    pub fn value(&self) -> u64 {
+        self.counted.total() + self.standby
+    }
+}
+
+/// The name a trigger goes by in logs: its ScaledJob (or ScaledObject).
+fn trigger_name(r: &ScaledObjectRef) -> String {
+    format!("{}/{}", r.namespace, r.name)
 }
 
 impl ScalerService {
@@ -60,6 +78,32 @@ impl ScalerService {
             allowlist: Arc::new(allowlist),
             metrics,
             streams_end,
+            placeholders: None,
+            claims: None,
+        }
+    }
+
+    /// Keep each trigger's placeholder registration.
+    pub fn with_placeholders(mut self, placeholders: Placeholders) -> Self {
+        self.placeholders = Some(placeholders);
+        self
+    }
+
+    /// Report queued jobs no trigger, or several, count.
+    pub fn with_claims(mut self, claims: ClaimTracker) -> Self {
+        self.claims = Some(claims);
+        self
+    }
+
+    /// Tells the placeholder keeper and the claim tracker that this trigger asked.
+    fn noticed(&self, r: &ScaledObjectRef, trigger: &Trigger, key: &PoolKey) {
+        let name = trigger_name(r);
+        let label = trigger.pool.label();
+        if let (Some(placeholders), Some(spec)) = (&self.placeholders, &trigger.placeholder) {
+            placeholders.want(key, &label, &name, spec);
+        }
+        if let Some(claims) = &self.claims {
+            claims.observe(key, &label, &name, &trigger.filter);
         }
     }
 
@@ -79,6 +123,7 @@ impl ScalerService {
     pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
         let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
         let key = self.pool_key(&trigger).await?;
+        self.noticed(r, &trigger, &key);
         let snapshot = match self.poller.snapshot(&key, &trigger.pool.label()).await {
             Err(Error::NotFound(what)) => {
                 if let PoolRef::Name(name) = &trigger.pool {
@@ -91,8 +136,14 @@ impl ScalerService {
         let counted = trigger
             .filter
             .count(&snapshot.jobs, &snapshot.departed, Instant::now());
-        self.record_value(r, &trigger, counted.total());
-        Ok(Evaluation { trigger, counted })
+        let standby = standby_now(&trigger);
+        let evaluation = Evaluation {
+            trigger,
+            counted,
+            standby,
+        };
+        self.record_value(r, &evaluation.trigger, evaluation.value());
+        Ok(evaluation)
     }
 
     fn record_value(&self, r: &ScaledObjectRef, trigger: &Trigger, value: u64) {
@@ -135,6 +186,13 @@ impl ScalerService {
     }
 }
 
+fn standby_now(trigger: &Trigger) -> u64 {
+    trigger
+        .standby
+        .as_ref()
+        .map_or(0, |s| s.at(jiff::Timestamp::now()))
+}
+
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Decrements `active_streams` when a stream task ends, however it ends.
@@ -165,7 +223,7 @@ impl ExternalScaler for ScalerService {
             .await
             .map(|e| {
                 Response::new(IsActiveResponse {
-                    result: e.counted.total() as i64 > e.trigger.activation,
+                    result: e.value() as i64 > e.trigger.activation,
                 })
             })
             .map_err(Status::from);
@@ -184,6 +242,7 @@ impl ExternalScaler for ScalerService {
             let r = request.into_inner();
             let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
             let key = self.pool_key(&trigger).await?;
+            self.noticed(&r, &trigger, &key);
             Ok::<_, Error>((r, trigger, key))
         }
         .await
@@ -207,7 +266,9 @@ impl ExternalScaler for ScalerService {
                         let value = trigger
                             .filter
                             .count(&snapshot.jobs, &snapshot.departed, Instant::now())
-                            .total();
+                            .total()
+                            + standby_now(&trigger);
+                        this.noticed(&r, &trigger, &key);
                         this.record_value(&r, &trigger, value);
                         let active = value as i64 > trigger.activation;
                         if last_sent != Some(active) {
@@ -264,7 +325,7 @@ impl ExternalScaler for ScalerService {
                     reason: "missing".into(),
                 })?;
             let evaluation = self.evaluate(&r).await?;
-            let value = evaluation.counted.total();
+            let value = evaluation.value();
             tracing::debug!(
                 namespace = r.namespace,
                 name = r.name,
@@ -272,6 +333,7 @@ impl ExternalScaler for ScalerService {
                 queued = evaluation.counted.queued,
                 in_flight = evaluation.counted.in_flight,
                 tearing_down = evaluation.counted.tearing_down,
+                standby = evaluation.standby,
                 "metric"
             );
             // KEDA strips its `sN-` prefix before asking; answer with the name it asked for.

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ado::AdoClient,
     auth::{AuthSettings, TokenSource},
+    claims::ClaimTracker,
     error::{Error, Result},
+    placeholder::{PlaceholderSettings, Placeholders},
     poller::{Poller, PollerSettings},
     scaler::{
         ScalerService, allowlist::OrgAllowlist, proto::external_scaler_server::ExternalScalerServer,
@@ -30,6 +32,7 @@ use crate::{
 pub struct ServeSettings {
     pub allowlist: OrgAllowlist,
     pub poller: PollerSettings,
+    pub placeholders: PlaceholderSettings,
     pub auth: AuthSettings,
     /// The shared HTTP client (with `--ca-file` roots) for ADO and Entra.
     pub http: reqwest::Client,
@@ -58,14 +61,23 @@ pub async fn serve(
     }
     let ado = AdoClient::new(settings.http.clone(), token, metrics.clone());
     let stop_polling = CancellationToken::new();
+    let placeholders = Placeholders::new(
+        ado.clone(),
+        settings.placeholders,
+        metrics.placeholders.clone(),
+        stop_polling.clone(),
+    );
     let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
+    let claims = ClaimTracker::new(poller.clone(), metrics.claims.clone(), stop_polling.clone());
     let streams_end = CancellationToken::new();
     let service = ScalerService::new(
         poller.clone(),
         settings.allowlist,
         metrics.clone(),
         streams_end.clone(),
-    );
+    )
+    .with_placeholders(placeholders)
+    .with_claims(claims);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -4,6 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use ado_scaler::{
+    placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
@@ -15,6 +16,15 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 pub const POOL: &str = "linux";
+pub const TEMPLATE: &str = "template";
+
+/// User capabilities with empty values.
+pub fn capabilities(names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), String::new()))
+        .collect()
+}
 
 pub struct Harness {
     pub sim: SimCloud,
@@ -40,9 +50,13 @@ impl Harness {
     pub async fn start_with(poller: PollerSettings) -> Self {
         let sim = SimCloud::start().await.expect("simulators start");
         let pool_id = sim.ado.add_pool(POOL);
+        // An offline registration offering every demand the tests queue, so that ADO queues
+        // their jobs (as the template agent KEDA's users keep).
+        sim.ado.register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
         let settings = ServeSettings {
             allowlist: sim.allowlist(),
             poller,
+            placeholders: PlaceholderSettings::default(),
             auth: sim.auth_settings(),
             http: sim.http_client().unwrap(),
         };

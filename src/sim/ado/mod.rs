@@ -21,8 +21,8 @@ use crate::{
     count::{Capabilities, Requirement},
 };
 
-/// The agent version simulated agents report.
-pub const SIM_AGENT_VERSION: &str = "4.261.0";
+/// The agent version simulated agents report: the one the agent image is built with.
+pub const SIM_AGENT_VERSION: &str = crate::placeholder::DEFAULT_AGENT_VERSION;
 
 /// The REST endpoints, for counters and faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
