@@ -137,7 +137,11 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
             let found = claims(&snapshot.jobs, &named);
             let unclaimed = found.iter().filter(|c| c.is_unclaimed()).count();
             let multiclaimed = found.iter().filter(|c| c.is_multiclaimed()).count();
-            inner.metrics.unclaimed.get_or_create(&labels).set(unclaimed as i64);
+            inner
+                .metrics
+                .unclaimed
+                .get_or_create(&labels)
+                .set(unclaimed as i64);
             inner
                 .metrics
                 .multiclaimed

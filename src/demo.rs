@@ -318,7 +318,8 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         .map_err(|e| Error::Config(e.to_string()))?;
     let metrics_url = format!(
         "http://{}/metrics",
-        http.local_addr().map_err(|e| Error::Config(e.to_string()))?
+        http.local_addr()
+            .map_err(|e| Error::Config(e.to_string()))?
     );
     let settings = ServeSettings {
         allowlist: sim.allowlist(),
@@ -393,7 +394,8 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         ));
     }
 
-    // Arrivals.
+    // Arrivals, timed from when the ScaledJobs are ready.
+    let run_started = started;
     let started = Instant::now();
     let schedule: Vec<(Duration, usize)> = match &config.arrivals {
         Arrivals::Script(s) => s.clone(),
@@ -470,7 +472,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let elapsed = started.elapsed();
+    let elapsed = run_started.elapsed();
     // Their users give up on the jobs nobody runs.
     let abandoned = orphans
         .iter()
@@ -499,7 +501,11 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         median_wait: waits.get(waits.len() / 2).copied().unwrap_or_default(),
         job_request_polls: sim.ado.requests(Endpoint::JobRequests),
         ado_requests: sim.ado.total_requests(),
-        token_requests: sim.entra.requests(),
+        // The scaler's: the simulated agents share one token of their own.
+        token_requests: sim
+            .entra
+            .requests()
+            .saturating_sub(registrar.token_requests()),
         elapsed,
     })
 }
@@ -507,7 +513,9 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
 fn placeholders_in(ado: &AdoSim, pool_id: u32) -> u64 {
     ado.agents(pool_id)
         .iter()
-        .filter(|a| a.name.ends_with("placeholder") || a.name.starts_with("ado-scaler-placeholder-"))
+        .filter(|a| {
+            a.name.ends_with("placeholder") || a.name.starts_with("ado-scaler-placeholder-")
+        })
         .count() as u64
 }
 
@@ -542,6 +550,7 @@ async fn watch_unclaimed(
 #[derive(Clone)]
 struct Registrar {
     ado: AdoClient,
+    metrics: Arc<crate::telemetry::Metrics>,
     org: OrgUrl,
     pool_id: u32,
     /// One key for every simulated agent: they never open a session that would use it.
@@ -554,7 +563,8 @@ impl Registrar {
         let metrics = Arc::new(crate::telemetry::Metrics::new());
         let token = TokenSource::new(&sim.auth_settings(), &http, Some(metrics.clone()))?;
         Ok(Self {
-            ado: AdoClient::new(http, token, metrics),
+            ado: AdoClient::new(http, token, metrics.clone()),
+            metrics,
             org: OrgUrl::parse(&sim.org_url).map_err(Error::Config)?,
             pool_id,
             authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
@@ -571,7 +581,10 @@ impl Registrar {
             system_capabilities: BTreeMap::from([
                 ("Agent.Name".to_owned(), name.to_owned()),
                 ("Agent.OS".to_owned(), "Linux".to_owned()),
-                ("Agent.Version".to_owned(), crate::sim::SIM_AGENT_VERSION.to_owned()),
+                (
+                    "Agent.Version".to_owned(),
+                    crate::sim::SIM_AGENT_VERSION.to_owned(),
+                ),
             ]),
             user_capabilities: capabilities.clone(),
             ..Agent::default()
@@ -582,8 +595,25 @@ impl Registrar {
             .ok_or_else(|| Error::Config(format!("agent {name} already registered")))
     }
 
+    /// Tokens the simulated agents requested.
+    fn token_requests(&self) -> u64 {
+        ["success", "error"]
+            .into_iter()
+            .map(|result| {
+                self.metrics
+                    .token_requests
+                    .get_or_create(&crate::telemetry::ResultLabels { result })
+                    .get()
+            })
+            .sum()
+    }
+
     async fn deregister(&self, agent_id: u32) {
-        if let Err(e) = self.ado.delete_agent(&self.org, self.pool_id, agent_id).await {
+        if let Err(e) = self
+            .ado
+            .delete_agent(&self.org, self.pool_id, agent_id)
+            .await
+        {
             tracing::warn!(error = %e, "simulated agent could not deregister");
         }
     }

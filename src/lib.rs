@@ -31,11 +31,11 @@ pub mod config;
 pub mod count;
 pub mod demo;
 pub mod error;
-pub mod poller;
 pub mod placeholder;
+pub mod poller;
 pub mod scaler;
-pub mod standby;
 pub mod sim;
+pub mod standby;
 pub mod telemetry;
 
 pub use error::{Error, Result};

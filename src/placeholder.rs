@@ -329,7 +329,11 @@ async fn keep(inner: Arc<Inner>, key: Key) {
             .is_none_or(|k| k.last_wanted.elapsed() > inner.settings.forget_after);
         if forgotten {
             if let Some(entry) = kept.remove(&key) {
-                tracing::info!(placeholder = key.name, pool = entry.labels.pool, "no trigger wants this placeholder any more; no longer checking it (the registration stays)");
+                tracing::info!(
+                    placeholder = key.name,
+                    pool = entry.labels.pool,
+                    "no trigger wants this placeholder any more; no longer checking it (the registration stays)"
+                );
             }
             update_gauge(&inner, &kept, &key);
             return;
@@ -366,7 +370,8 @@ fn record(inner: &Inner, key: &Key, spec: &PlaceholderSpec, result: Result<Check
                 if !entry.forbidden_logged {
                     entry.forbidden_logged = true;
                     tracing::error!(
-                        placeholder = spec.name, pool = entry.labels.pool,
+                        placeholder = spec.name,
+                        pool = entry.labels.pool,
                         "cannot register the placeholder: the scaler's identity needs the Administrator role on this agent pool \
                          (Organization settings > Agent pools > pool > Security). Until then a job queued while no agent runs fails with \
                          \"No agent found in pool\". Scaling values are still served; set placeholder: \"false\" if you keep a registration yourself"
@@ -391,7 +396,11 @@ fn update_gauge(inner: &Inner, kept: &HashMap<Key, Kept>, key: &Key) {
         .find(|(k, _)| same_pool(k))
         .map(|(_, v)| v.labels.clone());
     if let Some(labels) = labels {
-        inner.metrics.kept.get_or_create(&labels).set(registered as i64);
+        inner
+            .metrics
+            .kept
+            .get_or_create(&labels)
+            .set(registered as i64);
     }
 }
 
@@ -405,8 +414,16 @@ mod tests {
         let a = PlaceholderSpec::new(Some("team-a-"), "4.261.0", caps.clone());
         assert_eq!(a.name, "team-a-placeholder");
         let b = PlaceholderSpec::new(None, "4.261.0", caps.clone());
-        let c = PlaceholderSpec::new(None, "4.261.0", Capabilities::parse("java=17,DOCKER").unwrap());
-        let d = PlaceholderSpec::new(None, "4.261.0", Capabilities::parse("docker,java=21").unwrap());
+        let c = PlaceholderSpec::new(
+            None,
+            "4.261.0",
+            Capabilities::parse("java=17,DOCKER").unwrap(),
+        );
+        let d = PlaceholderSpec::new(
+            None,
+            "4.261.0",
+            Capabilities::parse("docker,java=21").unwrap(),
+        );
         assert!(b.name.starts_with("ado-scaler-placeholder-"));
         assert_eq!(b.name.len(), "ado-scaler-placeholder-".len() + 8);
         assert!(b.name[23..].bytes().all(|c| c.is_ascii_hexdigit()));
@@ -420,7 +437,11 @@ mod tests {
 
     #[test]
     fn a_registration_is_what_config_sh_sends() {
-        let spec = PlaceholderSpec::new(Some("x-"), "4.261.0", Capabilities::parse("docker").unwrap());
+        let spec = PlaceholderSpec::new(
+            Some("x-"),
+            "4.261.0",
+            Capabilities::parse("docker").unwrap(),
+        );
         let agent = spec.registration().unwrap();
         let json = serde_json::to_value(&agent).unwrap();
         assert_eq!(json["name"], "x-placeholder");
@@ -433,8 +454,14 @@ mod tests {
         let key = &json["authorization"]["publicKey"];
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
-        assert_eq!(b64.decode(key["exponent"].as_str().unwrap()).unwrap(), [1, 0, 1]);
-        assert_eq!(b64.decode(key["modulus"].as_str().unwrap()).unwrap().len(), 256);
+        assert_eq!(
+            b64.decode(key["exponent"].as_str().unwrap()).unwrap(),
+            [1, 0, 1]
+        );
+        assert_eq!(
+            b64.decode(key["modulus"].as_str().unwrap()).unwrap().len(),
+            256
+        );
         assert!(json.get("id").is_none_or(|id| id == 0));
         // A fresh key every time.
         assert_ne!(
@@ -445,7 +472,11 @@ mod tests {
 
     #[test]
     fn drift_is_noticed() {
-        let spec = PlaceholderSpec::new(Some("x-"), "4.261.0", Capabilities::parse("docker,java=17").unwrap());
+        let spec = PlaceholderSpec::new(
+            Some("x-"),
+            "4.261.0",
+            Capabilities::parse("docker,java=17").unwrap(),
+        );
         let mut listed = spec.registration().unwrap();
         listed.authorization = None;
         assert!(spec.is_met_by(&listed));
@@ -454,12 +485,16 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert!(spec.is_met_by(&other_case), "names compare case-insensitively");
+        assert!(
+            spec.is_met_by(&other_case),
+            "names compare case-insensitively"
+        );
         let mut changed = listed.clone();
         changed.user_capabilities.insert("java".into(), "21".into());
         assert!(!spec.is_met_by(&changed));
         let mut old = listed.clone();
-        old.system_capabilities.insert("Agent.Version".into(), "3.0.0".into());
+        old.system_capabilities
+            .insert("Agent.Version".into(), "3.0.0".into());
         assert!(!spec.is_met_by(&old));
         let mut disabled = listed.clone();
         disabled.enabled = Some(false);

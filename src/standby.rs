@@ -110,7 +110,8 @@ impl Window {
             starts_on(day) && (self.start..self.end).contains(&minute)
         } else {
             // Past midnight: open from the start today, or until the end after yesterday's start.
-            (starts_on(day) && minute >= self.start) || (starts_on((day + 6) % 7) && minute < self.end)
+            (starts_on(day) && minute >= self.start)
+                || (starts_on((day + 6) % 7) && minute < self.end)
         }
     }
 }
@@ -222,7 +223,8 @@ mod tests {
             assert_eq!(at(night, instant), want, "{instant}");
         }
         // Sun-Mon wraps the week; 24:00 closes at midnight; the larger of two open windows wins.
-        let s = "Sun-Mon 00:00-24:00 UTC=1; mon 08:00-09:00 UTC=5; Wed,Fri 12:00-13:00 Asia/Tokyo=2";
+        let s =
+            "Sun-Mon 00:00-24:00 UTC=1; mon 08:00-09:00 UTC=5; Wed,Fri 12:00-13:00 Asia/Tokyo=2";
         assert_eq!(at(s, "2026-11-29T23:59:00Z"), 1); // Sunday
         assert_eq!(at(s, "2026-11-30T08:30:00Z"), 5); // Monday
         assert_eq!(at(s, "2026-12-01T00:00:00Z"), 0); // Tuesday
@@ -239,7 +241,10 @@ mod tests {
             ("1001", "more than 1000"),
             ("-1", "expected `DAYS"),
             ("Mon-Fri 07:00-19:00 Europe/Berlin", "lacks `=N`"),
-            ("Mon-Fri 07:00-19:00 Mars/Olympus=1", "unknown time zone \"Mars/Olympus\""),
+            (
+                "Mon-Fri 07:00-19:00 Mars/Olympus=1",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
             ("Mon-Fri 7:00-19:00 UTC=1", "\"7:00\" is not a time"),
             ("Mon-Fri 07:00-24:01 UTC=1", "\"24:01\" is not a time"),
             ("Mon-Fri 24:00-06:00 UTC=1", "\"24:00\" is not a time"),
@@ -248,7 +253,10 @@ mod tests {
             ("Mon-Fri 07:00 UTC=1", "\"07:00\" is not a range"),
             ("Mon-Fri 07:00-07:00 UTC=1", "is empty"),
             ("Mon-Fry 07:00-19:00 UTC=1", "\"Fry\" is not a day"),
-            ("Mon-Fri 07:00-19:00 UTC=two", "\"two\" is not a whole number"),
+            (
+                "Mon-Fri 07:00-19:00 UTC=two",
+                "\"two\" is not a whole number",
+            ),
             ("Mon-Fri 07:00-19:00 UTC=1; Sat", "\"Sat\": expected"),
             ("Mon 07:00-19:00 UTC=1 extra", "expected `DAYS"),
         ];

@@ -32,6 +32,7 @@ fn scripted(teardown_window: Duration, scaled_jobs: usize) -> DemoConfig {
         drain_limit: Duration::from_secs(20),
         seed: 7,
         live_table: false,
+        orphan_share: 0.0,
         ..DemoConfig::default()
     }
 }
@@ -148,4 +149,48 @@ async fn every_agent_ends_one_way_or_the_other() {
         "{report:?}"
     );
     assert_eq!(report.agents_idle_at_end, 0);
+}
+
+/// The demo from an empty pool: with placeholders every job that a ScaledJob offers runs and
+/// the orphans (demanding `GPU` where the migrated trigger says `gpu`) are reported unclaimed;
+/// without them ADO fails every job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_an_empty_pool_placeholders_decide_whether_jobs_fail() {
+    let mut config = scripted(Duration::ZERO, 2);
+    // Every fourth job demands GPU: index `scaled_jobs` is the orphan.
+    config.arrivals = Arrivals::Script(
+        (0..12)
+            .map(|i| {
+                (
+                    Duration::from_millis(250 * i as u64),
+                    if i % 4 == 3 { 2 } else { i % 2 },
+                )
+            })
+            .collect(),
+    );
+    config.orphan_share = 0.25;
+    let with = simulate(config.clone()).await.unwrap();
+    println!("with placeholders:\n{with}");
+    assert_eq!(with.jobs_failed_no_agent, 0, "{with:?}");
+    assert_eq!(with.jobs_completed, 9);
+    assert_eq!(with.jobs_unclaimed_abandoned, 3, "{with:?}");
+    assert!(with.jobs_unclaimed_max >= 1, "{with:?}");
+    assert_eq!(with.placeholders, 3, "two ScaledJobs and the migrated one");
+    assert!(
+        with.to_string()
+            .contains("jobs failed (no agent in pool)  0")
+    );
+
+    config.placeholders = false;
+    let without = simulate(config).await.unwrap();
+    println!("without placeholders:\n{without}");
+    assert_eq!(without.jobs_failed_no_agent, 12, "{without:?}");
+    assert_eq!(without.jobs_completed, 0);
+    assert_eq!(without.agents_started, 0);
+    assert_eq!(without.placeholders, 0);
+    assert!(
+        without
+            .to_string()
+            .contains("jobs failed (no agent in pool)  12")
+    );
 }

@@ -86,12 +86,21 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
     // The trigger's first call registers its placeholder; from then on ADO queues its jobs.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while sim.ado.agents(pool_id).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no placeholder registered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no placeholder registered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let placeholder = &sim.ado.agents(pool_id)[0];
     assert!(placeholder.name.starts_with("ado-scaler-placeholder-"));
-    assert_eq!(placeholder.user_capabilities.get("maven").map(String::as_str), Some(""));
+    assert_eq!(
+        placeholder
+            .user_capabilities
+            .get("maven")
+            .map(String::as_str),
+        Some("")
+    );
     sim.ado.enqueue(pool_id, &["maven"]);
     sim.ado.enqueue(pool_id, &["maven"]);
     assert_eq!(sim.ado.jobs_rejected_no_agent(), 0);

@@ -177,7 +177,12 @@ impl AdoClient {
 
     /// Registers an agent as `config.sh` does; `Ok(None)` when one of that name already
     /// exists (HTTP 409).
-    pub async fn add_agent(&self, org: &OrgUrl, pool_id: u32, agent: &Agent) -> Result<Option<Agent>> {
+    pub async fn add_agent(
+        &self,
+        org: &OrgUrl,
+        pool_id: u32,
+        agent: &Agent,
+    ) -> Result<Option<Agent>> {
         let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/agents"));
         url.query_pairs_mut().append_pair("api-version", "7.1");
         match self

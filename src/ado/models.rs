@@ -85,8 +85,8 @@ impl AgentAuthorization {
     /// to open a session as the agent (a placeholder) throws the private half away at once.
     pub fn fresh() -> Result<Self, String> {
         use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
-        use base64::Engine as _;
         use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
         let pair = KeyPair::generate(KeySize::Rsa2048)
             .map_err(|_| "cannot generate an RSA key".to_owned())?;
         let public = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());

@@ -6,7 +6,6 @@
 
 use std::{cmp::Ordering, collections::BTreeMap};
 
-
 /// A demand such as `maven`, `java -equals 17` or `Agent.OS -equals Linux`,
 /// parsed so that spacing and operator case do not decide whether two demands
 /// are the same (KEDA compares the raw strings).
@@ -117,9 +116,7 @@ impl Capabilities {
                 return Err(format!("{item:?} has no capability name"));
             }
             if name.contains(char::is_whitespace) {
-                return Err(format!(
-                    "{name:?}: capability names cannot contain spaces"
-                ));
+                return Err(format!("{name:?}: capability names cannot contain spaces"));
             }
             if caps.get(name).is_some() {
                 return Err(format!("{name:?} is listed twice"));
@@ -393,7 +390,11 @@ mod tests {
             ("docker\nmaven", false),
         ];
         for (raw, want) in table {
-            assert_eq!(Requirement::parse(raw).satisfied_by(&agent), want, "{raw:?}");
+            assert_eq!(
+                Requirement::parse(raw).satisfied_by(&agent),
+                want,
+                "{raw:?}"
+            );
         }
     }
 
@@ -402,7 +403,14 @@ mod tests {
         for raw in ["docker", "docker\n", "java -equals 17", "a -gtVersion 1.0"] {
             assert!(Requirement::parse(raw).is_known(), "{raw:?}");
         }
-        for raw in ["docker -exists", "a -Equals b", "a -equals", "", "a -x y", "a b"] {
+        for raw in [
+            "docker -exists",
+            "a -Equals b",
+            "a -equals",
+            "",
+            "a -x y",
+            "a b",
+        ] {
             assert!(!Requirement::parse(raw).is_known(), "{raw:?}");
         }
         assert_eq!(
@@ -449,7 +457,10 @@ mod tests {
         assert_eq!(c.get("DOCKER"), Some(""));
         assert_eq!(c.get("url"), Some("a=b"));
         assert_eq!(c.get("maven"), None);
-        assert_eq!(c.to_string(), "Agent.OS=Linux,docker,java=/usr/lib/jvm/17,url=a=b");
+        assert_eq!(
+            c.to_string(),
+            "Agent.OS=Linux,docker,java=/usr/lib/jvm/17,url=a=b"
+        );
         assert!(!c.is_empty());
         assert!(caps("").is_empty());
         for (bad, names) in [

@@ -451,7 +451,10 @@ mod tests {
         let table: &[(&[&str], bool)] = &[
             (&[], true),
             (&["docker", "Agent.Version -gtVersion 2.163.1"], true),
-            (&["DOCKER", "java -equals 17", "Agent.OS -equals linux"], true),
+            (
+                &["DOCKER", "java -equals 17", "Agent.OS -equals linux"],
+                true,
+            ),
             (&["docker", "maven"], false),
             (&["java -equals 21"], false),
             (&["Agent.Version -gtVersion 4.300.0"], false),

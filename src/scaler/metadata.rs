@@ -206,7 +206,9 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
                 if non_empty(meta, other).is_some() {
                     return Err(invalid(
                         "capabilities",
-                        format!("cannot be combined with `{other}`: `capabilities` says what the agents offer and every job demand is checked against it; remove `{other}`"),
+                        format!(
+                            "cannot be combined with `{other}`: `capabilities` says what the agents offer and every job demand is checked against it; remove `{other}`"
+                        ),
                     ));
                 }
             }
@@ -398,7 +400,10 @@ mod tests {
             (&[("placeholder", "yes")], "placeholder", "\"yes\""),
             (&[("agentVersion", "latest")], "agentVersion", "\"latest\""),
             (
-                &[("standby", "Mon-Fri 07:00-19:00 Europe/Berlin=2; Sat 9-12 UTC=1")],
+                &[(
+                    "standby",
+                    "Mon-Fri 07:00-19:00 Europe/Berlin=2; Sat 9-12 UTC=1",
+                )],
                 "standby",
                 "\"Sat 9-12 UTC=1\": \"9\" is not a time",
             ),
@@ -488,7 +493,10 @@ mod tests {
         let cloud = OrgAllowlist::default_cloud();
         // Defaults: a placeholder named from the prefix, offering what `demands` lists.
         let t = parse(
-            &meta(&[("demands", "maven,java -equals 17"), ("agentNamePrefix", "a-")]),
+            &meta(&[
+                ("demands", "maven,java -equals 17"),
+                ("agentNamePrefix", "a-"),
+            ]),
             &cloud,
         )
         .unwrap();
@@ -510,7 +518,10 @@ mod tests {
         let p = t.placeholder.unwrap();
         assert!(p.name.starts_with("ado-scaler-placeholder-"));
         assert_eq!(p.agent_version, "4.270.1");
-        assert_eq!(p.capabilities.to_string(), "Agent.OS=Linux,docker,java=/usr/lib/jvm/17");
+        assert_eq!(
+            p.capabilities.to_string(),
+            "Agent.OS=Linux,docker,java=/usr/lib/jvm/17"
+        );
         let counted = t.filter.capabilities.unwrap();
         assert_eq!(counted.get("agent.version"), Some("4.270.1"));
         assert_eq!(counted.get("Agent.OS"), Some("Linux"));
@@ -519,10 +530,19 @@ mod tests {
 
         // The user's capabilities win over the system ones we assume.
         let t = parse(&meta(&[("capabilities", "agent.os=Darwin")]), &cloud).unwrap();
-        assert_eq!(t.filter.capabilities.unwrap().get("Agent.OS"), Some("Darwin"));
+        assert_eq!(
+            t.filter.capabilities.unwrap().get("Agent.OS"),
+            Some("Darwin")
+        );
 
-        for off in [&[("placeholder", "FALSE")][..], &[("parent", "template")][..]] {
-            assert!(parse(&meta(off), &cloud).unwrap().placeholder.is_none(), "{off:?}");
+        for off in [
+            &[("placeholder", "FALSE")][..],
+            &[("parent", "template")][..],
+        ] {
+            assert!(
+                parse(&meta(off), &cloud).unwrap().placeholder.is_none(),
+                "{off:?}"
+            );
         }
     }
 

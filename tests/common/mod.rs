@@ -48,15 +48,20 @@ impl Harness {
     }
 
     pub async fn start_with(poller: PollerSettings) -> Self {
+        Self::start_full(poller, PlaceholderSettings::default()).await
+    }
+
+    pub async fn start_full(poller: PollerSettings, placeholders: PlaceholderSettings) -> Self {
         let sim = SimCloud::start().await.expect("simulators start");
         let pool_id = sim.ado.add_pool(POOL);
         // An offline registration offering every demand the tests queue, so that ADO queues
         // their jobs (as the template agent KEDA's users keep).
-        sim.ado.register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
+        sim.ado
+            .register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
         let settings = ServeSettings {
             allowlist: sim.allowlist(),
             poller,
-            placeholders: PlaceholderSettings::default(),
+            placeholders,
             auth: sim.auth_settings(),
             http: sim.http_client().unwrap(),
         };

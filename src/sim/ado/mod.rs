@@ -15,9 +15,7 @@ use time::OffsetDateTime;
 
 use super::entra::TokenStore;
 use crate::{
-    ado::models::{
-        Agent, AgentRef, JobRequest, NamedRef, Pool,
-    },
+    ado::models::{Agent, AgentRef, JobRequest, NamedRef, Pool},
     count::{Capabilities, Requirement},
 };
 
@@ -111,6 +109,9 @@ struct AdoState {
     rate_limit_window: Mutex<Option<(i64, std::collections::VecDeque<std::time::Instant>)>>,
     /// `false` simulates an identity that was never added to the organisation.
     accept_tokens: std::sync::atomic::AtomicBool,
+    /// `true`: the identity has only the Reader role on pools, so it may list agents but not
+    /// register, replace or delete them (403, `AccessDeniedException`).
+    reader_only: std::sync::atomic::AtomicBool,
     /// The offered agent package: version and `.tar.gz` bytes.
     agent_package: Mutex<Option<(String, Arc<Vec<u8>>)>>,
     /// `Authorization` headers seen on downloads (there must be none).
@@ -166,6 +167,7 @@ impl AdoSim {
                 rate_limit_remaining: Mutex::new(None),
                 rate_limit_window: Mutex::new(None),
                 accept_tokens: std::sync::atomic::AtomicBool::new(true),
+                reader_only: std::sync::atomic::AtomicBool::new(false),
                 agent_package: Mutex::new(None),
                 download_authorizations: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -231,8 +233,11 @@ impl AdoSim {
                 name: format!("2026.{id}"),
             }),
         };
-        let requirements: Vec<Requirement> =
-            request.demands.iter().map(|d| Requirement::parse(d)).collect();
+        let requirements: Vec<Requirement> = request
+            .demands
+            .iter()
+            .map(|d| Requirement::parse(d))
+            .collect();
         let satisfiable = store.agents.get(&pool_id).into_iter().flatten().any(|a| {
             // Whether a disabled registration keeps jobs queued is not known: assume not.
             let caps = agent_capabilities(a);
@@ -463,6 +468,13 @@ impl AdoSim {
             .store(accept, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// `true`: the identity may read the pool but not manage its agents (Reader, not Administrator).
+    pub fn reader_only(&self, reader: bool) {
+        self.state
+            .reader_only
+            .store(reader, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Send `X-RateLimit-*` headers with this remaining budget on every answer.
     pub fn set_rate_limit_remaining(&self, remaining: Option<i64>) {
         *self.state.rate_limit_remaining.lock().expect("rate limit") = remaining;
@@ -472,4 +484,3 @@ impl AdoSim {
         self.state.store.lock().expect("store")
     }
 }
-

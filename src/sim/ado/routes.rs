@@ -1,11 +1,7 @@
 //! The HTTP side of the simulated organisation: one handler per REST path, sharing
 //! [`guard`] (request counting, faults, organisation and token checks).
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -233,7 +229,8 @@ async fn list_job_requests(
         .filter(|j| j.request.pool_id == pool_id)
         .map(|j| {
             let mut r = j.request.clone();
-            let demands: Vec<Requirement> = r.demands.iter().map(|d| Requirement::parse(d)).collect();
+            let demands: Vec<Requirement> =
+                r.demands.iter().map(|d| Requirement::parse(d)).collect();
             let matched: Vec<AgentRef> = agents
                 .iter()
                 .filter(|(_, capabilities)| demands.iter().all(|d| d.satisfied_by(capabilities)))
@@ -293,6 +290,23 @@ fn listed(agent: &Agent, with_capabilities: bool) -> Agent {
     agent
 }
 
+/// ADO's answer when a Reader tries to manage agents.
+fn denied_unless_administrator(state: &AdoState) -> Option<Response> {
+    state
+        .reader_only
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "message": "Access denied. The identity needs Manage permissions for the agent pool to perform the action.",
+                    "typeKey": "AccessDeniedException"
+                })),
+            )
+                .into_response()
+        })
+}
+
 /// A registration needs a name and the public key the agent will sign its session with.
 fn invalid_registration(agent: &Agent) -> Option<Response> {
     let key = agent.authorization.as_ref().map(|a| &a.public_key);
@@ -321,6 +335,9 @@ async fn replace_agent(
     Json(agent): Json<Agent>,
 ) -> Response {
     if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
+        return r;
+    }
+    if let Some(r) = denied_unless_administrator(&state) {
         return r;
     }
     if let Some(r) = invalid_registration(&agent) {
@@ -353,6 +370,9 @@ async fn add_agent(
     Json(agent): Json<Agent>,
 ) -> Response {
     if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
+        return r;
+    }
+    if let Some(r) = denied_unless_administrator(&state) {
         return r;
     }
     if let Some(r) = invalid_registration(&agent) {
@@ -397,6 +417,9 @@ async fn delete_agent(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
+        return r;
+    }
+    if let Some(r) = denied_unless_administrator(&state) {
         return r;
     }
     let mut store = state.store.lock().expect("store");
