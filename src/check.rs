@@ -7,8 +7,9 @@ use crate::{
     ado::{AdoClient, OrgUrl, models::JobRequest},
     auth::{self, AssertionClaims, AuthMode, AuthSettings, TokenSource, WorkloadIdentity},
     config::{CheckArgs, CheckAs},
-    count::{DemandRule, Filter, Job, Mismatch, parse_demands},
+    count::{Capabilities, DemandRule, Filter, Job, Mismatch, claims, parse_demands},
     error::{Error, Result},
+    placeholder::{self, DEFAULT_AGENT_VERSION, PlaceholderSpec},
     telemetry::Metrics,
 };
 
@@ -115,6 +116,8 @@ pub const REACHABLE: &str = "organisation reachable";
 pub const ACCEPTED: &str = "identity accepted";
 pub const POOL_FOUND: &str = "pool found";
 pub const JOBS_READABLE: &str = "job requests readable";
+pub const PLACEHOLDER: &str = "placeholder registration";
+pub const UNCLAIMED: &str = "unclaimed jobs";
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
 pub async fn run(args: CheckArgs) -> Result<u8> {
@@ -258,32 +261,82 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         ),
     );
 
-    let filter = Filter {
-        demands: parse_demands(args.demands.split(',')),
-        rule: DemandRule::JobSubsetOfTrigger,
-        ..Filter::default()
+    let triggers = match check_triggers(args) {
+        Ok(t) => t,
+        Err(e) => {
+            report.fail(UNCLAIMED, e, "fix the --capabilities list".to_owned());
+            return report;
+        }
     };
-    for (job, request) in jobs.iter().filter(|(j, _)| j.is_queued()) {
+    if args.as_ == CheckAs::Scaler && args.placeholder {
+        check_placeholders(
+            &ado,
+            &org,
+            pool.id,
+            &pool.name,
+            args,
+            &triggers,
+            &mut report,
+        )
+        .await;
+    }
+    let named: Vec<(String, Filter)> = triggers
+        .iter()
+        .map(|(n, f, _)| (n.clone(), f.clone()))
+        .collect();
+    let own: Vec<Job> = jobs.iter().map(|(j, _)| j.clone()).collect();
+    let found = claims(&own, &named);
+    let several = named.len() > 1;
+    for claim in &found {
+        let job = claim.job;
         let what = format!(
             "job {} ({})",
             job.request_id,
-            request.definition.as_ref().map_or("?", |d| d.name.as_str())
+            job.definition.as_deref().unwrap_or("?")
         );
-        let verdict = match filter.check(job) {
-            Ok(()) => "counted".to_owned(),
-            Err(Mismatch::JobDemandNotOffered(d)) => {
-                format!("not counted: it demands `{d}`, which --demands does not offer")
-            }
-            Err(Mismatch::TriggerDemandMissing(d)) => format!("not counted: it lacks `{d}`"),
-            Err(Mismatch::ParentNotMatched(p)) => {
-                format!("not counted: ADO did not match it to `{p}`")
-            }
-            Err(Mismatch::DemandNotMet(d)) => {
-                format!("not counted: `{d}` is not met by --capabilities")
-            }
+        let verdict = if claim.is_unclaimed() {
+            let reasons: Vec<String> = claim
+                .refused_by
+                .iter()
+                .map(|(name, why)| {
+                    let why = explain(why);
+                    if several {
+                        format!("{name}: {why}")
+                    } else {
+                        why
+                    }
+                })
+                .collect();
+            format!("not counted: {}", reasons.join("; "))
+        } else if claim.is_multiclaimed() {
+            format!(
+                "counted by {}: each starts an agent for it",
+                claim.claimed_by.join(" and ")
+            )
+        } else {
+            "counted".to_owned()
         };
         report.push(Status::Info, &what, verdict, None);
     }
+    let unclaimed: Vec<String> = found
+        .iter()
+        .filter(|c| c.is_unclaimed())
+        .map(|c| c.job.request_id.to_string())
+        .collect();
+    report.push(
+        Status::Info,
+        UNCLAIMED,
+        if unclaimed.is_empty() {
+            "none: every queued job is counted by a trigger".to_owned()
+        } else {
+            format!(
+                "{} queued job(s) no trigger counts, no agent will start for them: {}",
+                unclaimed.len(),
+                unclaimed.join(", ")
+            )
+        },
+        None,
+    );
     if args.as_ == CheckAs::Agent {
         report.push(
             Status::Info,
@@ -293,6 +346,89 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         );
     }
     report
+}
+
+/// A trigger `check` was told about: its name, its filter, and what its placeholder offers.
+type CheckTrigger = (String, Filter, Capabilities);
+
+/// One trigger per `--capabilities`, and the `--demands` one (also when nothing else is
+/// given, as a trigger with no demands).
+fn check_triggers(args: &CheckArgs) -> std::result::Result<Vec<CheckTrigger>, String> {
+    let mut triggers = Vec::new();
+    for (i, list) in args.capabilities.iter().enumerate() {
+        let caps = Capabilities::parse(list).map_err(|e| format!("--capabilities: {e}"))?;
+        let system: Capabilities = [
+            ("Agent.OS", "Linux"),
+            ("Agent.Version", DEFAULT_AGENT_VERSION),
+        ]
+        .into_iter()
+        .collect();
+        let name = if args.capabilities.len() > 1 {
+            format!("--capabilities #{}", i + 1)
+        } else {
+            "--capabilities".to_owned()
+        };
+        let filter = Filter {
+            capabilities: Some(caps.over(&system)),
+            ..Filter::default()
+        };
+        triggers.push((name, filter, caps));
+    }
+    if !args.demands.trim().is_empty() || triggers.is_empty() {
+        let demands = parse_demands(args.demands.split(','));
+        let offered = demands.iter().map(|d| d.as_capability()).collect();
+        let filter = Filter {
+            demands,
+            rule: DemandRule::JobSubsetOfTrigger,
+            ..Filter::default()
+        };
+        triggers.push(("--demands".to_owned(), filter, offered));
+    }
+    Ok(triggers)
+}
+
+fn explain(why: &Mismatch) -> String {
+    match why {
+        Mismatch::JobDemandNotOffered(d) => {
+            format!("it demands `{d}`, which --demands does not offer")
+        }
+        Mismatch::TriggerDemandMissing(d) => format!("it lacks `{d}`"),
+        Mismatch::ParentNotMatched(p) => format!("ADO did not match it to `{p}`"),
+        Mismatch::DemandNotMet(d) => format!("`{d}` is not met by --capabilities"),
+    }
+}
+
+/// Checks (and creates, as `serve` would) each trigger's placeholder registration.
+async fn check_placeholders(
+    ado: &AdoClient,
+    org: &OrgUrl,
+    pool_id: u32,
+    pool_name: &str,
+    args: &CheckArgs,
+    triggers: &[CheckTrigger],
+    report: &mut Report,
+) {
+    for (name, _, offered) in triggers {
+        let spec = PlaceholderSpec::new(
+            args.agent_name_prefix.as_deref(),
+            DEFAULT_AGENT_VERSION,
+            offered.clone(),
+        );
+        let title = format!("{PLACEHOLDER} {}", spec.name);
+        match placeholder::ensure(ado, org, pool_id, &spec).await {
+            Ok(done) => report.pass(&title, format!("{done:?} for {name}: ADO queues jobs while no agent runs")),
+            Err(e @ Error::Forbidden { .. }) => report.fail(
+                &title,
+                e.to_string(),
+                format!(
+                    "give the identity the Administrator role on pool {pool_name} (Organization settings > Agent pools > {pool_name} > Security; \
+                     Reader or Service Account cannot register agents). Without a registration that satisfies a job's demands, \
+                     ADO fails the job at once while the pool is scaled to zero. Or keep your own registration and set placeholder: \"false\""
+                ),
+            ),
+            Err(e) => report.fail(&title, e.to_string(), "retry; if it persists, see the scaler's logs".to_owned()),
+        }
+    }
 }
 
 fn workload_identity(

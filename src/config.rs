@@ -54,6 +54,27 @@ pub struct CheckArgs {
     #[arg(long, env = "ADO_SCALER_CHECK_DEMANDS", default_value = "")]
     pub demands: String,
 
+    /// A trigger's `capabilities` (comma list); repeat once per ScaledJob on the pool (`;`
+    /// between them in the variable) to list the queued jobs none of them counts.
+    #[arg(long, env = "ADO_SCALER_CHECK_CAPABILITIES", value_delimiter = ';')]
+    pub capabilities: Vec<String>,
+
+    /// The trigger's `agentNamePrefix`: names the placeholder registration checked.
+    #[arg(long, env = "ADO_SCALER_CHECK_AGENT_NAME_PREFIX")]
+    pub agent_name_prefix: Option<String>,
+
+    /// Check (and if missing, register) each trigger's placeholder, as `serve` would.
+    #[arg(
+        long,
+        env = "ADO_SCALER_CHECK_PLACEHOLDER",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub placeholder: bool,
+
     /// Check as the scaler's or as an agent's pod.
     #[arg(long = "as", env = "ADO_SCALER_CHECK_AS", value_enum, default_value_t = CheckAs::Scaler)]
     pub as_: CheckAs,

@@ -17,6 +17,9 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
         org: sim.org_url.clone(),
         pool: pool.into(),
         demands: String::new(),
+        capabilities: Vec::new(),
+        agent_name_prefix: None,
+        placeholder: true,
         as_: CheckAs::Scaler,
         service_account: None,
         auth: AuthArgs {
@@ -100,6 +103,15 @@ async fn a_good_setup_passes_and_explains_the_queue() {
         "in-flight jobs are not listed: {text}"
     );
     assert!(text.ends_with("all checks passed"));
+    // The placeholder of a `demands: maven` trigger is registered, as serve would.
+    assert!(
+        sim.ado
+            .agents(pool)
+            .iter()
+            .any(|a| a.name.starts_with("ado-scaler-placeholder-")
+                && a.user_capabilities.contains_key("maven")),
+        "{text}"
+    );
     // Neither the assertion nor the access token is ever printed.
     let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
     assert!(
@@ -283,4 +295,62 @@ fn the_binary_exits_non_zero_on_a_failed_check() {
         "{stdout}"
     );
     assert!(stdout.contains("fix: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn unclaimed_jobs_and_a_missing_pool_role_are_explained() {
+    let sim = SimCloud::start().await.unwrap();
+    let pool = sim.ado.add_pool("linux");
+    sim.ado.register_offline_agent(
+        pool,
+        "template",
+        &[("docker", ""), ("java", "17"), ("gpu", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let both = sim.ado.enqueue(pool, &["docker"]);
+    let java = sim.ado.enqueue(pool, &["docker", "java -equals 17"]);
+    let gpu = sim.ado.enqueue(pool, &["gpu"]);
+    sim.ado.reader_only(true);
+    let mut a = args(&sim, "linux");
+    a.capabilities = vec!["docker".into(), "docker,java=17".into()];
+    a.agent_name_prefix = Some("team-".into());
+    let report = run(&a, &pod_env(&sim)).await;
+    let text = report.to_string();
+    println!("{text}");
+    assert!(text.contains(&format!("job {both} (ci)")), "{text}");
+    assert!(
+        text.contains("counted by --capabilities #1 and --capabilities #2: each starts an agent"),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("{java}: not counted")), "{text}");
+    assert!(
+        text.contains("--capabilities #1: `gpu` is not met by --capabilities"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "1 queued job(s) no trigger counts, no agent will start for them: {gpu}"
+        )),
+        "{text}"
+    );
+    let item = failed(&report, "placeholder registration team-placeholder");
+    assert!(
+        item.fix
+            .as_deref()
+            .unwrap()
+            .contains("Administrator role on pool linux"),
+        "{text}"
+    );
+    assert_eq!(sim.ado.agents(pool).len(), 1, "nothing registered");
+
+    sim.ado.reader_only(false);
+    let report = run(&a, &pod_env(&sim)).await;
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        sim.ado.agents(pool).len(),
+        2,
+        "one placeholder: both triggers share the prefix"
+    );
 }
