@@ -5,7 +5,9 @@
 #   2. federated credentials on it for BOTH service accounts (scaler and agents), trusting the
 #      cluster's OIDC issuer;
 #   3. the identity added to the Azure DevOps organisation, and given the Administrator role on
-#      the agent pool (the scaler reads the pool's queue; agents register and deregister).
+#      the agent pool (the scaler reads the pool's queue and registers one offline placeholder
+#      per ScaledJob, so that ADO queues jobs while the pool is scaled to zero; agents register
+#      and deregister). Reader or Service Account cannot register agents.
 #
 # Needs the Azure CLI, logged in (`az login`) as someone who can create identities in the
 # resource group and is an administrator of the Azure DevOps organisation.
