@@ -326,6 +326,28 @@ fn invalid_registration(agent: &Agent) -> Option<Response> {
     )
 }
 
+/// What registering and replacing share: the caller, its role, and the body.
+async fn registration_allowed(
+    state: &AdoState,
+    org: &str,
+    headers: &HeaderMap,
+    agent: &Agent,
+) -> Result<(), Response> {
+    guard(state, Endpoint::Agents, org, headers).await?;
+    match denied_unless_administrator(state).or_else(|| invalid_registration(agent)) {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}
+
+fn agent_not_found(pool_id: u32, agent_id: u32) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "message": format!("No agent found in pool {pool_id} having identifier {agent_id}.") })),
+    )
+        .into_response()
+}
+
 /// `PUT …/agents/{id}`: replaces a registration (`config.sh --replace`, or a placeholder
 /// whose capabilities changed), keeping its id.
 async fn replace_agent(
@@ -334,13 +356,7 @@ async fn replace_agent(
     headers: HeaderMap,
     Json(agent): Json<Agent>,
 ) -> Response {
-    if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
-        return r;
-    }
-    if let Some(r) = denied_unless_administrator(&state) {
-        return r;
-    }
-    if let Some(r) = invalid_registration(&agent) {
+    if let Err(r) = registration_allowed(&state, &org, &headers, &agent).await {
         return r;
     }
     let mut store = state.store.lock().expect("store");
@@ -349,7 +365,7 @@ async fn replace_agent(
         .get_mut(&pool_id)
         .and_then(|agents| agents.iter_mut().find(|a| a.id == agent_id))
     else {
-        return (StatusCode::NOT_FOUND, Json(json!({ "message": format!("No agent found in pool {pool_id} having identifier {agent_id}.") }))).into_response();
+        return agent_not_found(pool_id, agent_id);
     };
     let (id, created_on, status) = (existing.id, existing.created_on, existing.status.clone());
     *existing = Agent {
@@ -369,13 +385,7 @@ async fn add_agent(
     headers: HeaderMap,
     Json(agent): Json<Agent>,
 ) -> Response {
-    if let Err(r) = guard(&state, Endpoint::Agents, &org, &headers).await {
-        return r;
-    }
-    if let Some(r) = denied_unless_administrator(&state) {
-        return r;
-    }
-    if let Some(r) = invalid_registration(&agent) {
+    if let Err(r) = registration_allowed(&state, &org, &headers, &agent).await {
         return r;
     }
     let sim = AdoSim {
@@ -427,7 +437,7 @@ async fn delete_agent(
     let before = agents.len();
     agents.retain(|a| a.id != agent_id);
     if agents.len() == before {
-        return (StatusCode::NOT_FOUND, Json(json!({ "message": format!("No agent found in pool {pool_id} having identifier {agent_id}.") }))).into_response();
+        return agent_not_found(pool_id, agent_id);
     }
     StatusCode::NO_CONTENT.into_response()
 }
