@@ -113,15 +113,27 @@ impl ClaimTracker {
 
 async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
     let mut state = inner.poller.subscribe(&key, &labels.pool);
+    // Never keep an unused pool's watcher alive longer than the poller would.
+    let recent = RECENT.min(inner.poller.settings().idle_timeout);
     loop {
-        let snapshot = state.borrow_and_update().snapshot.clone();
+        let (snapshot, gone) = {
+            let s = state.borrow_and_update();
+            let gone =
+                s.snapshot.is_none() && matches!(s.error, Some(crate::error::Error::NotFound(_)));
+            (s.snapshot.clone(), gone)
+        };
+        if gone {
+            // The pool was deleted: stop; a trigger that resolves it again starts a new watch.
+            inner.pools.lock().expect("claims poisoned").remove(&key);
+            return;
+        }
         if let Some(snapshot) = snapshot {
             let mut pools = inner.pools.lock().expect("claims poisoned");
             let Some(pool) = pools.get_mut(&key) else {
                 return;
             };
             pool.triggers
-                .retain(|_, (_, seen)| seen.elapsed() <= RECENT);
+                .retain(|_, (_, seen)| seen.elapsed() <= recent);
             if pool.triggers.is_empty() {
                 pools.remove(&key);
                 inner.metrics.unclaimed.get_or_create(&labels).set(0);

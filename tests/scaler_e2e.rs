@@ -505,6 +505,10 @@ async fn a_recreated_pool_is_found_again() {
     h.sim.ado.delete_pool(h.pool_id);
     let new_id = h.sim.ado.add_pool(common::POOL);
     assert_ne!(new_id, h.pool_id);
+    // A new pool has no registration: without one ADO would fail the jobs at once.
+    h.sim
+        .ado
+        .register_offline_agent(new_id, common::TEMPLATE, &Default::default());
     h.sim.ado.enqueue(new_id, &[]);
     h.sim.ado.enqueue(new_id, &[]);
     // The old id answers 404 once the watcher polls it; the name is then looked up again.
