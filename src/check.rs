@@ -4,10 +4,10 @@
 use std::{fmt, sync::Arc};
 
 use crate::{
-    ado::{AdoClient, OrgUrl, models::JobRequest},
+    ado::{AdoClient, OrgUrl},
     auth::{self, AssertionClaims, AuthMode, AuthSettings, TokenSource, WorkloadIdentity},
     config::{CheckArgs, CheckAs},
-    count::{Capabilities, DemandRule, Filter, Job, Mismatch, claims, parse_demands},
+    count::{Capabilities, DemandRule, Filter, Job, claims, parse_demands},
     error::{Error, Result},
     placeholder::{self, DEFAULT_AGENT_VERSION, PlaceholderSpec},
     telemetry::Metrics,
@@ -247,11 +247,8 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             return report;
         }
     };
-    let jobs: Vec<(Job, &JobRequest)> = requests
-        .iter()
-        .filter_map(|r| Job::from_request(r).map(|j| (j, r)))
-        .collect();
-    let queued = jobs.iter().filter(|(j, _)| j.is_queued()).count();
+    let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
+    let queued = jobs.iter().filter(|j| j.is_queued()).count();
     report.pass(
         JOBS_READABLE,
         format!(
@@ -284,8 +281,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         .iter()
         .map(|(n, f, _)| (n.clone(), f.clone()))
         .collect();
-    let own: Vec<Job> = jobs.iter().map(|(j, _)| j.clone()).collect();
-    let found = claims(&own, &named);
+    let found = claims(&jobs, &named);
     let several = named.len() > 1;
     for claim in &found {
         let job = claim.job;
@@ -299,11 +295,10 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
                 .refused_by
                 .iter()
                 .map(|(name, why)| {
-                    let why = explain(why);
                     if several {
                         format!("{name}: {why}")
                     } else {
-                        why
+                        why.to_string()
                     }
                 })
                 .collect();
@@ -357,19 +352,13 @@ fn check_triggers(args: &CheckArgs) -> std::result::Result<Vec<CheckTrigger>, St
     let mut triggers = Vec::new();
     for (i, list) in args.capabilities.iter().enumerate() {
         let caps = Capabilities::parse(list).map_err(|e| format!("--capabilities: {e}"))?;
-        let system: Capabilities = [
-            ("Agent.OS", "Linux"),
-            ("Agent.Version", DEFAULT_AGENT_VERSION),
-        ]
-        .into_iter()
-        .collect();
         let name = if args.capabilities.len() > 1 {
             format!("--capabilities #{}", i + 1)
         } else {
             "--capabilities".to_owned()
         };
         let filter = Filter {
-            capabilities: Some(caps.over(&system)),
+            capabilities: Some(caps.as_counted(DEFAULT_AGENT_VERSION)),
             ..Filter::default()
         };
         triggers.push((name, filter, caps));
@@ -385,17 +374,6 @@ fn check_triggers(args: &CheckArgs) -> std::result::Result<Vec<CheckTrigger>, St
         triggers.push(("--demands".to_owned(), filter, offered));
     }
     Ok(triggers)
-}
-
-fn explain(why: &Mismatch) -> String {
-    match why {
-        Mismatch::JobDemandNotOffered(d) => {
-            format!("it demands `{d}`, which --demands does not offer")
-        }
-        Mismatch::TriggerDemandMissing(d) => format!("it lacks `{d}`"),
-        Mismatch::ParentNotMatched(p) => format!("ADO did not match it to `{p}`"),
-        Mismatch::DemandNotMet(d) => format!("`{d}` is not met by --capabilities"),
-    }
 }
 
 /// Checks (and creates, as `serve` would) each trigger's placeholder registration.

@@ -112,7 +112,18 @@ impl ClaimTracker {
 }
 
 async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
-    let mut state = inner.poller.subscribe(&key, &labels.pool);
+    follow(&inner, &key, &labels).await;
+    // However the watch ended, forget the pool (a trigger asking again starts a new watch)
+    // and leave no stale counts behind.
+    inner.pools.lock().expect("claims poisoned").remove(&key);
+    inner.metrics.unclaimed.get_or_create(&labels).set(0);
+    inner.metrics.multiclaimed.get_or_create(&labels).set(0);
+}
+
+/// Recounts the pool's claims after each poll, until no trigger asked recently, the pool is
+/// gone, or the server stops.
+async fn follow(inner: &Inner, key: &PoolKey, labels: &PoolLabels) {
+    let mut state = inner.poller.subscribe(key, &labels.pool);
     // Never keep an unused pool's watcher alive longer than the poller would.
     let recent = RECENT.min(inner.poller.settings().idle_timeout);
     loop {
@@ -123,21 +134,16 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
             (s.snapshot.clone(), gone)
         };
         if gone {
-            // The pool was deleted: stop; a trigger that resolves it again starts a new watch.
-            inner.pools.lock().expect("claims poisoned").remove(&key);
             return;
         }
         if let Some(snapshot) = snapshot {
             let mut pools = inner.pools.lock().expect("claims poisoned");
-            let Some(pool) = pools.get_mut(&key) else {
+            let Some(pool) = pools.get_mut(key) else {
                 return;
             };
             pool.triggers
                 .retain(|_, (_, seen)| seen.elapsed() <= recent);
             if pool.triggers.is_empty() {
-                pools.remove(&key);
-                inner.metrics.unclaimed.get_or_create(&labels).set(0);
-                inner.metrics.multiclaimed.get_or_create(&labels).set(0);
                 return;
             }
             let mut named: Vec<(String, Filter)> = pool
@@ -152,12 +158,12 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
             inner
                 .metrics
                 .unclaimed
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(unclaimed as i64);
             inner
                 .metrics
                 .multiclaimed
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(multiclaimed as i64);
             let queued: HashSet<u64> = found.iter().map(|c| c.job.request_id).collect();
             pool.logged.retain(|id| queued.contains(id));
@@ -166,7 +172,7 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
                 .filter(|c| c.is_unclaimed() || c.is_multiclaimed())
             {
                 if pool.logged.insert(claim.job.request_id) {
-                    log_claim(&labels, claim);
+                    log_claim(labels, claim);
                 }
             }
         }

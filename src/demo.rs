@@ -217,7 +217,6 @@ struct Stats {
     completed: u64,
     queued: u64,
     cancelled: u64,
-    failed_no_agent: u64,
     ran_a_job: u64,
     left_idle: u64,
     durations: HashMap<u64, Duration>,
@@ -443,9 +442,6 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         }
         let mut s = stats.lock().expect("stats");
         s.queued += 1;
-        if failed {
-            s.failed_no_agent += 1;
-        }
         s.durations.insert(id, run_for);
     }
     tokio::time::sleep_until(started + config.duration).await;
@@ -462,7 +458,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
                 .count() as u64;
             // With an idle timeout, agents started for nothing leave by themselves: wait for it.
             let waiting_ok = config.idle_timeout.is_zero();
-            s.completed + s.cancelled + s.failed_no_agent + stuck == s.queued
+            s.completed + s.cancelled + sim.ado.jobs_rejected_no_agent() + stuck == s.queued
                 && s.agents.iter().all(|(_, p)| {
                     *p == Phase::Done || (waiting_ok && matches!(p, Phase::Idle | Phase::Starting))
                 })
@@ -578,14 +574,7 @@ impl Registrar {
             enabled: Some(true),
             os_description: Some("Linux (simulated)".into()),
             authorization: Some(self.authorization.clone()),
-            system_capabilities: BTreeMap::from([
-                ("Agent.Name".to_owned(), name.to_owned()),
-                ("Agent.OS".to_owned(), "Linux".to_owned()),
-                (
-                    "Agent.Version".to_owned(),
-                    crate::sim::SIM_AGENT_VERSION.to_owned(),
-                ),
-            ]),
+            system_capabilities: crate::sim::system_capabilities(name).to_map(),
             user_capabilities: capabilities.clone(),
             ..Agent::default()
         };

@@ -72,10 +72,8 @@ impl PlaceholderSpec {
     /// The system capabilities the real agent reports about itself
     /// (`AgentCapabilitiesProvider`), those a placeholder can know.
     pub fn system_capabilities(&self) -> Capabilities {
-        let mut caps = Capabilities::default();
+        let mut caps = Capabilities::reported_by_our_agents(&self.agent_version);
         caps.insert("Agent.Name", &self.name);
-        caps.insert("Agent.OS", "Linux");
-        caps.insert("Agent.Version", &self.agent_version);
         caps
     }
 
@@ -250,14 +248,6 @@ impl Placeholders {
             },
         );
         tokio::spawn(keep(self.inner.clone(), key));
-    }
-
-    /// Placeholders currently kept, for tests and `check`.
-    pub fn names(&self) -> Vec<String> {
-        let kept = self.inner.kept.lock().expect("placeholders poisoned");
-        let mut names: Vec<String> = kept.keys().map(|k| k.name.clone()).collect();
-        names.sort();
-        names
     }
 }
 

@@ -215,8 +215,13 @@ struct Inner {
     metrics: Arc<Metrics>,
     watchers: Mutex<HashMap<PoolKey, Arc<Watcher>>>,
     pool_ids: Mutex<HashMap<(OrgUrl, String), PoolIdCell>>,
+    /// Job demands ADO's own parser would refuse, each logged once.
+    unknown_demands: Mutex<HashSet<String>>,
     shutdown: CancellationToken,
 }
+
+/// How many distinct unparsable demands are remembered (and so logged once each).
+const MAX_UNKNOWN_DEMANDS: usize = 1000;
 
 impl Poller {
     pub fn new(
@@ -232,6 +237,7 @@ impl Poller {
                 metrics,
                 watchers: Mutex::default(),
                 pool_ids: Mutex::default(),
+                unknown_demands: Mutex::default(),
                 shutdown,
             }),
         }
@@ -357,6 +363,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     OffsetDateTime::now_utc(),
                 );
                 publish_poll_metrics(&inner.metrics, &watcher.labels, &snapshot);
+                log_unknown_demands(&inner, &watcher.labels, &snapshot);
                 watcher.state.send_replace(PoolState {
                     snapshot: Some(Arc::new(snapshot)),
                     error: None,
@@ -408,6 +415,36 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             return;
         }
     }
+}
+
+/// A demand whose operator or shape ADO's parser refuses is never met by `capabilities`:
+/// say so once per distinct string, not at every poll.
+fn log_unknown_demands(inner: &Inner, labels: &PoolLabels, snapshot: &Snapshot) {
+    let mut seen = inner
+        .unknown_demands
+        .lock()
+        .expect("unknown demands poisoned");
+    for (request_id, demand) in newly_unknown(&mut seen, &snapshot.jobs) {
+        tracing::warn!(
+            pool = labels.pool,
+            request_id,
+            demand,
+            "job demand in a shape ADO does not parse: no trigger with `capabilities` counts it"
+        );
+    }
+}
+
+/// Unparsable demands of `jobs` not in `seen` yet, recorded there (up to a bound).
+fn newly_unknown<'a>(seen: &mut HashSet<String>, jobs: &'a [Job]) -> Vec<(u64, &'a str)> {
+    let mut new = Vec::new();
+    for job in jobs {
+        for requirement in job.requirements.iter().filter(|r| !r.is_known()) {
+            if seen.len() < MAX_UNKNOWN_DEMANDS && seen.insert(requirement.as_str().to_owned()) {
+                new.push((job.request_id, requirement.as_str()));
+            }
+        }
+    }
+    new
 }
 
 fn publish_poll_metrics(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snapshot) {
@@ -472,6 +509,28 @@ mod tests {
             req.finish_time = Some(UTC0 + time::Duration::seconds(secs));
         }
         req
+    }
+
+    #[test]
+    fn each_unparsable_demand_is_reported_once() {
+        let job = |id: u64, demands: &[&str]| {
+            let mut r = request(id, None, None);
+            r.demands = demands.iter().map(|d| d.to_string()).collect();
+            Job::from_request(&r).unwrap()
+        };
+        let jobs = [
+            job(1, &["docker", "docker -exists"]),
+            job(2, &["docker -exists", "java -like 17"]),
+        ];
+        let mut seen = HashSet::new();
+        assert_eq!(
+            newly_unknown(&mut seen, &jobs),
+            [(1, "docker -exists"), (2, "java -like 17")]
+        );
+        assert!(newly_unknown(&mut seen, &jobs).is_empty(), "once");
+        let more = [job(3, &["a -x y"])];
+        seen.extend((0..MAX_UNKNOWN_DEMANDS).map(|i| i.to_string()));
+        assert!(newly_unknown(&mut seen, &more).is_empty(), "bounded");
     }
 
     #[test]

@@ -95,7 +95,7 @@ async fn a_good_setup_passes_and_explains_the_queue() {
     );
     assert!(text.contains("counted"), "{text}");
     assert!(
-        text.contains("not counted: it demands `gpu`, which --demands does not offer"),
+        text.contains("not counted: job demand `gpu` is not in `demands`"),
         "{text}"
     );
     assert!(
@@ -326,7 +326,7 @@ async fn unclaimed_jobs_and_a_missing_pool_role_are_explained() {
     );
     assert!(!text.contains(&format!("{java}: not counted")), "{text}");
     assert!(
-        text.contains("--capabilities #1: `gpu` is not met by --capabilities"),
+        text.contains("--capabilities #1: job demand `gpu` is not met by `capabilities`"),
         "{text}"
     );
     assert!(

@@ -176,4 +176,9 @@ fn bad_flags_fail_fast_and_name_the_problem() {
     assert!(err.contains("--max-staleness"), "{err}");
     let err = run(&["serve", "--auth", "pat"], &[]);
     assert!(err.contains("--pat-file"), "{err}");
+    let err = run(&["serve", "--placeholder-interval", "1s"], &[]);
+    assert!(
+        err.contains("--placeholder-interval must be at least 10s"),
+        "{err}"
+    );
 }

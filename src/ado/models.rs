@@ -68,7 +68,7 @@ pub struct Agent {
     pub user_capabilities: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_description: Option<String>,
-    /// Sent at registration; ADO never returns the key.
+    /// Sent at registration and replacement; never read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AgentAuthorization>,
 }

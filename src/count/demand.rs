@@ -176,6 +176,19 @@ impl Capabilities {
             .join(",")
     }
 
+    /// What every agent of ours reports whatever the trigger says (`AgentCapabilitiesProvider`):
+    /// the image is Linux, and its agent version is the trigger's `agentVersion`.
+    pub fn reported_by_our_agents(agent_version: &str) -> Self {
+        [("Agent.OS", "Linux"), ("Agent.Version", agent_version)]
+            .into_iter()
+            .collect()
+    }
+
+    /// A trigger's capabilities as counting sees them: over those every agent reports.
+    pub fn as_counted(&self, agent_version: &str) -> Self {
+        self.over(&Self::reported_by_our_agents(agent_version))
+    }
+
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
@@ -482,6 +495,10 @@ mod tests {
         assert_eq!(merged.get("agent.version"), Some("4.0"));
         assert_eq!(merged.get("java"), Some(""));
         assert_eq!(merged.to_map().len(), 3);
+        let counted = caps("java,Agent.OS=Darwin").as_counted("4.1.0");
+        assert_eq!(counted.get("agent.os"), Some("Darwin"));
+        assert_eq!(counted.get("Agent.Version"), Some("4.1.0"));
+        assert_eq!(counted.to_map().len(), 3);
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
             ));
         }
     };
-    let capabilities = match meta.get("capabilities") {
+    let capabilities = match non_empty(meta, "capabilities") {
         None => None,
         Some(list) => {
             for other in ["demands", "parent"] {
@@ -231,17 +231,7 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         }
         _ => None,
     };
-    // Counting sees what a real agent of ours reports: the system capabilities we know,
-    // overlaid with the trigger's.
-    let capabilities = capabilities.map(|caps| {
-        let system: Capabilities = [
-            ("Agent.OS", "Linux"),
-            ("Agent.Version", agent_version.as_str()),
-        ]
-        .into_iter()
-        .collect();
-        caps.over(&system)
-    });
+    let capabilities = capabilities.map(|caps| caps.as_counted(&agent_version));
     let standby = non_empty(meta, "standby")
         .map(Standby::parse)
         .transpose()

@@ -23,7 +23,7 @@ use crate::{
     count::Counted,
     error::{Error, Result},
     placeholder::Placeholders,
-    poller::{Poller, PoolKey},
+    poller::{Poller, PoolKey, Snapshot},
     telemetry::{GrpcLabels, MethodLabels, Metrics, TriggerLabels},
 };
 use allowlist::OrgAllowlist;
@@ -41,8 +41,8 @@ pub struct ScalerService {
     metrics: Arc<Metrics>,
     /// Cancelled when the server stops: ends open streams so that shutdown can drain.
     streams_end: CancellationToken,
-    placeholders: Option<Placeholders>,
-    claims: Option<ClaimTracker>,
+    placeholders: Placeholders,
+    claims: ClaimTracker,
 }
 
 /// A trigger, the pool it resolved to, and its value.
@@ -72,39 +72,27 @@ impl ScalerService {
         allowlist: OrgAllowlist,
         metrics: Arc<Metrics>,
         streams_end: CancellationToken,
+        placeholders: Placeholders,
+        claims: ClaimTracker,
     ) -> Self {
         Self {
             poller,
             allowlist: Arc::new(allowlist),
             metrics,
             streams_end,
-            placeholders: None,
-            claims: None,
+            placeholders,
+            claims,
         }
-    }
-
-    /// Keep each trigger's placeholder registration.
-    pub fn with_placeholders(mut self, placeholders: Placeholders) -> Self {
-        self.placeholders = Some(placeholders);
-        self
-    }
-
-    /// Report queued jobs no trigger, or several, count.
-    pub fn with_claims(mut self, claims: ClaimTracker) -> Self {
-        self.claims = Some(claims);
-        self
     }
 
     /// Tells the placeholder keeper and the claim tracker that this trigger asked.
     fn noticed(&self, r: &ScaledObjectRef, trigger: &Trigger, key: &PoolKey) {
         let name = trigger_name(r);
         let label = trigger.pool.label();
-        if let (Some(placeholders), Some(spec)) = (&self.placeholders, &trigger.placeholder) {
-            placeholders.want(key, &label, &name, spec);
+        if let Some(spec) = &trigger.placeholder {
+            self.placeholders.want(key, &label, &name, spec);
         }
-        if let Some(claims) = &self.claims {
-            claims.observe(key, &label, &name, &trigger.filter);
-        }
+        self.claims.observe(key, &label, &name, &trigger.filter);
     }
 
     async fn pool_key(&self, trigger: &Trigger) -> Result<PoolKey> {
@@ -133,10 +121,7 @@ impl ScalerService {
             }
             other => other?,
         };
-        let counted = trigger
-            .filter
-            .count(&snapshot.jobs, &snapshot.departed, Instant::now());
-        let standby = standby_now(&trigger);
+        let (counted, standby) = value_now(&trigger, &snapshot);
         let evaluation = Evaluation {
             trigger,
             counted,
@@ -186,11 +171,16 @@ impl ScalerService {
     }
 }
 
-fn standby_now(trigger: &Trigger) -> u64 {
-    trigger
+/// A trigger's counted jobs in a snapshot, and the standby agents it wants now.
+fn value_now(trigger: &Trigger, snapshot: &Snapshot) -> (Counted, u64) {
+    let counted = trigger
+        .filter
+        .count(&snapshot.jobs, &snapshot.departed, Instant::now());
+    let standby = trigger
         .standby
         .as_ref()
-        .map_or(0, |s| s.at(jiff::Timestamp::now()))
+        .map_or(0, |s| s.at(jiff::Timestamp::now()));
+    (counted, standby)
 }
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -263,11 +253,8 @@ impl ExternalScaler for ScalerService {
                     .usable(&key, max_staleness, Instant::now());
                 match usable {
                     Some(Ok(snapshot)) => {
-                        let value = trigger
-                            .filter
-                            .count(&snapshot.jobs, &snapshot.departed, Instant::now())
-                            .total()
-                            + standby_now(&trigger);
+                        let (counted, standby) = value_now(&trigger, &snapshot);
+                        let value = counted.total() + standby;
                         this.noticed(&r, &trigger, &key);
                         this.record_value(&r, &trigger, value);
                         let active = value as i64 > trigger.activation;

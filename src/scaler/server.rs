@@ -75,9 +75,9 @@ pub async fn serve(
         settings.allowlist,
         metrics.clone(),
         streams_end.clone(),
-    )
-    .with_placeholders(placeholders)
-    .with_claims(claims);
+        placeholders,
+        claims,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -357,10 +357,10 @@ impl SimAgent {
         }
         let body = serde_json::json!({
             "name": name,
-            "version": "4.261.0",
+            "version": super::ado::SIM_AGENT_VERSION,
             "enabled": true,
             "osDescription": "Linux (simulated)",
-            "systemCapabilities": self.capabilities(),
+            "systemCapabilities": self.capabilities(name),
             "authorization": { "publicKey": { "exponent": "AQAB", "modulus": "c2lt" } },
         });
         let created: Agent = json(
@@ -376,7 +376,7 @@ impl SimAgent {
 
     /// Every environment variable but those `VSO_AGENT_IGNORE` names and values of 1024
     /// characters or more, plus the agent's own.
-    fn capabilities(&self) -> BTreeMap<String, String> {
+    fn capabilities(&self, name: &str) -> BTreeMap<String, String> {
         let ignored: Vec<String> = std::env::var("VSO_AGENT_IGNORE")
             .unwrap_or_default()
             .split(',')
@@ -385,8 +385,7 @@ impl SimAgent {
         let mut caps: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, v)| !ignored.contains(k) && v.len() < 1024)
             .collect();
-        caps.insert("Agent.Version".into(), "4.261.0".into());
-        caps.insert("Agent.OS".into(), "Linux".into());
+        caps.extend(super::ado::system_capabilities(name).to_map());
         caps
     }
 

@@ -24,7 +24,7 @@ use crate::{
     error::{Error, Result},
     scaler::allowlist::OrgAllowlist,
 };
-pub use ado::{AdoSim, Endpoint, Fault, SIM_AGENT_VERSION};
+pub use ado::{AdoSim, Endpoint, Fault, SIM_AGENT_VERSION, system_capabilities};
 pub use entra::{Entra, EntraConfig, TokenStore};
 
 pub const SIM_TENANT: &str = "72f988bf-0000-4000-8000-00000000a11c";

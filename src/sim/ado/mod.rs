@@ -124,8 +124,10 @@ pub struct AdoSim {
     state: Arc<AdoState>,
 }
 
-/// The system capabilities the real agent reports about itself (`AgentCapabilitiesProvider`).
-fn system_capabilities(name: &str) -> Capabilities {
+/// The system capabilities the real agent reports about itself (`AgentCapabilitiesProvider`:
+/// also `InteractiveSession`, `Agent.ComputerName`, `Agent.HomeDirectory`, which no demand here
+/// uses).
+pub fn system_capabilities(name: &str) -> Capabilities {
     let mut caps = Capabilities::default();
     caps.insert("Agent.Name", name);
     caps.insert("Agent.OS", "Linux");

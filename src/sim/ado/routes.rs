@@ -242,8 +242,12 @@ async fn list_job_requests(
                     enabled: a.enabled,
                 })
                 .collect();
-            // Every job demands an agent version, so ADO never sets this for a real job.
-            r.matches_all_agents_in_pool = false;
+            // As before this change: set for a job whose only demand is the agent version
+            // ADO adds (what ADO itself sets here is not known).
+            r.matches_all_agents_in_pool = r
+                .demands
+                .iter()
+                .all(|d| d.to_ascii_lowercase().starts_with("agent.version "));
             r.matched_agents = Some(matched);
             r
         })
