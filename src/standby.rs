@@ -208,6 +208,20 @@ mod tests {
     }
 
     #[test]
+    fn minutes_count() {
+        let s = "Mon-Sun 07:30-08:15 UTC=1";
+        let table = [
+            ("2026-11-26T07:29:59Z", 0),
+            ("2026-11-26T07:30:00Z", 1),
+            ("2026-11-26T08:14:59Z", 1),
+            ("2026-11-26T08:15:00Z", 0),
+        ];
+        for (instant, want) in table {
+            assert_eq!(at(s, instant), want, "{instant}");
+        }
+    }
+
+    #[test]
     fn overnight_wrapping_and_overlapping_windows() {
         // Friday 22:00 to Saturday 06:00 UTC; the days name where a window starts.
         let night = "Fri 22:00-06:00 UTC=4";

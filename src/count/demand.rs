@@ -301,8 +301,8 @@ fn parse_expression(raw: &str) -> Option<(&str, Test)> {
     let opcode_end = rest.find(char::is_whitespace)?;
     let (opcode, value) = rest.split_at(opcode_end);
     let value = value.trim_start();
-    if opcode.is_empty() || value.is_empty() {
-        // The regex needs an opcode; the demand constructors refuse an empty value.
+    if value.is_empty() {
+        // The demand constructors refuse an empty value (an empty opcode is unknown below).
         return None;
     }
     let test = match opcode {
@@ -317,13 +317,11 @@ fn parse_expression(raw: &str) -> Option<(&str, Test)> {
 /// a missing build or revision is -1, so `2.0` sorts before `2.0.0`.
 type Version = [i64; 4];
 
-/// `DemandMinimumVersion.ParseVersion`: everything from the first `-` (not at the start) is
-/// dropped; anything unparsable is no version.
+/// `DemandMinimumVersion.ParseVersion`: everything from the first `-` is dropped (.NET keeps
+/// a leading one, which then fails to parse: no version either way); anything unparsable is
+/// no version.
 fn parse_version(text: &str) -> Option<Version> {
-    let text = match text.find('-') {
-        Some(i) if i > 0 => &text[..i],
-        _ => text,
-    };
+    let text = text.split('-').next().unwrap_or_default();
     let parts: Vec<&str> = text.split('.').collect();
     if !(2..=4).contains(&parts.len()) {
         return None;
@@ -332,7 +330,8 @@ fn parse_version(text: &str) -> Option<Version> {
     for (slot, part) in version.iter_mut().zip(&parts) {
         let digits = part.trim();
         let digits = digits.strip_prefix('+').unwrap_or(digits);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: `i32::from_str` would also take a second sign. Empty fails to parse.
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         *slot = digits.parse::<i32>().ok()?.into();
@@ -397,6 +396,7 @@ mod tests {
             ("Agent.OS -notequals Windows_NT", false),
             ("Agent.OS equals Linux", false),
             ("Agent.OS -equals ", false),
+            ("docker -equals  ", false),
             ("Agent.OS -equals", false),
             (" docker", false),
             ("", false),
@@ -420,6 +420,8 @@ mod tests {
             "docker -exists",
             "a -Equals b",
             "a -equals",
+            "a -equals  ",
+            "a - b",
             "",
             "a -x y",
             "a b",
@@ -456,6 +458,9 @@ mod tests {
             ("1.", "0.1", Less),
             ("99999999999.0", "0.1", Less),
             ("junk", "nonsense", Equal),
+            ("++5.0", "junk", Equal),
+            ("-1.5", "junk", Equal),
+            ("1. 2", "1.2", Equal),
         ];
         for (a, b, want) in table {
             assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
