@@ -131,6 +131,61 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub gc: GcArgs,
+}
+
+/// The stale-agent collector (README: "Cleaning the pool").
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// Delete registrations of agents that died without deregistering (one replica collects).
+    #[arg(
+        long = "gc",
+        env = "ADO_SCALER_GC",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub enabled: bool,
+
+    /// Namespace of the agent pods; required with --gc.
+    #[arg(long = "gc-namespace", env = "ADO_SCALER_GC_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Only agents whose name starts with one of these (comma list) are ever deleted; required with --gc.
+    #[arg(
+        long = "gc-agent-prefix",
+        env = "ADO_SCALER_GC_AGENT_PREFIX",
+        value_delimiter = ','
+    )]
+    pub agent_prefix: Vec<String>,
+
+    /// Pools to clean, comma list of ORG_URL=POOL_NAME (each org must pass --allowed-orgs); required with --gc.
+    #[arg(long = "gc-pools", env = "ADO_SCALER_GC_POOLS", value_delimiter = ',')]
+    pub pools: Vec<String>,
+
+    /// How long an agent must have been offline before it is deleted.
+    #[arg(long = "gc-grace", env = "ADO_SCALER_GC_GRACE", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub grace: Duration,
+
+    /// Time between two collector runs.
+    #[arg(long = "gc-interval", env = "ADO_SCALER_GC_INTERVAL", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub interval: Duration,
+
+    /// Namespace of the Lease `ado-scaler-gc`; defaults to the pod's own namespace.
+    #[arg(long = "gc-lease-namespace", env = "ADO_SCALER_GC_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's name in the Lease; defaults to the hostname (the pod name).
+    #[arg(long = "gc-lease-identity", env = "ADO_SCALER_GC_LEASE_IDENTITY")]
+    pub lease_identity: Option<String>,
+
+    /// Kubeconfig for the collector; defaults to KUBECONFIG, then the pod's service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -328,6 +328,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             ..Default::default()
         },
         placeholders: PlaceholderSettings::default(),
+        gc: None,
         auth: sim.auth_settings(),
         http: sim.http_client()?,
     };

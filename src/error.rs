@@ -74,6 +74,9 @@ pub enum Error {
         last_error: String,
     },
 
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
+
     #[error("configuration: {0}")]
     Config(String),
 
@@ -100,6 +103,7 @@ impl From<Error> for tonic::Status {
             Error::Upstream { .. }
             | Error::Transport { .. }
             | Error::Stale { .. }
+            | Error::Kubernetes(_)
             | Error::ShuttingDown => Code::Unavailable,
             Error::Decode { .. } | Error::Config(_) | Error::Agent(_) => Code::Internal,
         };

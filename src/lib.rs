@@ -9,7 +9,9 @@
 //!   teardown), and [`standby`]: idle agents to keep ready, by schedule.
 //!
 //! Beside the data path, `serve` keeps [`placeholder`] registrations so that ADO queues jobs
-//! for a pool scaled to zero, and [`claims`] reports queued jobs no trigger (or several) counts.
+//! for a pool scaled to zero, [`claims`] reports queued jobs no trigger (or several) counts,
+//! and [`gc`] deletes the registrations of agents that died without deregistering, on the
+//! one replica [`k8s`] elects.
 //!
 //! The agent side: [`agent`] is the entrypoint of each ephemeral agent pod (token exchange,
 //! register, one job, deregister).
@@ -17,8 +19,8 @@
 //! Operations: [`check`] explains setup mistakes with the real calls.
 //!
 //! Around it: [`auth`] (workload identity, managed identity, PAT file), [`telemetry`]
-//! (logging, Prometheus registry), [`config`] (the CLI), [`sim`] (simulated Entra and ADO
-//! used by the demo, tests and benchmarks) and [`demo`] (the whole loop with a KEDA emulator).
+//! (logging, Prometheus registry), [`config`] (the CLI), [`sim`] (simulated Entra, ADO and
+//! Kubernetes API used by the demo, tests and benchmarks) and [`demo`] (the whole loop with a KEDA emulator).
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,8 @@ pub mod config;
 pub mod count;
 pub mod demo;
 pub mod error;
+pub mod gc;
+pub mod k8s;
 pub mod placeholder;
 pub mod poller;
 pub mod scaler;
@@ -97,7 +101,9 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         .as_deref()
         .map(auth::read_ca_file)
         .transpose()?;
+    let gc = gc_settings(&args.gc, &allowlist)?;
     Ok(scaler::server::ServeSettings {
+        gc,
         allowlist,
         poller: poller::PollerSettings {
             interval: args.poll_interval,
@@ -111,6 +117,60 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         auth: auth::AuthSettings::from_env(args.auth.auth, args.auth.pat_file.clone())?,
         http: auth::http_client(ca.as_deref())?,
     })
+}
+
+/// Validates the `--gc-*` flags; `None` when the collector is off.
+fn gc_settings(
+    args: &config::GcArgs,
+    allowlist: &scaler::allowlist::OrgAllowlist,
+) -> Result<Option<gc::GcSettings>> {
+    if !args.enabled {
+        return Ok(None);
+    }
+    let namespace = args
+        .namespace
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| Error::Config("--gc-namespace is required with --gc".into()))?;
+    let prefixes: Vec<String> = args
+        .agent_prefix
+        .iter()
+        .map(|p| p.trim().to_owned())
+        .collect();
+    let rules = gc::rules::Rules::new(prefixes, args.grace).map_err(Error::Config)?;
+    let pools = gc::parse_pools(&args.pools).map_err(Error::Config)?;
+    if let Some((org, _)) = pools.iter().find(|(org, _)| !allowlist.allows(org)) {
+        return Err(Error::Config(format!(
+            "--gc-pools: organisation {org} is not in --allowed-orgs"
+        )));
+    }
+    if args.interval < Duration::from_secs(10) {
+        return Err(Error::Config("--gc-interval must be at least 10s".into()));
+    }
+    let identity = match &args.lease_identity {
+        Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        _ => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                Error::Config("--gc-lease-identity: no hostname to default to".into())
+            })?,
+    };
+    Ok(Some(gc::GcSettings {
+        pools,
+        namespace,
+        rules,
+        interval: args.interval,
+        lease_namespace: args
+            .lease_namespace
+            .clone()
+            .filter(|n| !n.trim().is_empty()),
+        identity,
+        timing: k8s::lease::LeaseTiming::default(),
+        kubeconfig: args.kubeconfig.clone(),
+        delete_pace: gc::GcSettings::DELETE_PACE,
+    }))
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

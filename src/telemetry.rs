@@ -127,6 +127,7 @@ pub struct Metrics {
     pub grpc_request_duration: Family<MethodLabels, Histogram>,
     pub placeholders: Arc<crate::placeholder::PlaceholderMetrics>,
     pub claims: Arc<crate::claims::ClaimMetrics>,
+    pub gc: Arc<crate::gc::GcMetrics>,
 }
 
 impl Default for Metrics {
@@ -226,6 +227,7 @@ impl Metrics {
 
         let placeholders = crate::placeholder::PlaceholderMetrics::register(registry);
         let claims = crate::claims::ClaimMetrics::register(registry);
+        let gc = crate::gc::GcMetrics::register(registry);
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
@@ -278,6 +280,7 @@ impl Metrics {
             grpc_request_duration,
             placeholders,
             claims,
+            gc,
         }
     }
 

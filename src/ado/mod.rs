@@ -2,7 +2,11 @@
 
 pub mod models;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -77,12 +81,42 @@ pub struct RateLimit {
     pub reset_epoch: Option<i64>,
 }
 
+/// What ADO last said about an organisation's budget for this identity. ADO limits the
+/// identity, not a pool, so every caller (polls, placeholders, the collector) shares it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Throttle {
+    /// A 429's `Retry-After` runs until then.
+    pub blocked_until: Option<Instant>,
+    /// The last rate-limit headers and when they came.
+    pub last: Option<(RateLimit, Instant)>,
+}
+
+impl Throttle {
+    /// ADO's sliding window: a reading older than this says nothing about now.
+    const WINDOW: Duration = Duration::from_secs(300);
+
+    /// Whether optional work (cleaning the pool) should yield to polls: blocked by a 429, or
+    /// less than a fifth of the budget left in the current window.
+    pub fn should_yield(&self, now: Instant) -> bool {
+        if self.blocked_until.is_some_and(|until| now < until) {
+            return true;
+        }
+        match self.last {
+            Some((rate, at)) if now.duration_since(at) < Self::WINDOW => {
+                matches!((rate.remaining, rate.limit), (Some(left), Some(limit)) if left * 5 < limit)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Talks to one or many organisations with one identity.
 #[derive(Clone, Debug)]
 pub struct AdoClient {
     http: reqwest::Client,
     auth: TokenSource,
     metrics: Arc<Metrics>,
+    throttles: Arc<Mutex<HashMap<OrgUrl, Throttle>>>,
 }
 
 impl AdoClient {
@@ -91,7 +125,18 @@ impl AdoClient {
             http,
             auth,
             metrics,
+            throttles: Arc::default(),
         }
+    }
+
+    /// The organisation's rate-limit state as seen by every call of this client.
+    pub fn throttle(&self, org: &OrgUrl) -> Throttle {
+        self.throttles
+            .lock()
+            .expect("throttles poisoned")
+            .get(org)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn identity(&self) -> &str {
@@ -155,6 +200,20 @@ impl AdoClient {
         name: &str,
     ) -> Result<Vec<Agent>> {
         self.list_agents(org, pool_id, name, true).await
+    }
+
+    /// Every agent of a pool, with the request each one holds (`includeAssignedRequest`).
+    pub async fn agents_with_assigned_requests(
+        &self,
+        org: &OrgUrl,
+        pool_id: u32,
+    ) -> Result<Vec<Agent>> {
+        let mut url = org.join(&format!("_apis/distributedtask/pools/{pool_id}/agents"));
+        url.query_pairs_mut()
+            .append_pair("includeAssignedRequest", "true")
+            .append_pair("api-version", "7.1");
+        let list: List<Agent> = self.get_json(org, "agents", url).await?;
+        Ok(list.value)
     }
 
     async fn list_agents(
@@ -327,6 +386,7 @@ impl AdoClient {
         let status = response.status();
         count(status.as_u16().to_string());
         let rate = rate_limit(response.headers());
+        self.record_throttle(org, status, &rate, response.headers());
         if let Some(remaining) = rate.remaining {
             self.metrics
                 .rate_limit_remaining
@@ -347,6 +407,30 @@ impl AdoClient {
             });
         }
         Ok(response)
+    }
+}
+
+impl AdoClient {
+    fn record_throttle(
+        &self,
+        org: &OrgUrl,
+        status: StatusCode,
+        rate: &RateLimit,
+        headers: &header::HeaderMap,
+    ) {
+        let blocked = status == StatusCode::TOO_MANY_REQUESTS;
+        if !blocked && *rate == RateLimit::default() {
+            return;
+        }
+        let now = Instant::now();
+        let mut throttles = self.throttles.lock().expect("throttles poisoned");
+        let throttle = throttles.entry(org.clone()).or_default();
+        if blocked {
+            throttle.blocked_until = Some(now + retry_after(headers));
+        }
+        if *rate != RateLimit::default() {
+            throttle.last = Some((*rate, now));
+        }
     }
 }
 
@@ -456,6 +540,48 @@ mod tests {
         );
         assert!(OrgUrl::parse("http://[::1]:8080/o").unwrap().is_loopback());
         assert!(!OrgUrl::parse("http://10.0.0.1/o").unwrap().is_loopback());
+    }
+
+    #[test]
+    fn optional_work_yields_to_a_429_and_to_a_low_budget_in_the_window() {
+        let now = Instant::now();
+        let rate = |remaining, limit| RateLimit {
+            remaining: Some(remaining),
+            limit: Some(limit),
+            reset_epoch: None,
+        };
+        assert!(!Throttle::default().should_yield(now));
+        let blocked = Throttle {
+            blocked_until: Some(now + Duration::from_secs(30)),
+            last: None,
+        };
+        assert!(blocked.should_yield(now));
+        assert!(!blocked.should_yield(now + Duration::from_secs(30)));
+        let low = Throttle {
+            blocked_until: None,
+            last: Some((rate(39, 200), now)),
+        };
+        assert!(low.should_yield(now + Duration::from_secs(299)));
+        assert!(
+            !low.should_yield(now + Duration::from_secs(300)),
+            "an old reading"
+        );
+        let fifth = Throttle {
+            blocked_until: None,
+            last: Some((rate(40, 200), now)),
+        };
+        assert!(!fifth.should_yield(now));
+        let no_limit = Throttle {
+            blocked_until: None,
+            last: Some((
+                RateLimit {
+                    remaining: Some(0),
+                    ..RateLimit::default()
+                },
+                now,
+            )),
+        };
+        assert!(!no_limit.should_yield(now));
     }
 
     #[test]

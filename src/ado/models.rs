@@ -62,6 +62,16 @@ pub struct Agent {
         skip_serializing_if = "Option::is_none"
     )]
     pub created_on: Option<OffsetDateTime>,
+    /// When `status` last changed; ADO omits it for an agent that never connected.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status_changed_on: Option<OffsetDateTime>,
+    /// The job the agent holds; listed only with `includeAssignedRequest=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_request: Option<Box<JobRequest>>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub system_capabilities: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -212,5 +222,24 @@ mod tests {
         assert!(job.assign_time.is_none() && job.result.is_none());
         assert_eq!(job.matched_agents.as_ref().unwrap()[0].name, "tmpl");
         assert_eq!(job.definition.as_ref().unwrap().name, "ci");
+    }
+
+    #[test]
+    fn parses_an_agent_listed_with_its_assigned_request() {
+        let body = r#"{"count":2,"value":[
+          {"_links":{},"maxParallelism":1,"createdOn":"2026-11-20T08:00:00.5Z",
+           "statusChangedOn":"2026-11-26T04:10:00Z","assignedRequest":{"requestId":77,
+           "queueTime":"2026-11-26T04:00:00Z","planType":"Build","demands":["maven"]},
+           "id":12,"name":"ado-agent-x","version":"4.261.0","osDescription":"Linux",
+           "enabled":true,"status":"offline","provisioningState":"Provisioned"},
+          {"id":13,"name":"ado-agent-y","createdOn":"2026-11-26T05:00:00Z","status":"online"}]}"#;
+        let list: List<Agent> = serde_json::from_str(body).unwrap();
+        let (busy, fresh) = (&list.value[0], &list.value[1]);
+        assert_eq!(busy.assigned_request.as_ref().unwrap().request_id, 77);
+        assert_eq!(
+            busy.status_changed_on.unwrap(),
+            time::macros::datetime!(2026-11-26 04:10:00 UTC)
+        );
+        assert!(fresh.assigned_request.is_none() && fresh.status_changed_on.is_none());
     }
 }

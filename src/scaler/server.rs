@@ -19,6 +19,7 @@ use crate::{
     auth::{AuthSettings, TokenSource},
     claims::ClaimTracker,
     error::{Error, Result},
+    gc::GcSettings,
     placeholder::{PlaceholderSettings, Placeholders},
     poller::{Poller, PollerSettings},
     scaler::{
@@ -33,6 +34,8 @@ pub struct ServeSettings {
     pub allowlist: OrgAllowlist,
     pub poller: PollerSettings,
     pub placeholders: PlaceholderSettings,
+    /// The stale-agent collector; `None`: off.
+    pub gc: Option<GcSettings>,
     pub auth: AuthSettings,
     /// The shared HTTP client (with `--ca-file` roots) for ADO and Entra.
     pub http: reqwest::Client,
@@ -67,6 +70,14 @@ pub async fn serve(
         metrics.placeholders.clone(),
         stop_polling.clone(),
     );
+    let stop = CancellationToken::new();
+    // The collector stops (and hands its Lease on) as soon as shutdown starts.
+    let collector = match settings.gc {
+        Some(gc) => {
+            Some(crate::gc::start(gc, ado.clone(), metrics.gc.clone(), stop.clone()).await?)
+        }
+        None => None,
+    };
     let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
     let claims = ClaimTracker::new(poller.clone(), metrics.claims.clone(), stop_polling.clone());
     let streams_end = CancellationToken::new();
@@ -85,7 +96,6 @@ pub async fn serve(
         .await;
     let ready = Arc::new(AtomicBool::new(true));
 
-    let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -141,6 +151,11 @@ pub async fn serve(
 
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     stop_polling.cancel();
+    if let Some(collector) = collector
+        && let Err(e) = collector.await
+    {
+        tracing::error!(error = %e, "stale-agent collector panicked");
+    }
     grpc_result.map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
     http_result.map_err(|e| Error::Config(format!("HTTP server: {e}")))?;
     tracing::info!("ado-scaler stopped");

@@ -5,6 +5,7 @@
 pub mod ado;
 pub mod agent;
 pub mod entra;
+pub mod kube;
 pub mod tls;
 
 use std::{
@@ -26,18 +27,26 @@ use crate::{
 };
 pub use ado::{AdoSim, Endpoint, Fault, SIM_AGENT_VERSION, system_capabilities};
 pub use entra::{Entra, EntraConfig, TokenStore};
+pub use kube::{KubeEndpoint, KubeFault, KubeSim};
 
 pub const SIM_TENANT: &str = "72f988bf-0000-4000-8000-00000000a11c";
 pub const SIM_CLIENT_ID: &str = "5e1f0000-0000-4000-8000-0000000c1d01";
 pub const SIM_ORG: &str = "contoso";
 pub const SIM_ISSUER: &str = "https://oidc.sim.local/cluster/";
 pub const SIM_SUBJECT: &str = "system:serviceaccount:ado-scaler:ado-scaler";
+/// The simulated cluster's namespaces: the scaler's (its Lease) and the agents'.
+pub const SIM_SCALER_NAMESPACE: &str = "ado-scaler";
+pub const SIM_AGENT_NAMESPACE: &str = "ado-agents";
 
-/// A simulated organisation and tenant, each on its own HTTPS port, with their files
-/// (CA bundle, projected service-account token) in a private temporary folder.
+/// A simulated organisation, tenant and Kubernetes API server, each on its own HTTPS port,
+/// with their files (CA bundle, projected service-account token, kubeconfig) in a private
+/// temporary folder.
 pub struct SimCloud {
     pub entra: Entra,
     pub ado: AdoSim,
+    pub kube: KubeSim,
+    /// A kubeconfig for the simulated API server, default namespace [`SIM_SCALER_NAMESPACE`].
+    pub kubeconfig: PathBuf,
     /// `https://127.0.0.1:{port}`: what AZURE_AUTHORITY_HOST points at.
     pub authority_host: String,
     /// `https://127.0.0.1:{port}/contoso`.
@@ -85,6 +94,14 @@ impl SimCloud {
             tokens.clone(),
         );
         let ado = AdoSim::new(SIM_ORG, tokens.clone());
+        let kube_token: String = {
+            use rand::Rng as _;
+            let mut rng = rand::rng();
+            (0..32)
+                .map(|_| char::from(b'a' + rng.random_range(0..26)))
+                .collect()
+        };
+        let kube = KubeSim::new(&kube_token);
 
         let stop = CancellationToken::new();
         let bind = || async {
@@ -92,7 +109,8 @@ impl SimCloud {
                 .await
                 .map_err(|e| Error::Config(format!("simulator bind: {e}")))
         };
-        let (entra_listener, ado_listener) = (bind().await?, bind().await?);
+        let (entra_listener, ado_listener, kube_listener) =
+            (bind().await?, bind().await?, bind().await?);
         let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
         let authority_host = format!("https://127.0.0.1:{}", port(&entra_listener));
         let org_url = format!("https://127.0.0.1:{}/{SIM_ORG}", port(&ado_listener));
@@ -108,10 +126,26 @@ impl SimCloud {
             ado.router(),
             stop.clone(),
         ));
+        let kubeconfig = write(
+            "kubeconfig",
+            &kube.kubeconfig(
+                &format!("https://127.0.0.1:{}", port(&kube_listener)),
+                &ca.ca_pem,
+                SIM_SCALER_NAMESPACE,
+            ),
+        )?;
+        tokio::spawn(tls::serve_tls(
+            kube_listener,
+            ca.server_config.clone(),
+            kube.router(),
+            stop.clone(),
+        ));
 
         Ok(Self {
             entra,
             ado,
+            kube,
+            kubeconfig,
             authority_host,
             org_url,
             ca_pem: ca.ca_pem,

@@ -4,6 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use ado_scaler::{
+    gc::GcSettings,
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
@@ -52,6 +53,24 @@ impl Harness {
     }
 
     pub async fn start_full(poller: PollerSettings, placeholders: PlaceholderSettings) -> Self {
+        Self::start_custom(poller, placeholders, |_| None).await
+    }
+
+    /// With the stale-agent collector, configured from the simulators.
+    pub async fn start_gc(gc: impl FnOnce(&SimCloud) -> GcSettings) -> Self {
+        Self::start_custom(
+            PollerSettings::default(),
+            PlaceholderSettings::default(),
+            |sim| Some(gc(sim)),
+        )
+        .await
+    }
+
+    async fn start_custom(
+        poller: PollerSettings,
+        placeholders: PlaceholderSettings,
+        gc: impl FnOnce(&SimCloud) -> Option<GcSettings>,
+    ) -> Self {
         let sim = SimCloud::start().await.expect("simulators start");
         let pool_id = sim.ado.add_pool(POOL);
         // An offline registration offering every demand the tests queue, so that ADO queues
@@ -59,6 +78,7 @@ impl Harness {
         sim.ado
             .register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
         let settings = ServeSettings {
+            gc: gc(&sim),
             allowlist: sim.allowlist(),
             poller,
             placeholders,

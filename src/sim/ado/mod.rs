@@ -93,6 +93,31 @@ struct Store {
     next_pool_id: u32,
     /// Jobs failed at enqueue because no registration in the pool satisfied their demands.
     rejected_no_agent: u64,
+    /// `(agent id, when)` of every registration deleted through the REST API.
+    deletions: Vec<(u32, std::time::Instant)>,
+}
+
+impl Store {
+    fn agent_mut(&mut self, pool_id: u32, name: &str) -> Option<&mut Agent> {
+        self.agents
+            .get_mut(&pool_id)?
+            .iter_mut()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The unfinished request reserved for an agent, as `assignedRequest` lists it.
+    fn assigned_request(&self, agent_id: u32) -> Option<JobRequest> {
+        self.jobs
+            .values()
+            .find(|j| {
+                j.finished_at.is_none()
+                    && j.request
+                        .reserved_agent
+                        .as_ref()
+                        .is_some_and(|a| a.id == agent_id)
+            })
+            .map(|j| j.request.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -388,6 +413,7 @@ impl AdoSim {
                 status: Some(status.into()),
                 enabled: Some(true),
                 created_on: None,
+                status_changed_on: (status == "online").then(OffsetDateTime::now_utc),
                 system_capabilities: system_capabilities(name).to_map(),
                 user_capabilities: capabilities.clone(),
                 ..Agent::default()
@@ -405,6 +431,36 @@ impl AdoSim {
         let id = agent.id;
         store.agents.entry(pool_id).or_default().push(agent);
         id
+    }
+
+    /// An agent's listener opening (`true`) or losing (`false`) its session: ADO flips the
+    /// status and stamps `statusChangedOn`. A killed agent goes offline this way too.
+    pub fn set_agent_online(&self, pool_id: u32, name: &str, online: bool) {
+        let status = if online { "online" } else { "offline" };
+        if let Some(agent) = self.store().agent_mut(pool_id, name)
+            && agent.status.as_deref() != Some(status)
+        {
+            agent.status = Some(status.into());
+            agent.status_changed_on = Some(OffsetDateTime::now_utc());
+        }
+    }
+
+    /// Moves an agent's `createdOn` and `statusChangedOn` back by `by`, as if it were that
+    /// much older.
+    pub fn age_agent(&self, pool_id: u32, name: &str, by: Duration) {
+        if let Some(agent) = self.store().agent_mut(pool_id, name) {
+            for at in [&mut agent.created_on, &mut agent.status_changed_on]
+                .into_iter()
+                .flatten()
+            {
+                *at -= by;
+            }
+        }
+    }
+
+    /// Registrations deleted through the REST API: `(agent id, when)`, in order.
+    pub fn deletions(&self) -> Vec<(u32, std::time::Instant)> {
+        self.store().deletions.clone()
     }
 
     pub fn remove_agent(&self, pool_id: u32, name: &str) {

@@ -265,9 +265,15 @@ async fn list_agents(
         return r;
     }
     let store = state.store.lock().expect("store");
-    let with_capabilities = query
-        .get("includeCapabilities")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let asked = |flag: &str| {
+        query
+            .get(flag)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    };
+    let (with_capabilities, with_request) = (
+        asked("includeCapabilities"),
+        asked("includeAssignedRequest"),
+    );
     let agents: Vec<Agent> = store
         .agents
         .get(&pool_id)
@@ -278,7 +284,12 @@ async fn list_agents(
                 .get("agentName")
                 .is_none_or(|n| n.eq_ignore_ascii_case(&a.name))
         })
-        .map(|a| listed(a, with_capabilities))
+        .map(|a| Agent {
+            assigned_request: with_request
+                .then(|| store.assigned_request(a.id).map(Box::new))
+                .flatten(),
+            ..listed(a, with_capabilities)
+        })
         .collect();
     with_rate_headers(&state, list(agents))
 }
@@ -371,11 +382,12 @@ async fn replace_agent(
     else {
         return agent_not_found(pool_id, agent_id);
     };
-    let (id, created_on, status) = (existing.id, existing.created_on, existing.status.clone());
     *existing = Agent {
-        id,
-        created_on,
-        status,
+        id: existing.id,
+        created_on: existing.created_on,
+        status: existing.status.take(),
+        status_changed_on: existing.status_changed_on,
+        assigned_request: None,
         ..agent
     };
     let replaced = listed(existing, true);
@@ -443,6 +455,7 @@ async fn delete_agent(
     if agents.len() == before {
         return agent_not_found(pool_id, agent_id);
     }
+    store.deletions.push((agent_id, std::time::Instant::now()));
     StatusCode::NO_CONTENT.into_response()
 }
 

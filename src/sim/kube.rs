@@ -1,0 +1,619 @@
+//! Simulated Kubernetes API server: the paths the collector uses, with the API server's
+//! semantics for them. Pods: list (with the list's `resourceVersion`), get, and watch from a
+//! `resourceVersion` (410 Gone once it is compacted away). Leases: get, create (409
+//! `AlreadyExists`) and update with optimistic concurrency (409 `Conflict` for a stale
+//! `metadata.resourceVersion`; none means unconditional, as for a real Lease). One revision
+//! counter for every object, as etcd's. Errors are `Status` objects; a request without the
+//! kubeconfig's bearer token gets 401. Reached over HTTPS through a kubeconfig, as a cluster is.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Container, Pod, PodSpec, PodStatus},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// Watch events kept for clients resuming from an older `resourceVersion`.
+const WATCH_HISTORY: usize = 1000;
+
+/// The resources, for counters and faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KubeEndpoint {
+    Pods,
+    Leases,
+}
+
+/// A scripted failure: the next `times` requests to `endpoint` (all, when `None`) get `status`.
+#[derive(Debug, Clone)]
+pub struct KubeFault {
+    pub endpoint: KubeEndpoint,
+    pub status: u16,
+    pub times: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    revision: u64,
+    pods: BTreeMap<(String, String), Pod>,
+    leases: BTreeMap<(String, String), Lease>,
+    /// `(revision, namespace, event)` of pod changes, oldest first.
+    pod_events: VecDeque<(u64, String, Value)>,
+}
+
+impl Store {
+    fn next_revision(&mut self) -> String {
+        self.revision += 1;
+        self.revision.to_string()
+    }
+}
+
+#[derive(Debug)]
+struct KubeState {
+    token: String,
+    store: Mutex<Store>,
+    faults: Mutex<Vec<KubeFault>>,
+    requests: Mutex<HashMap<KubeEndpoint, u64>>,
+    /// Lease updates that another writer beats (it writes between their read and write).
+    beaten_updates: std::sync::atomic::AtomicU32,
+    /// `(revision, namespace, event)` as they happen, for open watches.
+    events: broadcast::Sender<(u64, String, Value)>,
+}
+
+/// Handle to the simulated API server.
+#[derive(Debug, Clone)]
+pub struct KubeSim {
+    state: Arc<KubeState>,
+}
+
+impl KubeSim {
+    /// `token` is the bearer token its kubeconfig carries.
+    pub fn new(token: &str) -> Self {
+        Self {
+            state: Arc::new(KubeState {
+                token: token.to_owned(),
+                store: Mutex::default(),
+                faults: Mutex::default(),
+                requests: Mutex::default(),
+                beaten_updates: std::sync::atomic::AtomicU32::new(0),
+                events: broadcast::channel(WATCH_HISTORY).0,
+            }),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                get(list_leases).post(create_lease),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(get_lease).put(replace_lease),
+            )
+            .fallback(|| async {
+                status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })
+            .with_state(self.state.clone())
+    }
+
+    /// A kubeconfig (JSON, which is YAML) for `server`, trusting `ca_pem`, with the token.
+    pub fn kubeconfig(&self, server: &str, ca_pem: &str, namespace: &str) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "sim", "cluster": { "server": server, "certificate-authority-data": ca } }],
+            "users": [{ "name": "ado-scaler", "user": { "token": self.state.token } }],
+            "contexts": [{ "name": "sim", "context": { "cluster": "sim", "user": "ado-scaler", "namespace": namespace } }],
+            "current-context": "sim",
+        })
+        .to_string()
+    }
+
+    /// Starts a pod (phase `Running`), as the Job controller would for an agent.
+    pub fn create_pod(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        let revision = store.next_revision();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                uid: Some(format!("uid-{revision}")),
+                resource_version: Some(revision),
+                creation_timestamp: Some(Time(jiff::Timestamp::now())),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/name".to_owned(),
+                    "ado-agent".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "agent".into(),
+                    image: Some("ado-agent".into()),
+                    ..Container::default()
+                }],
+                restart_policy: Some("Never".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            }),
+        };
+        store
+            .pods
+            .insert((namespace.to_owned(), name.to_owned()), pod.clone());
+        self.record(&mut store, namespace, "ADDED", &pod);
+    }
+
+    /// Deletes a pod (its Job was cleaned up, or its node is gone).
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        if let Some(mut pod) = store.pods.remove(&(namespace.to_owned(), name.to_owned())) {
+            pod.metadata.resource_version = Some(store.next_revision());
+            self.record(&mut store, namespace, "DELETED", &pod);
+        }
+    }
+
+    pub fn pod_names(&self, namespace: &str) -> Vec<String> {
+        self.store()
+            .pods
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.store()
+            .leases
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Another writer updates the Lease (a new revision, same holder): whoever read it before
+    /// now holds a stale `resourceVersion`.
+    pub fn touch_lease(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        let revision = store.next_revision();
+        if let Some(lease) = store
+            .leases
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        {
+            lease.metadata.resource_version = Some(revision);
+        }
+    }
+
+    /// The next `n` Lease updates lose a race: another writer updates the Lease first, so
+    /// their `resourceVersion` is stale and they get the API server's 409.
+    pub fn beat_next_lease_updates(&self, n: u32) {
+        self.state
+            .beaten_updates
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn add_fault(&self, fault: KubeFault) {
+        self.state.faults.lock().expect("faults").push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().expect("faults").clear();
+    }
+
+    pub fn requests(&self, endpoint: KubeEndpoint) -> u64 {
+        self.state
+            .requests
+            .lock()
+            .expect("requests")
+            .get(&endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn record(&self, store: &mut Store, namespace: &str, kind: &str, pod: &Pod) {
+        let revision = store.revision;
+        let event = json!({ "type": kind, "object": pod });
+        store
+            .pod_events
+            .push_back((revision, namespace.to_owned(), event.clone()));
+        if store.pod_events.len() > WATCH_HISTORY {
+            store.pod_events.pop_front();
+        }
+        let _ = self
+            .state
+            .events
+            .send((revision, namespace.to_owned(), event));
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.state.store.lock().expect("store")
+    }
+}
+
+/// A `Status` object, as the API server answers every error.
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    });
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    status(404, "NotFound", &format!("{resource} \"{name}\" not found"))
+}
+
+/// Bearer-token check, counting and scripted faults, shared by every path: the answer that
+/// replaces the real one, if any.
+fn rejection(state: &KubeState, endpoint: KubeEndpoint, headers: &HeaderMap) -> Option<Response> {
+    *state
+        .requests
+        .lock()
+        .expect("requests")
+        .entry(endpoint)
+        .or_default() += 1;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.token.as_str()) {
+        return Some(status(401, "Unauthorized", "Unauthorized"));
+    }
+    let mut faults = state.faults.lock().expect("faults");
+    if let Some(i) = faults.iter().position(|f| f.endpoint == endpoint) {
+        let code = faults[i].status;
+        if let Some(n) = faults[i].times.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                faults.remove(i);
+            }
+        }
+        let reason = match code {
+            403 => "Forbidden",
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
+        };
+        return Some(status(code, reason, "simulated fault"));
+    }
+    None
+}
+
+fn store(state: &KubeState) -> std::sync::MutexGuard<'_, Store> {
+    state.store.lock().expect("store")
+}
+
+fn truthy(query: &HashMap<String, String>, key: &str) -> bool {
+    query
+        .get(key)
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+async fn list_pods(
+    State(state): State<Arc<KubeState>>,
+    Path(ns): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Pods, &headers) {
+        return r;
+    }
+    if truthy(&query, "watch") {
+        return watch_pods(&state, ns, &query);
+    }
+    let store = store(&state);
+    let pods = store
+        .pods
+        .iter()
+        .filter(|((pod_ns, _), _)| *pod_ns == ns)
+        .map(|(_, pod)| pod);
+    let metadata_only = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("as=PartialObjectMetadataList"));
+    let list_meta = json!({ "resourceVersion": store.revision.to_string() });
+    if metadata_only {
+        let items: Vec<Value> = pods
+            .map(|p| json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": p.metadata }))
+            .collect();
+        return Json(json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": list_meta,
+            "items": items,
+        }))
+        .into_response();
+    }
+    let items: Vec<&Pod> = pods.collect();
+    Json(json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": list_meta,
+        "items": items,
+    }))
+    .into_response()
+}
+
+/// Events after `resourceVersion`, then live ones, as JSON lines until `timeoutSeconds`.
+fn watch_pods(state: &KubeState, ns: String, query: &HashMap<String, String>) -> Response {
+    let since: u64 = match query.get("resourceVersion").map(|v| v.parse()) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return status(400, "BadRequest", "invalid resourceVersion"),
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            std::time::Duration::from_secs(300),
+            std::time::Duration::from_secs,
+        );
+    // Subscribe before reading the history so that nothing falls between the two.
+    let mut live = state.events.subscribe();
+    let store = store(state);
+    let compacted = store
+        .pod_events
+        .front()
+        .is_some_and(|(oldest, _, _)| since + 1 < *oldest);
+    let mut backlog: Vec<Value> = Vec::new();
+    if compacted {
+        backlog.push(json!({ "type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {since}"), "reason": "Expired", "code": 410 } }));
+    } else if since > 0 {
+        backlog.extend(
+            store
+                .pod_events
+                .iter()
+                .filter(|(rev, event_ns, _)| *rev > since && *event_ns == ns)
+                .map(|(_, _, e)| e.clone()),
+        );
+    } else {
+        // No resourceVersion: the current pods as ADDED, then changes.
+        backlog.extend(
+            store
+                .pods
+                .iter()
+                .filter(|((pod_ns, _), _)| *pod_ns == ns)
+                .map(|(_, pod)| json!({ "type": "ADDED", "object": pod })),
+        );
+    }
+    let last_sent = store.revision.max(since);
+    drop(store);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let line = |event: &Value| Ok(format!("{event}\n"));
+        for event in &backlog {
+            if tx.send(line(event)).await.is_err() {
+                return;
+            }
+        }
+        if compacted {
+            return;
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok((rev, event_ns, event)) if rev > last_sent && event_ns == ns => {
+                        if tx.send(line(&event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // Too slow a reader: end the watch; the client lists again.
+                    Err(_) => return,
+                },
+                () = &mut deadline => return,
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap_or_else(|_| status(500, "InternalError", "watch"))
+}
+
+async fn get_pod(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Pods, &headers) {
+        return r;
+    }
+    match store(&state).pods.get(&(ns, name.clone())) {
+        Some(pod) => Json(pod).into_response(),
+        None => not_found("pods", &name),
+    }
+}
+
+async fn list_leases(
+    State(state): State<Arc<KubeState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+        return r;
+    }
+    let store = store(&state);
+    let items: Vec<&Lease> = store
+        .leases
+        .iter()
+        .filter(|((lease_ns, _), _)| *lease_ns == ns)
+        .map(|(_, lease)| lease)
+        .collect();
+    Json(json!({
+        "kind": "LeaseList",
+        "apiVersion": "coordination.k8s.io/v1",
+        "metadata": { "resourceVersion": store.revision.to_string() },
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn get_lease(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+        return r;
+    }
+    match store(&state).leases.get(&(ns, name.clone())) {
+        Some(lease) => Json(lease).into_response(),
+        None => not_found("leases.coordination.k8s.io", &name),
+    }
+}
+
+/// The body as a Lease, or the API server's 400 for what it cannot decode.
+fn lease_body(body: &[u8]) -> Result<Lease, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the body of the request was in an unknown format: {e}"))
+}
+
+async fn create_lease(
+    State(state): State<Arc<KubeState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+        return r;
+    }
+    let mut lease = match lease_body(&body) {
+        Ok(l) => l,
+        Err(e) => return status(400, "BadRequest", &e),
+    };
+    let Some(name) = lease.metadata.name.clone().filter(|n| !n.is_empty()) else {
+        return status(
+            422,
+            "Invalid",
+            "Lease.coordination.k8s.io is invalid: metadata.name: Required value",
+        );
+    };
+    let mut store = store(&state);
+    let key = (ns.clone(), name.clone());
+    if store.leases.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+        );
+    }
+    let revision = store.next_revision();
+    lease.metadata.namespace = Some(ns);
+    lease.metadata.uid = Some(format!("uid-{revision}"));
+    lease.metadata.creation_timestamp = Some(Time(jiff::Timestamp::now()));
+    lease.metadata.resource_version = Some(revision);
+    store.leases.insert(key, lease.clone());
+    (StatusCode::CREATED, Json(lease)).into_response()
+}
+
+async fn replace_lease(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+        return r;
+    }
+    let mut lease = match lease_body(&body) {
+        Ok(l) => l,
+        Err(e) => return status(400, "BadRequest", &e),
+    };
+    if lease.metadata.name.as_deref() != Some(name.as_str()) {
+        return status(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        );
+    }
+    let mut store = store(&state);
+    let key = (ns.clone(), name.clone());
+    if !store.leases.contains_key(&key) {
+        return not_found("leases.coordination.k8s.io", &name);
+    }
+    let beaten = state
+        .beaten_updates
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok();
+    if beaten {
+        let revision = store.next_revision();
+        if let Some(other) = store.leases.get_mut(&key) {
+            other.metadata.resource_version = Some(revision);
+        }
+    }
+    let Some(current) = store.leases.get(&key) else {
+        return not_found("leases.coordination.k8s.io", &name);
+    };
+    let presented = lease
+        .metadata
+        .resource_version
+        .as_deref()
+        .filter(|v| !v.is_empty());
+    if presented.is_some_and(|v| Some(v) != current.metadata.resource_version.as_deref()) {
+        return status(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": \
+                 the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let (uid, created) = (
+        current.metadata.uid.clone(),
+        current.metadata.creation_timestamp.clone(),
+    );
+    let revision = store.next_revision();
+    lease.metadata.namespace = Some(ns);
+    lease.metadata.uid = uid;
+    lease.metadata.creation_timestamp = created;
+    lease.metadata.resource_version = Some(revision);
+    store.leases.insert(key, lease.clone());
+    Json(lease).into_response()
+}
