@@ -1,0 +1,200 @@
+//! Simulated `--once` agents: register through the REST API as `config.sh` does, take one
+//! job, run it, tear down and deregister.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::DemoConfig;
+use crate::{
+    ado::{
+        AdoClient, OrgUrl,
+        models::{Agent, AgentAuthorization},
+    },
+    auth::TokenSource,
+    error::{Error, Result},
+    sim::{AdoSim, SimCloud},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Starting,
+    Idle,
+    Running,
+    TearingDown,
+    Done,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    /// (ScaledJob index, phase) per agent.
+    pub(super) agents: Vec<(usize, Phase)>,
+    pub(super) waits: Vec<Duration>,
+    pub(super) completed: u64,
+    pub(super) queued: u64,
+    pub(super) cancelled: u64,
+    pub(super) ran_a_job: u64,
+    pub(super) left_idle: u64,
+    pub(super) durations: HashMap<u64, Duration>,
+}
+
+impl Stats {
+    pub(super) fn running_jobs(&self, scaled_job: usize) -> u64 {
+        self.agents
+            .iter()
+            .filter(|(sj, p)| *sj == scaled_job && *p != Phase::Done)
+            .count() as u64
+    }
+
+    pub(super) fn phase_count(&self, phase: Phase) -> usize {
+        self.agents.iter().filter(|(_, p)| *p == phase).count()
+    }
+}
+
+pub(super) type Shared = Arc<Mutex<Stats>>;
+
+/// Registers and deregisters simulated agents through the simulated ADO's REST API, with
+/// the production client, as `config.sh` does.
+#[derive(Clone)]
+pub(super) struct Registrar {
+    pub(super) ado: AdoClient,
+    pub(super) metrics: Arc<crate::telemetry::Metrics>,
+    pub(super) org: OrgUrl,
+    pub(super) pool_id: u32,
+    /// One key for every simulated agent: they never open a session that would use it.
+    pub(super) authorization: AgentAuthorization,
+}
+
+impl Registrar {
+    pub(super) fn new(sim: &SimCloud, pool_id: u32) -> Result<Self> {
+        let http = sim.http_client()?;
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let token = TokenSource::new(&sim.auth_settings(), &http, Some(metrics.clone()))?;
+        Ok(Self {
+            ado: AdoClient::new(http, token, metrics.clone()),
+            metrics,
+            org: OrgUrl::parse(&sim.org_url).map_err(Error::Config)?,
+            pool_id,
+            authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
+        })
+    }
+
+    pub(super) async fn register(
+        &self,
+        name: &str,
+        capabilities: &BTreeMap<String, String>,
+    ) -> Result<u32> {
+        let agent = Agent {
+            name: name.to_owned(),
+            version: Some(crate::sim::SIM_AGENT_VERSION.into()),
+            enabled: Some(true),
+            os_description: Some("Linux (simulated)".into()),
+            authorization: Some(self.authorization.clone()),
+            system_capabilities: crate::sim::system_capabilities(name).to_map(),
+            user_capabilities: capabilities.clone(),
+            ..Agent::default()
+        };
+        let created = self.ado.add_agent(&self.org, self.pool_id, &agent).await?;
+        created
+            .map(|a| a.id)
+            .ok_or_else(|| Error::Config(format!("agent {name} already registered")))
+    }
+
+    /// Tokens the simulated agents requested.
+    pub(super) fn token_requests(&self) -> u64 {
+        ["success", "error"]
+            .into_iter()
+            .map(|result| {
+                self.metrics
+                    .token_requests
+                    .get_or_create(&crate::telemetry::ResultLabels { result })
+                    .get()
+            })
+            .sum()
+    }
+
+    pub(super) async fn deregister(&self, agent_id: u32) {
+        if let Err(e) = self
+            .ado
+            .delete_agent(&self.org, self.pool_id, agent_id)
+            .await
+        {
+            tracing::warn!(error = %e, "simulated agent could not deregister");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn simulated_agent(
+    slot: usize,
+    name: String,
+    capabilities: BTreeMap<String, String>,
+    config: DemoConfig,
+    stats: Shared,
+    ado: AdoSim,
+    registrar: Registrar,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let set = |phase| stats.lock().expect("stats").agents[slot].1 = phase;
+    let pool_id = registrar.pool_id;
+    tokio::select! {
+        () = tokio::time::sleep(config.pod_start) => {}
+        () = stop.cancelled() => return,
+    }
+    let agent_id = match registrar.register(&name, &capabilities).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(agent = name, error = %e, "simulated agent could not register");
+            set(Phase::Done);
+            return;
+        }
+    };
+    set(Phase::Idle);
+    // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
+    let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
+    let request_id = loop {
+        if let Some(id) = ado.assign_next(pool_id, &name, &capabilities) {
+            break id;
+        }
+        if idle_until.is_some_and(|t| Instant::now() >= t) {
+            set(Phase::TearingDown);
+            tokio::time::sleep(config.teardown).await;
+            registrar.deregister(agent_id).await;
+            stats.lock().expect("stats").left_idle += 1;
+            set(Phase::Done);
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = stop.cancelled() => return,
+        }
+    };
+    set(Phase::Running);
+    let run_for = {
+        let mut s = stats.lock().expect("stats");
+        if let Some(job) = ado.job(request_id)
+            && let (Some(q), Some(a)) = (job.queue_time, job.assign_time)
+        {
+            s.waits.push((a - q).try_into().unwrap_or_default());
+        }
+        s.durations
+            .get(&request_id)
+            .copied()
+            .unwrap_or(config.job_run.0)
+    };
+    tokio::time::sleep(run_for).await;
+    ado.finish(request_id, "succeeded");
+    set(Phase::TearingDown);
+    {
+        let mut s = stats.lock().expect("stats");
+        s.completed += 1;
+        s.ran_a_job += 1;
+    }
+    tokio::time::sleep(config.teardown).await;
+    registrar.deregister(agent_id).await;
+    set(Phase::Done);
+}
