@@ -232,6 +232,19 @@ pub struct DemoArgs {
     #[arg(long, env = "ADO_SCALER_DEMO_ORPHAN_SHARE", default_value_t = 0.05)]
     pub orphan_share: f64,
 
+    /// Kill a quarter of the agents without deregistering (during their job or their
+    /// teardown) and watch the stale-agent collector clean the pool.
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_CHAOS",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub chaos: bool,
+
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
     #[arg(
         long,

@@ -62,6 +62,37 @@ async fn without_teardown_window_every_agent_runs_exactly_one_job() {
     );
     assert_eq!(report.agents_idle_at_end, 0);
     assert_eq!(report.token_requests, 1);
+    // The collector ran all along and touched no agent that deregisters by itself.
+    assert_eq!((report.agents_killed, report.stale_removed), (0, 0));
+    assert_eq!(report.registrations, report.placeholders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agents_leave_nothing_behind_the_collector() {
+    let report = simulate(DemoConfig {
+        chaos_share: 0.5,
+        ..scripted(Duration::ZERO, 2)
+    })
+    .await
+    .unwrap();
+    show("chaos", &report);
+    println!("{report}");
+    assert!(report.agents_killed >= 4, "{report:?}");
+    assert!(report.jobs_lost >= 1, "{report:?}");
+    // Every killed agent's registration was deleted by the collector, and only those.
+    assert_eq!(report.stale_removed, report.agents_killed, "{report:?}");
+    assert_eq!(report.stale_left, 0);
+    assert_eq!(report.placeholders, 2);
+    assert_eq!(
+        report.registrations,
+        report.placeholders + report.agents_alive,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.jobs_completed + report.jobs_lost,
+        report.jobs_queued,
+        "every job ran or died with its agent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

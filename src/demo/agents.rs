@@ -17,7 +17,7 @@ use crate::{
     },
     auth::TokenSource,
     error::{Error, Result},
-    sim::{AdoSim, SimCloud},
+    sim::{AdoSim, KubeSim, SIM_AGENT_NAMESPACE, SimCloud},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,10 @@ pub(super) struct Stats {
     pub(super) ran_a_job: u64,
     pub(super) left_idle: u64,
     pub(super) durations: HashMap<u64, Duration>,
+    /// Agents killed without deregistering, by name.
+    pub(super) killed: Vec<String>,
+    /// Jobs failed because their agent was killed.
+    pub(super) lost: u64,
 }
 
 impl Stats {
@@ -67,6 +71,7 @@ pub(super) struct Registrar {
     pub(super) pool_id: u32,
     /// One key for every simulated agent: they never open a session that would use it.
     pub(super) authorization: AgentAuthorization,
+    deregistered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registrar {
@@ -80,6 +85,7 @@ impl Registrar {
             org: OrgUrl::parse(&sim.org_url).map_err(Error::Config)?,
             pool_id,
             authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
+            deregistered: Arc::default(),
         })
     }
 
@@ -118,29 +124,82 @@ impl Registrar {
     }
 
     pub(super) async fn deregister(&self, agent_id: u32) {
-        if let Err(e) = self
+        match self
             .ado
             .delete_agent(&self.org, self.pool_id, agent_id)
             .await
         {
-            tracing::warn!(error = %e, "simulated agent could not deregister");
+            Ok(()) => {
+                self.deregistered
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(error = %e, "simulated agent could not deregister"),
         }
+    }
+
+    /// Agents that deregistered themselves.
+    pub(super) fn deregistrations(&self) -> u64 {
+        self.deregistered.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a simulated agent ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Fate {
+    /// Runs its job (or idles out), tears down and deregisters.
+    Deregisters,
+    /// OOM-killed, evicted or its node lost this far (0 to 1) into its job: no deregistration,
+    /// and ADO fails the job once it notices the agent is gone.
+    KilledRunning(f64),
+    /// SIGKILLed at the end of the grace period while tearing down: the job succeeded, the
+    /// registration stays.
+    KilledTearingDown,
+}
+
+/// What every simulated agent shares.
+#[derive(Clone)]
+pub(super) struct World {
+    pub(super) config: DemoConfig,
+    pub(super) stats: Shared,
+    pub(super) ado: AdoSim,
+    pub(super) kube: KubeSim,
+    pub(super) registrar: Registrar,
+    pub(super) stop: tokio_util::sync::CancellationToken,
+}
+
+/// How long ADO takes to fail the job of an agent that vanished (minutes in reality).
+const LOST_AGENT_NOTICED_AFTER: Duration = Duration::from_secs(1);
+
+/// One agent pod, from its Job's creation until its pod is gone.
 pub(super) async fn simulated_agent(
+    world: World,
     slot: usize,
     name: String,
     capabilities: BTreeMap<String, String>,
-    config: DemoConfig,
-    stats: Shared,
-    ado: AdoSim,
-    registrar: Registrar,
-    stop: tokio_util::sync::CancellationToken,
+    fate: Fate,
 ) {
+    let World {
+        config,
+        stats,
+        ado,
+        kube,
+        registrar,
+        stop,
+    } = world;
     let set = |phase| stats.lock().expect("stats").agents[slot].1 = phase;
     let pool_id = registrar.pool_id;
+    // The pod exists from the Job's creation; when the agent is done, its Job is cleaned up.
+    kube.create_pod(SIM_AGENT_NAMESPACE, &name);
+    let pod_gone = || kube.delete_pod(SIM_AGENT_NAMESPACE, &name);
+    let killed = |phase: &str| {
+        // The listener's session drops: ADO marks the agent offline. No deregistration.
+        ado.set_agent_online(pool_id, &name, false);
+        pod_gone();
+        let mut s = stats.lock().expect("stats");
+        s.killed.push(name.clone());
+        s.agents[slot].1 = Phase::Done;
+        tracing::debug!(agent = name, phase, "simulated agent killed");
+    };
     tokio::select! {
         () = tokio::time::sleep(config.pod_start) => {}
         () = stop.cancelled() => return,
@@ -149,11 +208,19 @@ pub(super) async fn simulated_agent(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(agent = name, error = %e, "simulated agent could not register");
+            pod_gone();
             set(Phase::Done);
             return;
         }
     };
+    // The listener opens its session.
+    ado.set_agent_online(pool_id, &name, true);
     set(Phase::Idle);
+    let leave = |agent_id| async move {
+        registrar.deregister(agent_id).await;
+        pod_gone();
+        set(Phase::Done);
+    };
     // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
     let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
     let request_id = loop {
@@ -163,9 +230,8 @@ pub(super) async fn simulated_agent(
         if idle_until.is_some_and(|t| Instant::now() >= t) {
             set(Phase::TearingDown);
             tokio::time::sleep(config.teardown).await;
-            registrar.deregister(agent_id).await;
             stats.lock().expect("stats").left_idle += 1;
-            set(Phase::Done);
+            leave(agent_id).await;
             return;
         }
         tokio::select! {
@@ -186,6 +252,14 @@ pub(super) async fn simulated_agent(
             .copied()
             .unwrap_or(config.job_run.0)
     };
+    if let Fate::KilledRunning(into) = fate {
+        tokio::time::sleep(run_for.mul_f64(into.clamp(0.0, 1.0))).await;
+        killed("running");
+        tokio::time::sleep(LOST_AGENT_NOTICED_AFTER).await;
+        ado.finish(request_id, "failed");
+        stats.lock().expect("stats").lost += 1;
+        return;
+    }
     tokio::time::sleep(run_for).await;
     ado.finish(request_id, "succeeded");
     set(Phase::TearingDown);
@@ -195,6 +269,9 @@ pub(super) async fn simulated_agent(
         s.ran_a_job += 1;
     }
     tokio::time::sleep(config.teardown).await;
-    registrar.deregister(agent_id).await;
-    set(Phase::Done);
+    if fate == Fate::KilledTearingDown {
+        killed("tearing down");
+        return;
+    }
+    leave(agent_id).await;
 }

@@ -1,18 +1,15 @@
 //! Emulates KEDA's ScaledJob controller: polls the scaler as KEDA does and applies the
 //! `default` scaling strategy.
 
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::transport::Channel;
 
 use super::{
-    DemoConfig,
-    agents::{Phase, Registrar, Shared, simulated_agent},
+    agents::{Fate, Phase, World, simulated_agent},
     capabilities_of,
 };
-use crate::{
-    scaler::proto::{
-        GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
-    },
-    sim::AdoSim,
+use crate::scaler::proto::{
+    GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
 };
 
 /// Emulates KEDA's ScaledJob controller for one ScaledJob.
@@ -20,16 +17,16 @@ pub(super) struct KedaEmulator {
     pub(super) index: usize,
     pub(super) client: ExternalScalerClient<Channel>,
     pub(super) scaled_object: ScaledObjectRef,
-    pub(super) config: DemoConfig,
-    pub(super) stats: Shared,
-    pub(super) ado: AdoSim,
-    pub(super) registrar: Registrar,
+    pub(super) world: World,
 }
 
 impl KedaEmulator {
-    pub(super) async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.keda_polling);
+    pub(super) async fn run(mut self) {
+        let (config, stop) = (self.world.config.clone(), self.world.stop.clone());
+        let mut ticker = tokio::time::interval(config.keda_polling);
         let mut next_agent = 0u64;
+        // Which agents the chaos kills, and when: the same every run of a seed.
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(self.index as u64));
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -38,10 +35,15 @@ impl KedaEmulator {
             let Ok((queue, target, active)) = self.poll().await else {
                 continue;
             };
-            let running = self.stats.lock().expect("stats").running_jobs(self.index);
+            let running = self
+                .world
+                .stats
+                .lock()
+                .expect("stats")
+                .running_jobs(self.index);
             // KEDA's `default` strategy.
             let max_scale =
-                ((queue as f64 / target as f64).ceil() as u64).min(self.config.max_replicas);
+                ((queue as f64 / target as f64).ceil() as u64).min(config.max_replicas);
             let create = if active {
                 max_scale.saturating_sub(running).min(queue)
             } else {
@@ -51,19 +53,25 @@ impl KedaEmulator {
                 next_agent += 1;
                 let name = format!("sj{}-{next_agent:04}", self.index);
                 let slot = {
-                    let mut s = self.stats.lock().expect("stats");
+                    let mut s = self.world.stats.lock().expect("stats");
                     s.agents.push((self.index, Phase::Starting));
                     s.agents.len() - 1
                 };
+                let fate = if rng.random_bool(config.chaos_share) {
+                    if rng.random_bool(0.5) {
+                        Fate::KilledRunning(rng.random())
+                    } else {
+                        Fate::KilledTearingDown
+                    }
+                } else {
+                    Fate::Deregisters
+                };
                 tokio::spawn(simulated_agent(
+                    self.world.clone(),
                     slot,
                     name,
                     capabilities_of(self.index),
-                    self.config.clone(),
-                    self.stats.clone(),
-                    self.ado.clone(),
-                    self.registrar.clone(),
-                    stop.clone(),
+                    fate,
                 ));
             }
         }

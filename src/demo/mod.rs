@@ -13,21 +13,24 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tonic::transport::Channel;
 
-use agents::{Phase, Registrar, Shared};
+use agents::{Phase, Registrar, Shared, World};
 use keda::KedaEmulator;
 pub use report::DemoReport;
 use report::{print_table, watch_unclaimed};
 
 use crate::{
+    ado::OrgUrl,
     config::DemoArgs,
     error::{Error, Result},
+    gc::{GcSettings, rules::Rules},
+    k8s::lease::LeaseTiming,
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
         server::{ServeSettings, serve},
     },
-    sim::{AdoSim, Endpoint, SimCloud},
+    sim::{AdoSim, Endpoint, SIM_AGENT_NAMESPACE, SimCloud},
 };
 
 /// How jobs arrive.
@@ -71,6 +74,12 @@ pub struct DemoConfig {
     /// KEDA-compatible rule compares strings and counts none. Nobody runs them; the scaler
     /// reports them unclaimed, and the demo's users cancel them at the end.
     pub orphan_share: f64,
+    /// Share of agents (0 to 1) killed without deregistering: half during their job, half
+    /// while tearing down. The collector removes what they leave in the pool.
+    pub chaos_share: f64,
+    /// The collector's `--gc-grace` and `--gc-interval`.
+    pub gc_grace: Duration,
+    pub gc_interval: Duration,
     /// Give up draining after this long.
     pub drain_limit: Duration,
     pub seed: u64,
@@ -96,6 +105,9 @@ impl DemoConfig {
             cancel_after: Duration::from_secs(2),
             placeholders: !args.no_placeholders,
             orphan_share: args.orphan_share.clamp(0.0, 1.0),
+            chaos_share: if args.chaos { 0.25 } else { 0.0 },
+            gc_grace: Duration::from_secs(2),
+            gc_interval: Duration::from_secs(1),
             drain_limit: Duration::from_secs(60),
             seed: 42,
             live_table: !args.quiet,
@@ -198,6 +210,11 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         http.local_addr()
             .map_err(|e| Error::Config(e.to_string()))?
     );
+    let org = OrgUrl::parse(&sim.org_url).map_err(Error::Config)?;
+    let triggers = config.scaled_jobs + usize::from(config.orphan_share > 0.0);
+    let prefixes = (0..triggers)
+        .filter_map(|sj| trigger_metadata(&config, &sim.org_url, sj).remove("agentNamePrefix"))
+        .collect();
     let settings = ServeSettings {
         allowlist: sim.allowlist(),
         poller: PollerSettings {
@@ -206,7 +223,18 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             ..Default::default()
         },
         placeholders: PlaceholderSettings::default(),
-        gc: None,
+        // The collector, as deploy/ runs it: the pool, the agents' namespace, the prefixes.
+        gc: Some(GcSettings {
+            pools: vec![(org, "linux".into())],
+            namespace: SIM_AGENT_NAMESPACE.into(),
+            rules: Rules::new(prefixes, config.gc_grace).map_err(Error::Config)?,
+            interval: config.gc_interval,
+            lease_namespace: None,
+            identity: "ado-scaler-demo-0".into(),
+            timing: LeaseTiming::default(),
+            kubeconfig: Some(sim.kubeconfig.clone()),
+            delete_pace: GcSettings::DELETE_PACE,
+        }),
         auth: sim.auth_settings(),
         http: sim.http_client()?,
     };
@@ -226,8 +254,15 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     let stop = tokio_util::sync::CancellationToken::new();
     let mut rng = StdRng::seed_from_u64(config.seed);
 
+    let world = World {
+        config: config.clone(),
+        stats: stats.clone(),
+        ado: sim.ado.clone(),
+        kube: sim.kube.clone(),
+        registrar: registrar.clone(),
+        stop: stop.clone(),
+    };
     // One emulator per ScaledJob, and one for the GPU ScaledJob migrated from KEDA.
-    let triggers = config.scaled_jobs + usize::from(config.orphan_share > 0.0);
     for sj in 0..triggers {
         let meta = trigger_metadata(&config, &sim.org_url, sj);
         let emulator = KedaEmulator {
@@ -238,12 +273,9 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
                 namespace: "demo".into(),
                 scaler_metadata: meta.into_iter().collect(),
             },
-            config: config.clone(),
-            stats: stats.clone(),
-            ado: sim.ado.clone(),
-            registrar: registrar.clone(),
+            world: world.clone(),
         };
-        tokio::spawn(emulator.run(stop.clone()));
+        tokio::spawn(emulator.run());
     }
     let unclaimed_max = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio::spawn(watch_unclaimed(
@@ -337,10 +369,13 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
                 .count() as u64;
             // With an idle timeout, agents started for nothing leave by themselves: wait for it.
             let waiting_ok = config.idle_timeout.is_zero();
-            s.completed + s.cancelled + sim.ado.jobs_rejected_no_agent() + stuck == s.queued
+            s.completed + s.cancelled + s.lost + sim.ado.jobs_rejected_no_agent() + stuck
+                == s.queued
                 && s.agents.iter().all(|(_, p)| {
                     *p == Phase::Done || (waiting_ok && matches!(p, Phase::Idle | Phase::Starting))
                 })
+                // The collector has removed what the killed agents left behind.
+                && stale_in(&sim.ado, pool_id, &s.killed) == 0
         };
         if done || Instant::now() > drain_deadline {
             break;
@@ -360,7 +395,16 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     let s = stats.lock().expect("stats");
     let mut waits = s.waits.clone();
     waits.sort();
+    let registrations = sim.ado.agents(pool_id).len() as u64;
+    let agents_alive = s.agents.iter().filter(|(_, p)| *p != Phase::Done).count() as u64;
     Ok(DemoReport {
+        agents_killed: s.killed.len() as u64,
+        jobs_lost: s.lost,
+        stale_removed: (sim.ado.deletions().len() as u64)
+            .saturating_sub(registrar.deregistrations()),
+        stale_left: stale_in(&sim.ado, pool_id, &s.killed),
+        registrations,
+        agents_alive,
         jobs_queued: s.queued,
         jobs_completed: s.completed,
         jobs_cancelled: s.cancelled,
@@ -383,6 +427,14 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             .saturating_sub(registrar.token_requests()),
         elapsed,
     })
+}
+
+/// Registrations of killed agents still in the pool.
+fn stale_in(ado: &AdoSim, pool_id: u32, killed: &[String]) -> u64 {
+    ado.agents(pool_id)
+        .iter()
+        .filter(|a| killed.contains(&a.name))
+        .count() as u64
 }
 
 fn placeholders_in(ado: &AdoSim, pool_id: u32) -> u64 {

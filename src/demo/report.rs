@@ -23,6 +23,18 @@ pub struct DemoReport {
     /// Placeholder registrations in the pool at the end.
     pub placeholders: u64,
     pub agents_started: u64,
+    /// Agents killed without deregistering (`--chaos`).
+    pub agents_killed: u64,
+    /// Jobs failed because their agent was killed.
+    pub jobs_lost: u64,
+    /// Registrations of killed agents the collector deleted.
+    pub stale_removed: u64,
+    /// Registrations of killed agents still in the pool at the end.
+    pub stale_left: u64,
+    /// Every registration in the pool at the end.
+    pub registrations: u64,
+    /// Agents whose pods still ran at the end.
+    pub agents_alive: u64,
     /// Agents that ran their one job.
     pub agents_ran_a_job: u64,
     /// Agents that got no job and left at the idle timeout.
@@ -73,6 +85,17 @@ impl std::fmt::Display for DemoReport {
             self.agents_ran_a_job,
             self.agents_left_idle,
             self.agents_idle_at_end
+        )?;
+        writeln!(
+            f,
+            "  agents killed         {} without deregistering ({} jobs lost with them): \
+             the collector removed {}, {} left",
+            self.agents_killed, self.jobs_lost, self.stale_removed, self.stale_left
+        )?;
+        writeln!(
+            f,
+            "  pool registrations    {} at the end = {} placeholders + {} agents still running + {} stale",
+            self.registrations, self.placeholders, self.agents_alive, self.stale_left
         )?;
         writeln!(
             f,
