@@ -10,10 +10,11 @@ use std::{
 };
 
 use ado_scaler::{
+    gc::LEASE_NAME,
     scaler::proto::{
         GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
     },
-    sim::SimCloud,
+    sim::{SIM_AGENT_NAMESPACE, SIM_SCALER_NAMESPACE, SimCloud},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,6 +22,13 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
     let sim = SimCloud::start().await.unwrap();
     // Empty, as a pool scaled to zero: jobs queued now would fail at once.
     let pool_id = sim.ado.add_pool("linux");
+    // An agent OOM-killed an hour ago: the collector deletes it.
+    let dead = sim
+        .ado
+        .register_agent(pool_id, "ado-agent-oom", &Default::default());
+    sim.ado.set_agent_online(pool_id, "ado-agent-oom", false);
+    sim.ado
+        .age_agent(pool_id, "ado-agent-oom", Duration::from_secs(3600));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
         .arg("serve")
@@ -30,6 +38,13 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
         .env("ADO_SCALER_ALLOWED_ORGS", &sim.org_url)
         .env("ADO_SCALER_POLL_INTERVAL", "200ms")
         .env("ADO_SCALER_LOG_FORMAT", "json")
+        // The collector, through a kubeconfig as outside a cluster.
+        .env("ADO_SCALER_GC", "true")
+        .env("ADO_SCALER_GC_NAMESPACE", SIM_AGENT_NAMESPACE)
+        .env("ADO_SCALER_GC_AGENT_PREFIX", "ado-agent-")
+        .env("ADO_SCALER_GC_POOLS", format!("{}=linux", sim.org_url))
+        .env("ADO_SCALER_GC_LEASE_IDENTITY", "ado-scaler-7d9f-x2")
+        .env("KUBECONFIG", &sim.kubeconfig)
         // Debug level everywhere, so that any secret in any crate's logs would show.
         .env("RUST_LOG", "debug")
         .stderr(Stdio::piped())
@@ -85,15 +100,21 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
     assert_eq!(value().await, 0);
     // The trigger's first call registers its placeholder; from then on ADO queues its jobs.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sim.ado.agents(pool_id).is_empty() {
+    let placeholder = loop {
+        let placeholder = sim
+            .ado
+            .agents(pool_id)
+            .into_iter()
+            .find(|a| a.name.starts_with("ado-scaler-placeholder-"));
+        if let Some(p) = placeholder {
+            break p;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "no placeholder registered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let placeholder = &sim.ado.agents(pool_id)[0];
-    assert!(placeholder.name.starts_with("ado-scaler-placeholder-"));
+    };
     assert_eq!(
         placeholder
             .user_capabilities
@@ -110,6 +131,20 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    while sim.ado.deletions().iter().all(|(id, _)| *id != dead) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector deleted the dead agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holder = |sim: &SimCloud| {
+        sim.kube
+            .lease(SIM_SCALER_NAMESPACE, LEASE_NAME)
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    assert_eq!(holder(&sim).as_deref(), Some("ado-scaler-7d9f-x2"));
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -123,11 +158,16 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
     logs.extend(lines_rx.try_iter());
     let all = logs.join("\n");
     assert!(all.contains("ado-scaler stopped"), "{all}");
+    assert!(all.contains("deleted a stale agent registration"), "{all}");
+    // Released on SIGTERM: the other replica takes over at once.
+    assert_eq!(holder(&sim).as_deref(), Some(""));
+    assert!(all.contains("released the lease"), "{all}");
 
     let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
     let tokens = sim.issued_tokens();
     assert_eq!(tokens.len(), 1);
-    for secret in tokens.iter().chain([&assertion]) {
+    let kube_token = sim.kube.token().to_owned();
+    for secret in tokens.iter().chain([&assertion, &kube_token]) {
         assert!(
             !all.contains(secret.as_str()),
             "a secret appeared in the logs"
@@ -181,4 +221,64 @@ fn bad_flags_fail_fast_and_name_the_problem() {
         err.contains("--placeholder-interval must be at least 10s"),
         "{err}"
     );
+
+    // The collector: each required flag named, no empty prefix, orgs from the allowlist.
+    let gc = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--gc",
+            "--allowed-orgs",
+            "https://dev.azure.com/contoso",
+        ];
+        args.extend_from_slice(extra);
+        run(&args, &[("AZURE_CLIENT_ID", "x")])
+    };
+    let err = gc(&[]);
+    assert!(
+        err.contains("--gc-namespace is required with --gc"),
+        "{err}"
+    );
+    let err = gc(&["--gc-namespace", "ado-agents"]);
+    assert!(err.contains("--gc-agent-prefix"), "{err}");
+    let err = gc(&["--gc-namespace", "ado-agents", "--gc-agent-prefix", "a-,"]);
+    assert!(
+        err.contains("empty prefix would match every agent"),
+        "{err}"
+    );
+    let ok_prefix = [
+        "--gc-namespace",
+        "ado-agents",
+        "--gc-agent-prefix",
+        "ado-agent-",
+    ];
+    let err = gc(&ok_prefix);
+    assert!(err.contains("--gc-pools"), "{err}");
+    let err = gc(&[
+        &ok_prefix[..],
+        &["--gc-pools", "https://dev.azure.com/contoso"],
+    ]
+    .concat());
+    assert!(err.contains("is not ORG_URL=POOL_NAME"), "{err}");
+    let err = gc(&[
+        &ok_prefix[..],
+        &["--gc-pools", "https://dev.azure.com/fabrikam=linux"],
+    ]
+    .concat());
+    assert!(
+        err.contains(
+            "--gc-pools: organisation https://dev.azure.com/fabrikam is not in --allowed-orgs"
+        ),
+        "{err}"
+    );
+    let err = gc(&[
+        &ok_prefix[..],
+        &[
+            "--gc-pools",
+            "https://dev.azure.com/contoso=linux",
+            "--gc-interval",
+            "1s",
+        ],
+    ]
+    .concat());
+    assert!(err.contains("--gc-interval must be at least 10s"), "{err}");
 }

@@ -42,8 +42,7 @@ impl KedaEmulator {
                 .expect("stats")
                 .running_jobs(self.index);
             // KEDA's `default` strategy.
-            let max_scale =
-                ((queue as f64 / target as f64).ceil() as u64).min(config.max_replicas);
+            let max_scale = ((queue as f64 / target as f64).ceil() as u64).min(config.max_replicas);
             let create = if active {
                 max_scale.saturating_sub(running).min(queue)
             } else {

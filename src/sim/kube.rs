@@ -96,6 +96,11 @@ impl KubeSim {
         }
     }
 
+    /// The bearer token the kubeconfig carries (a service-account token: a secret).
+    pub fn token(&self) -> &str {
+        &self.state.token
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
