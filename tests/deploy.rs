@@ -348,3 +348,104 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+fn env_of<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not set"))
+}
+
+#[test]
+fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
+    let docs = rendered();
+    let deployment = find(&docs, "Deployment", "ado-scaler");
+    let scaler_ns = deployment["metadata"]["namespace"].as_str().unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let job = find(&docs, "ScaledJob", "ado-agent");
+    let agents_ns = job["metadata"]["namespace"].as_str().unwrap();
+    let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
+    let value = |n: &str| env_of(container, n)["value"].as_str().unwrap().to_owned();
+
+    assert_eq!(value("ADO_SCALER_GC"), "true");
+    assert_eq!(value("ADO_SCALER_GC_NAMESPACE"), agents_ns);
+    // Exactly the ScaledJob's agents, in the one pool the settings name.
+    assert_eq!(
+        value("ADO_SCALER_GC_AGENT_PREFIX"),
+        job["spec"]["triggers"][0]["metadata"]["agentNamePrefix"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(
+        value("ADO_SCALER_GC_POOLS"),
+        format!(
+            "{}={}",
+            settings["organizationURL"].as_str().unwrap(),
+            settings["poolName"].as_str().unwrap()
+        )
+    );
+    assert_eq!(
+        env_of(container, "ADO_SCALER_GC_LEASE_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        env_of(container, "ADO_SCALER_GC_LEASE_IDENTITY")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // The scaler's pod mounts an API token; the agents' pods never do.
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        job["spec"]["jobTargetRef"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+
+    // Rights: namespaced Roles only, no wildcard, no delete; pods read in the agents'
+    // namespace, the one Lease in the scaler's.
+    assert!(
+        docs.iter().all(|d| !matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        )),
+        "no cluster-wide rights"
+    );
+    let mut granted = std::collections::BTreeSet::new();
+    for binding in docs.iter().filter(|d| d["kind"] == "RoleBinding") {
+        let ns = binding["metadata"]["namespace"].as_str().unwrap();
+        assert_eq!(binding["subjects"].as_array().unwrap().len(), 1);
+        assert_eq!(binding["subjects"][0]["name"], "ado-scaler");
+        assert_eq!(binding["subjects"][0]["namespace"], scaler_ns);
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        let role = find(&docs, "Role", binding["roleRef"]["name"].as_str().unwrap());
+        assert_eq!(role["metadata"]["namespace"], ns);
+        for rule in role["rules"].as_array().unwrap() {
+            let strings = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            let names = strings("resourceNames");
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        granted.insert(format!("{ns} {group}/{resource} {verb} {names:?}"));
+                    }
+                }
+            }
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = [
+        format!("{agents_ns} /pods get []"),
+        format!("{agents_ns} /pods list []"),
+        format!("{agents_ns} /pods watch []"),
+        format!("{scaler_ns} coordination.k8s.io/leases create []"),
+        format!("{scaler_ns} coordination.k8s.io/leases get [\"ado-scaler-gc\"]"),
+        format!("{scaler_ns} coordination.k8s.io/leases update [\"ado-scaler-gc\"]"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(granted, expected);
+}

@@ -2,6 +2,8 @@
 //! client and `kube` client, against the simulated ADO and Kubernetes API over TLS.
 
 mod common;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -11,7 +13,7 @@ use ado_scaler::{
     k8s::lease::LeaseTiming,
     sim::{
         Endpoint, Fault, KubeEndpoint, KubeFault, SIM_AGENT_NAMESPACE, SIM_SCALER_NAMESPACE,
-        SimCloud,
+        SimCloud, kube::Grant,
     },
 };
 use common::{Harness, POOL, capabilities, eventually};
@@ -463,4 +465,96 @@ mod election {
         a.stop.cancel();
         a.task.await.unwrap();
     }
+}
+
+/// The rights deploy/ gives the scaler's service account, as the simulated API server's RBAC.
+fn rendered_grants() -> Vec<Grant> {
+    let docs = tools::rendered();
+    let mut grants = Vec::new();
+    for binding in docs.iter().filter(|d| {
+        d["kind"] == "RoleBinding"
+            && d["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "ado-scaler"))
+    }) {
+        let namespace = binding["metadata"]["namespace"].as_str().unwrap();
+        let role = tools::find(&docs, "Role", binding["roleRef"]["name"].as_str().unwrap());
+        for rule in role["rules"].as_array().unwrap() {
+            let strings = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            for api_group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    grants.push(Grant {
+                        namespace: namespace.to_owned(),
+                        api_group: api_group.clone(),
+                        resource,
+                        verbs: strings("verbs"),
+                        resource_names: strings("resourceNames"),
+                    });
+                }
+            }
+        }
+    }
+    grants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_needs_no_more_than_the_rights_deploy_gives_it() {
+    let grants = rendered_grants();
+    assert!(!grants.is_empty());
+    let h = Harness::start_gc(|sim| {
+        sim.kube.enforce_rbac(grants.clone());
+        // The namespaces deploy/ uses, as the Deployment passes them.
+        GcSettings {
+            lease_namespace: Some(SIM_SCALER_NAMESPACE.into()),
+            ..settings(sim, "ado-scaler-5c9d-abcde")
+        }
+    })
+    .await;
+    let dead = dead_agent(&h.sim, h.pool_id, "ado-agent-oom", HOUR);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            deleted_ids(&h.sim) == [dead]
+        })
+        .await
+    );
+    assert_eq!(
+        h.sim.kube.forbidden(),
+        0,
+        "a request outside the granted rights"
+    );
+    assert_eq!(metric_value(&h, "ado_scaler_gc_leader").await, Some(1.0));
+
+    // The enforcement is real: without `update` on the Lease, nobody ever leads.
+    let without_update: Vec<Grant> = grants
+        .into_iter()
+        .map(|mut g| {
+            g.verbs.retain(|v| v != "update");
+            g
+        })
+        .collect();
+    let h = Harness::start_gc(|sim| {
+        sim.kube.enforce_rbac(without_update);
+        // The lease of a replica that is gone: it must be updated to be taken.
+        sim.kube
+            .put_lease(SIM_SCALER_NAMESPACE, LEASE_NAME, "ado-scaler-gone", 3);
+        GcSettings {
+            lease_namespace: Some(SIM_SCALER_NAMESPACE.into()),
+            ..settings(sim, "ado-scaler-5c9d-abcde")
+        }
+    })
+    .await;
+    dead_agent(&h.sim, h.pool_id, "ado-agent-oom", HOUR);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            h.sim.kube.forbidden() >= 3
+        })
+        .await
+    );
+    assert!(h.sim.ado.deletions().is_empty());
+    assert_eq!(metric_value(&h, "ado_scaler_gc_leader").await, Some(0.0));
 }

@@ -47,6 +47,40 @@ pub struct KubeFault {
     pub times: Option<u32>,
 }
 
+/// One RBAC rule as a Role grants it in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub namespace: String,
+    pub api_group: String,
+    pub resource: String,
+    pub verbs: Vec<String>,
+    /// Empty: any name.
+    pub resource_names: Vec<String>,
+}
+
+impl Grant {
+    fn allows(&self, request: &Access<'_>) -> bool {
+        self.namespace == request.namespace
+            && self.api_group == request.api_group
+            && self.resource == request.resource
+            && self.verbs.iter().any(|v| v == request.verb)
+            && (self.resource_names.is_empty()
+                || request
+                    .name
+                    .is_some_and(|n| self.resource_names.iter().any(|r| r == n)))
+    }
+}
+
+/// What a request does, in RBAC's terms.
+struct Access<'a> {
+    verb: &'a str,
+    api_group: &'a str,
+    resource: &'a str,
+    namespace: &'a str,
+    /// `None` for list, watch and create (RBAC cannot name what does not exist yet).
+    name: Option<&'a str>,
+}
+
 #[derive(Debug, Default)]
 struct Store {
     revision: u64,
@@ -69,6 +103,10 @@ struct KubeState {
     store: Mutex<Store>,
     faults: Mutex<Vec<KubeFault>>,
     requests: Mutex<HashMap<KubeEndpoint, u64>>,
+    /// `Some`: RBAC is enforced with exactly these grants; `None`: everything is allowed.
+    grants: Mutex<Option<Vec<Grant>>>,
+    /// Requests RBAC refused.
+    forbidden: std::sync::atomic::AtomicU64,
     /// Lease updates that another writer beats (it writes between their read and write).
     beaten_updates: std::sync::atomic::AtomicU32,
     /// `(revision, namespace, event)` as they happen, for open watches.
@@ -91,6 +129,8 @@ impl KubeSim {
                 faults: Mutex::default(),
                 requests: Mutex::default(),
                 beaten_updates: std::sync::atomic::AtomicU32::new(0),
+                grants: Mutex::default(),
+                forbidden: std::sync::atomic::AtomicU64::new(0),
                 events: broadcast::channel(WATCH_HISTORY).0,
             }),
         }
@@ -200,6 +240,37 @@ impl KubeSim {
             .cloned()
     }
 
+    /// A Lease last renewed now by `holder` (a replica that may since have gone).
+    pub fn put_lease(&self, namespace: &str, name: &str, holder: &str, duration_seconds: i32) {
+        use k8s_openapi::{
+            api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime,
+        };
+        let mut store = self.store();
+        let revision = store.next_revision();
+        let now = MicroTime(jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                uid: Some(format!("uid-{revision}")),
+                resource_version: Some(revision),
+                creation_timestamp: Some(Time(jiff::Timestamp::now())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        store
+            .leases
+            .insert((namespace.to_owned(), name.to_owned()), lease);
+    }
+
     /// Another writer updates the Lease (a new revision, same holder): whoever read it before
     /// now holds a stale `resourceVersion`.
     pub fn touch_lease(&self, namespace: &str, name: &str) {
@@ -219,6 +290,19 @@ impl KubeSim {
         self.state
             .beaten_updates
             .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Enforces RBAC as the API server does for the kubeconfig's service account: only these
+    /// grants, and 403 for anything else.
+    pub fn enforce_rbac(&self, grants: Vec<Grant>) {
+        *self.state.grants.lock().expect("grants") = Some(grants);
+    }
+
+    /// Requests RBAC refused.
+    pub fn forbidden(&self) -> u64 {
+        self.state
+            .forbidden
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn add_fault(&self, fault: KubeFault) {
@@ -283,7 +367,12 @@ fn not_found(resource: &str, name: &str) -> Response {
 
 /// Bearer-token check, counting and scripted faults, shared by every path: the answer that
 /// replaces the real one, if any.
-fn rejection(state: &KubeState, endpoint: KubeEndpoint, headers: &HeaderMap) -> Option<Response> {
+fn rejection(
+    state: &KubeState,
+    endpoint: KubeEndpoint,
+    headers: &HeaderMap,
+    access: &Access<'_>,
+) -> Option<Response> {
     *state
         .requests
         .lock()
@@ -297,6 +386,36 @@ fn rejection(state: &KubeState, endpoint: KubeEndpoint, headers: &HeaderMap) -> 
     if presented != Some(state.token.as_str()) {
         return Some(status(401, "Unauthorized", "Unauthorized"));
     }
+    let grants = state.grants.lock().expect("grants");
+    if let Some(grants) = grants.as_ref()
+        && !grants.iter().any(|g| g.allows(access))
+    {
+        state
+            .forbidden
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let group = if access.api_group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", access.api_group)
+        };
+        let what = access.name.map_or_else(
+            || format!("{}{group}", access.resource),
+            |n| format!("{}{group} \"{n}\"", access.resource),
+        );
+        return Some(status(
+            403,
+            "Forbidden",
+            &format!(
+                "{what} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" in the namespace \"{}\"",
+                super::SIM_SUBJECT,
+                access.verb,
+                access.resource,
+                access.api_group,
+                access.namespace
+            ),
+        ));
+    }
+    drop(grants);
     let mut faults = state.faults.lock().expect("faults");
     if let Some(i) = faults.iter().position(|f| f.endpoint == endpoint) {
         let code = faults[i].status;
@@ -334,7 +453,22 @@ async fn list_pods(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Pods, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Pods,
+        &headers,
+        &Access {
+            verb: if truthy(&query, "watch") {
+                "watch"
+            } else {
+                "list"
+            },
+            api_group: "",
+            resource: "pods",
+            namespace: &ns,
+            name: None,
+        },
+    ) {
         return r;
     }
     if truthy(&query, "watch") {
@@ -462,7 +596,18 @@ async fn get_pod(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Pods, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Pods,
+        &headers,
+        &Access {
+            verb: "get",
+            api_group: "",
+            resource: "pods",
+            namespace: &ns,
+            name: Some(&name),
+        },
+    ) {
         return r;
     }
     match store(&state).pods.get(&(ns, name.clone())) {
@@ -476,7 +621,18 @@ async fn list_leases(
     Path(ns): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Leases,
+        &headers,
+        &Access {
+            verb: "list",
+            api_group: "coordination.k8s.io",
+            resource: "leases",
+            namespace: &ns,
+            name: None,
+        },
+    ) {
         return r;
     }
     let store = store(&state);
@@ -500,7 +656,18 @@ async fn get_lease(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Leases,
+        &headers,
+        &Access {
+            verb: "get",
+            api_group: "coordination.k8s.io",
+            resource: "leases",
+            namespace: &ns,
+            name: Some(&name),
+        },
+    ) {
         return r;
     }
     match store(&state).leases.get(&(ns, name.clone())) {
@@ -521,7 +688,18 @@ async fn create_lease(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Leases,
+        &headers,
+        &Access {
+            verb: "create",
+            api_group: "coordination.k8s.io",
+            resource: "leases",
+            namespace: &ns,
+            name: None,
+        },
+    ) {
         return r;
     }
     let mut lease = match lease_body(&body) {
@@ -559,7 +737,18 @@ async fn replace_lease(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = rejection(&state, KubeEndpoint::Leases, &headers) {
+    if let Some(r) = rejection(
+        &state,
+        KubeEndpoint::Leases,
+        &headers,
+        &Access {
+            verb: "update",
+            api_group: "coordination.k8s.io",
+            resource: "leases",
+            namespace: &ns,
+            name: Some(&name),
+        },
+    ) {
         return r;
     }
     let mut lease = match lease_body(&body) {
