@@ -406,6 +406,14 @@ mod tests {
                 pool: "p".into(),
             })
             .set(1.5);
+        let pool = PoolLabels {
+            org: "o".into(),
+            pool: "p".into(),
+        };
+        m.gc.deleted.get_or_create(&pool).inc();
+        m.gc.runs
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc();
         let text = m.encode();
         for name in [
             "ado_scaler_token_requests_total{result=\"success\"} 1",
@@ -414,6 +422,9 @@ mod tests {
             "ado_scaler_poll_age_seconds{org=\"o\",pool=\"p\"} 1.5",
             "# HELP ado_scaler_active_streams ",
             "ado_scaler_build_info{version=\"",
+            "ado_scaler_gc_leader 0",
+            "ado_scaler_gc_deleted_agents_total{org=\"o\",pool=\"p\"} 1",
+            "ado_scaler_gc_runs_total{result=\"success\"} 1",
             "# TYPE process_cpu_seconds counter",
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",

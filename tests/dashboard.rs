@@ -63,6 +63,8 @@ fn demo_config() -> DemoConfig {
         drain_limit: Duration::from_secs(10),
         seed: 3,
         live_table: false,
+        // Agents killed without deregistering, for the collector's panels.
+        chaos_share: 0.3,
         ..DemoConfig::default()
     }
 }

@@ -332,7 +332,7 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(alerts.len(), 7);
+    assert_eq!(alerts.len(), 9);
     for alert in alerts {
         let name = alert["alert"].as_str().unwrap();
         assert!(

@@ -145,6 +145,18 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let client = k8s::client(settings.kubeconfig.as_deref()).await?;
+    // Every result from the start: "no run succeeded" is then a query, and the counters tell
+    // an enabled collector from a disabled one.
+    for result in [
+        RunResult::Success,
+        RunResult::Error,
+        RunResult::RateLimited,
+        RunResult::LostLease,
+    ] {
+        metrics.runs.get_or_create(&ResultLabels {
+            result: result.label(),
+        });
+    }
     Ok(tokio::spawn(run(settings, client, ado, metrics, shutdown)))
 }
 
