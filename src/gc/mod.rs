@@ -153,9 +153,12 @@ pub async fn start(
         RunResult::RateLimited,
         RunResult::LostLease,
     ] {
-        metrics.runs.get_or_create(&ResultLabels {
-            result: result.label(),
-        });
+        metrics
+            .runs
+            .get_or_create(&ResultLabels {
+                result: result.label(),
+            })
+            .inc_by(0);
     }
     Ok(tokio::spawn(run(settings, client, ado, metrics, shutdown)))
 }
