@@ -558,3 +558,76 @@ async fn the_collector_needs_no_more_than_the_rights_deploy_gives_it() {
     assert!(h.sim.ado.deletions().is_empty());
     assert_eq!(metric_value(&h, "ado_scaler_gc_leader").await, Some(0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_one_leader_and_the_survivor_collects() {
+    use ado_scaler::{ado::AdoClient, auth::TokenSource, gc, telemetry::Metrics};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let sim = SimCloud::start().await.unwrap();
+    let pool = sim.ado.add_pool(POOL);
+    let first = dead_agent(&sim, pool, "ado-agent-oom", HOUR);
+    let mut replicas = Vec::new();
+    for identity in ["scaler-a", "scaler-b"] {
+        let http = sim.http_client().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let token = TokenSource::new(&sim.auth_settings(), &http, Some(metrics.clone())).unwrap();
+        let ado = AdoClient::new(http, token, metrics.clone());
+        let stop = CancellationToken::new();
+        let task = gc::start(
+            settings(&sim, identity),
+            ado,
+            metrics.gc.clone(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        replicas.push((metrics, stop, task));
+    }
+    let leaders = |r: &[(Arc<Metrics>, CancellationToken, tokio::task::JoinHandle<()>)]| {
+        r.iter()
+            .map(|(m, _, _)| m.gc.leader.get())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            deleted_ids(&sim) == [first]
+        })
+        .await
+    );
+    // Exactly one leader, all along.
+    for _ in 0..100 {
+        let l = leaders(&replicas);
+        assert_eq!(l.iter().sum::<i64>(), 1, "{l:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = leaders(&replicas).iter().position(|l| *l == 1).unwrap();
+    let (_, stop, task) = replicas.remove(leader);
+    stop.cancel();
+    task.await.unwrap();
+
+    // The survivor takes the released lease at once and collects the next stale agent.
+    let second = dead_agent(&sim, pool, "gpu-evicted", HOUR);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            deleted_ids(&sim) == [first, second]
+        })
+        .await,
+        "{:?}",
+        sim.ado.deletions()
+    );
+    assert_eq!(leaders(&replicas), [1]);
+    let deleted = |m: &Metrics| {
+        m.gc.deleted
+            .get_or_create(&ado_scaler::telemetry::PoolLabels {
+                org: sim.org_url.clone(),
+                pool: POOL.into(),
+            })
+            .get()
+    };
+    assert_eq!(deleted(&replicas[0].0), 1);
+    let (_, stop, task) = replicas.remove(0);
+    stop.cancel();
+    task.await.unwrap();
+}

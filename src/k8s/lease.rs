@@ -242,30 +242,13 @@ impl Elector {
             .map_err(|e| api_error(&format!("release lease {name}"), e))
     }
 
-    /// Our record: a renewal keeps the acquire time, a takeover counts a transition.
     fn next_spec(&self, previous: Option<&LeaseSpec>) -> LeaseSpec {
-        let now = MicroTime(jiff::Timestamp::now());
-        let ours = previous
-            .is_some_and(|p| p.holder_identity.as_deref() == Some(self.settings.identity.as_str()));
-        let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
-        LeaseSpec {
-            holder_identity: Some(self.settings.identity.clone()),
-            lease_duration_seconds: Some(
-                i32::try_from(self.settings.timing.duration.as_secs()).unwrap_or(i32::MAX),
-            ),
-            acquire_time: if ours {
-                previous.and_then(|p| p.acquire_time.clone())
-            } else {
-                Some(now.clone())
-            },
-            renew_time: Some(now),
-            lease_transitions: Some(if ours || previous.is_none() {
-                transitions
-            } else {
-                transitions + 1
-            }),
-            ..LeaseSpec::default()
-        }
+        next_spec(
+            &self.settings.identity,
+            self.settings.timing.duration,
+            previous,
+            MicroTime(jiff::Timestamp::now()),
+        )
     }
 
     fn observe(&mut self, spec: LeaseSpec) {
@@ -274,21 +257,111 @@ impl Elector {
         }
     }
 
-    /// Whether the holder's record has stood unchanged, on our clock, for its whole duration.
     fn observed_expired(&self, spec: &LeaseSpec) -> bool {
-        let duration = spec
-            .lease_duration_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .map_or(self.settings.timing.duration, Duration::from_secs);
-        self.observed
-            .as_ref()
-            .is_some_and(|(_, since)| since.elapsed() >= duration)
+        self.observed.as_ref().is_some_and(|(_, since)| {
+            expired(spec, *since, self.settings.timing.duration, Instant::now())
+        })
     }
+}
+
+/// Our record: a renewal keeps the acquire time and count, a takeover counts a transition.
+fn next_spec(
+    identity: &str,
+    duration: Duration,
+    previous: Option<&LeaseSpec>,
+    now: MicroTime,
+) -> LeaseSpec {
+    let ours = previous.is_some_and(|p| p.holder_identity.as_deref() == Some(identity));
+    let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
+    LeaseSpec {
+        holder_identity: Some(identity.to_owned()),
+        lease_duration_seconds: Some(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)),
+        acquire_time: if ours {
+            previous.and_then(|p| p.acquire_time.clone())
+        } else {
+            Some(now.clone())
+        },
+        renew_time: Some(now),
+        lease_transitions: Some(if ours || previous.is_none() {
+            transitions
+        } else {
+            transitions + 1
+        }),
+        ..LeaseSpec::default()
+    }
+}
+
+/// Whether a holder's record, unchanged since `observed_since` on our clock, has outlived its
+/// own duration (ours when it states none).
+fn expired(spec: &LeaseSpec, observed_since: Instant, ours: Duration, now: Instant) -> bool {
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(ours, Duration::from_secs);
+    now.duration_since(observed_since) >= duration
 }
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> MicroTime {
+        MicroTime(jiff::Timestamp::from_second(1_800_000_000 + second).unwrap())
+    }
+
+    const FIFTEEN: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn renewals_keep_the_record_and_takeovers_count() {
+        let created = next_spec("a", FIFTEEN, None, at(0));
+        assert_eq!(created.holder_identity.as_deref(), Some("a"));
+        assert_eq!(created.lease_duration_seconds, Some(15));
+        assert_eq!(created.acquire_time, Some(at(0)));
+        assert_eq!(created.lease_transitions, Some(0));
+
+        let renewed = next_spec("a", FIFTEEN, Some(&created), at(2));
+        assert_eq!(renewed.acquire_time, Some(at(0)));
+        assert_eq!(renewed.renew_time, Some(at(2)));
+        assert_eq!(renewed.lease_transitions, Some(0));
+
+        let taken = next_spec("b", FIFTEEN, Some(&renewed), at(20));
+        assert_eq!(taken.holder_identity.as_deref(), Some("b"));
+        assert_eq!(taken.acquire_time, Some(at(20)));
+        assert_eq!(taken.lease_transitions, Some(1));
+
+        // A released lease (no holder) taken again is a transition too, as in client-go.
+        let released = LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_transitions: Some(4),
+            ..LeaseSpec::default()
+        };
+        assert_eq!(
+            next_spec("a", FIFTEEN, Some(&released), at(30)).lease_transitions,
+            Some(5)
+        );
+        let huge = next_spec("a", Duration::from_secs(u64::MAX), None, at(0));
+        assert_eq!(huge.lease_duration_seconds, Some(i32::MAX));
+    }
+
+    #[test]
+    fn expiry_counts_the_holders_duration_on_our_clock() {
+        let seen = Instant::now();
+        let spec = |seconds| LeaseSpec {
+            lease_duration_seconds: seconds,
+            ..LeaseSpec::default()
+        };
+        let after = |s: u64| seen + Duration::from_secs(s);
+        assert!(!expired(&spec(Some(5)), seen, FIFTEEN, after(4)));
+        assert!(expired(&spec(Some(5)), seen, FIFTEEN, after(5)));
+        assert!(!expired(&spec(None), seen, FIFTEEN, after(14)));
+        assert!(expired(&spec(None), seen, FIFTEEN, after(15)));
+        assert!(!expired(&spec(Some(-1)), seen, FIFTEEN, after(14)));
     }
 }
