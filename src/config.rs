@@ -85,6 +85,11 @@ pub struct CheckArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// The collector's flags, as `serve` takes them: with `--gc`, check its rights and list
+    /// what its next run would delete (nothing is deleted).
+    #[command(flatten)]
+    pub gc: GcArgs,
 }
 
 /// How to authenticate to Azure DevOps.

@@ -119,58 +119,24 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
     })
 }
 
-/// Validates the `--gc-*` flags; `None` when the collector is off.
+/// Validates the `--gc-*` flags against the allowlist; `None` when the collector is off.
 fn gc_settings(
     args: &config::GcArgs,
     allowlist: &scaler::allowlist::OrgAllowlist,
 ) -> Result<Option<gc::GcSettings>> {
-    if !args.enabled {
+    let Some(settings) = gc::GcSettings::from_args(args).map_err(Error::Config)? else {
         return Ok(None);
-    }
-    let namespace = args
-        .namespace
-        .clone()
-        .filter(|n| !n.trim().is_empty())
-        .ok_or_else(|| Error::Config("--gc-namespace is required with --gc".into()))?;
-    let prefixes: Vec<String> = args
-        .agent_prefix
+    };
+    if let Some((org, _)) = settings
+        .pools
         .iter()
-        .map(|p| p.trim().to_owned())
-        .collect();
-    let rules = gc::rules::Rules::new(prefixes, args.grace).map_err(Error::Config)?;
-    let pools = gc::parse_pools(&args.pools).map_err(Error::Config)?;
-    if let Some((org, _)) = pools.iter().find(|(org, _)| !allowlist.allows(org)) {
+        .find(|(org, _)| !allowlist.allows(org))
+    {
         return Err(Error::Config(format!(
             "--gc-pools: organisation {org} is not in --allowed-orgs"
         )));
     }
-    if args.interval < Duration::from_secs(10) {
-        return Err(Error::Config("--gc-interval must be at least 10s".into()));
-    }
-    let identity = match &args.lease_identity {
-        Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
-        _ => nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                Error::Config("--gc-lease-identity: no hostname to default to".into())
-            })?,
-    };
-    Ok(Some(gc::GcSettings {
-        pools,
-        namespace,
-        rules,
-        interval: args.interval,
-        lease_namespace: args
-            .lease_namespace
-            .clone()
-            .filter(|n| !n.trim().is_empty()),
-        identity,
-        timing: k8s::lease::LeaseTiming::default(),
-        kubeconfig: args.kubeconfig.clone(),
-        delete_pace: gc::GcSettings::DELETE_PACE,
-    }))
+    Ok(Some(settings))
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

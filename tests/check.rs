@@ -1,6 +1,8 @@
 //! `ado-scaler check` against the simulators: one test per ✗, each with its fix.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use clap::Parser;
 
 use ado_scaler::{
     auth::AuthMode,
@@ -8,7 +10,7 @@ use ado_scaler::{
         self, ACCEPTED, FEDERATED_TOKEN, JOBS_READABLE, POOL_FOUND, REACHABLE, Report, Status,
         TOKEN_EXCHANGE, WI_VARIABLES,
     },
-    config::{AuthArgs, CheckArgs, CheckAs},
+    config::{AuthArgs, CheckArgs, CheckAs, Cli, Command, GcArgs},
     sim::{Endpoint, Fault, SimCloud},
 };
 
@@ -27,6 +29,16 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
             pat_file: None,
             ca_file: Some(sim.ca_file.clone()),
         },
+        gc: gc_args(&[]),
+    }
+}
+
+/// The collector's flags as clap parses them (defaults included).
+fn gc_args(flags: &[&str]) -> GcArgs {
+    let argv = [&["ado-scaler", "check", "--org", "o", "--pool", "p"], flags].concat();
+    match Cli::parse_from(argv).command {
+        Command::Check(args) => args.gc,
+        _ => unreachable!("parsed the check subcommand"),
     }
 }
 
@@ -352,5 +364,82 @@ async fn unclaimed_jobs_and_a_missing_pool_role_are_explained() {
         sim.ado.agents(pool).len(),
         2,
         "one placeholder: both triggers share the prefix"
+    );
+}
+
+/// With the collector's flags, `check` reads what the collector reads and lists what its next
+/// run would delete, deleting nothing.
+#[tokio::test]
+async fn the_collector_check_lists_what_the_next_run_deletes() {
+    use ado_scaler::sim::{SIM_AGENT_NAMESPACE, kube::Grant};
+    let sim = SimCloud::start().await.unwrap();
+    let pool = sim.ado.add_pool("linux");
+    for name in ["ado-agent-oom", "ado-agent-evicted", "ado-agent-running"] {
+        sim.ado.register_agent(pool, name, &Default::default());
+        sim.ado.age_agent(pool, name, Duration::from_secs(3600));
+    }
+    for name in ["ado-agent-oom", "ado-agent-evicted"] {
+        sim.ado.set_agent_online(pool, name, false);
+        sim.ado.age_agent(pool, name, Duration::from_secs(3600));
+    }
+    let kubeconfig = sim.kubeconfig.display().to_string();
+    let pools = format!("{}=linux", sim.org_url);
+    let mut a = args(&sim, "linux");
+    a.gc = gc_args(&[
+        "--gc",
+        "--gc-namespace",
+        SIM_AGENT_NAMESPACE,
+        "--gc-agent-prefix",
+        "ado-agent-",
+        "--gc-pools",
+        &pools,
+        "--gc-lease-identity",
+        "check",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    let report = run(&a, &pod_env(&sim)).await;
+    assert!(report.ok(), "{report}");
+    for title in [
+        check::GC_SETTINGS,
+        check::GC_API,
+        check::GC_PODS,
+        check::GC_LEASE,
+    ] {
+        assert_eq!(report.item(title).unwrap().status, Status::Pass, "{report}");
+    }
+    let stale = &report.item(check::GC_STALE).unwrap().detail;
+    assert!(stale.starts_with("the next run deletes 2: "), "{stale}");
+    assert!(stale.contains("ado-agent-oom (id ") && stale.contains("ado-agent-evicted"));
+    assert!(!stale.contains("ado-agent-running"), "{stale}");
+    assert!(sim.ado.deletions().is_empty(), "check deletes nothing");
+
+    // Without the rights on pods: ✗ with the Role to apply.
+    sim.kube.enforce_rbac(vec![Grant {
+        namespace: "ado-scaler".into(),
+        api_group: "coordination.k8s.io".into(),
+        resource: "leases".into(),
+        verbs: vec!["get".into()],
+        resource_names: vec![],
+    }]);
+    let report = run(&a, &pod_env(&sim)).await;
+    let pods = failed(&report, check::GC_PODS);
+    assert!(pods.detail.contains("403"), "{}", pods.detail);
+    assert!(
+        pods.fix
+            .as_deref()
+            .unwrap()
+            .contains("deploy/scaler/rbac.yaml"),
+        "{report}"
+    );
+
+    // Flags the collector would refuse are refused here too, naming the flag.
+    a.gc = gc_args(&["--gc", "--gc-namespace", SIM_AGENT_NAMESPACE]);
+    let report = run(&a, &pod_env(&sim)).await;
+    let settings = failed(&report, check::GC_SETTINGS);
+    assert!(
+        settings.detail.contains("--gc-agent-prefix"),
+        "{}",
+        settings.detail
     );
 }

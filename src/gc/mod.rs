@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ado::{AdoClient, OrgUrl, models::Agent},
+    config::GcArgs,
     error::{Error, Result},
     k8s::{
         self,
@@ -57,6 +58,50 @@ impl GcSettings {
     /// At most four deletions a second: a backlog of thousands drains in minutes without
     /// spending the identity's rate-limit budget that polls need.
     pub const DELETE_PACE: Duration = Duration::from_millis(250);
+
+    /// Validates the `--gc-*` flags; `None` when the collector is off. Errors name the flag.
+    pub fn from_args(args: &GcArgs) -> std::result::Result<Option<Self>, String> {
+        if !args.enabled {
+            return Ok(None);
+        }
+        let namespace = args
+            .namespace
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .ok_or("--gc-namespace is required with --gc")?;
+        let prefixes = args
+            .agent_prefix
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .collect();
+        let rules = Rules::new(prefixes, args.grace)?;
+        let pools = parse_pools(&args.pools)?;
+        if args.interval < Duration::from_secs(10) {
+            return Err("--gc-interval must be at least 10s".into());
+        }
+        let identity = match &args.lease_identity {
+            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+            _ => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .ok_or("--gc-lease-identity: no hostname to default to")?,
+        };
+        Ok(Some(Self {
+            pools,
+            namespace,
+            rules,
+            interval: args.interval,
+            lease_namespace: args
+                .lease_namespace
+                .clone()
+                .filter(|n| !n.trim().is_empty()),
+            identity,
+            timing: LeaseTiming::default(),
+            kubeconfig: args.kubeconfig.clone(),
+            delete_pace: Self::DELETE_PACE,
+        }))
+    }
 }
 
 /// Parses `--gc-pools`: `ORG_URL=POOL_NAME`, comma-separated.
@@ -243,70 +288,104 @@ struct Collector {
     metrics: Arc<GcMetrics>,
 }
 
-/// One pool as read at the start of a run.
-struct PoolView {
-    org: OrgUrl,
-    name: String,
-    id: u32,
-    agents: Vec<Agent>,
+/// A registration the rules condemn.
+#[derive(Debug, Clone)]
+pub struct Stale {
+    pub org: OrgUrl,
+    pub pool: String,
+    pub pool_id: u32,
+    pub agent: Agent,
+    pub offline_for: Duration,
+}
+
+/// What a run would delete now. Everything is read before anything is judged: if any list
+/// cannot be read, this is an error and nothing is deleted. The pools' agents are read before
+/// the pods, so that a pod created meanwhile is still seen.
+pub async fn plan(
+    settings: &GcSettings,
+    ado: &AdoClient,
+    client: &kube::Client,
+) -> Result<Vec<Stale>> {
+    let mut views = Vec::with_capacity(settings.pools.len());
+    for (org, name) in &settings.pools {
+        let id = ado.find_pool(org, name).await?.id;
+        let agents = ado.agents_with_assigned_requests(org, id).await?;
+        views.push((org, name, id, agents));
+    }
+    let pods = k8s::pod_names(client, &settings.namespace).await?;
+    let now = OffsetDateTime::now_utc();
+    let mut stale = Vec::new();
+    for (org, pool, pool_id, agents) in views {
+        for agent in agents {
+            if let Verdict::Delete { offline_for } = settings.rules.verdict(&agent, &pods, now) {
+                stale.push(Stale {
+                    org: org.clone(),
+                    pool: pool.clone(),
+                    pool_id,
+                    agent,
+                    offline_for,
+                });
+            }
+        }
+    }
+    Ok(stale)
 }
 
 impl Collector {
-    /// One pass. Everything is read before anything is deleted: if any list cannot be read,
-    /// nothing is deleted in this run.
+    /// One pass: plan, then delete, paced, while leading and while ADO has budget.
     async fn collect(&self, leader: &watch::Receiver<bool>) -> RunResult {
-        let views = match self.read().await {
-            Ok(v) => v,
+        let stale = match plan(&self.settings, &self.ado, &self.client).await {
+            Ok(stale) => stale,
             Err(e) => {
                 tracing::warn!(error = %e, "stale-agent collector could not read; deleting nothing this run");
                 return RunResult::Error;
             }
         };
-        let (views, pods) = views;
-        let now = OffsetDateTime::now_utc();
         let mut last_delete: Option<Instant> = None;
         let mut failed = false;
-        for view in &views {
-            let labels = PoolLabels {
-                org: view.org.to_string(),
-                pool: view.name.clone(),
-            };
-            for agent in &view.agents {
-                let Verdict::Delete { offline_for } =
-                    self.settings.rules.verdict(agent, &pods, now)
-                else {
-                    continue;
-                };
-                if !*leader.borrow() {
-                    return RunResult::LostLease;
+        for Stale {
+            org,
+            pool,
+            pool_id,
+            agent,
+            offline_for,
+        } in stale
+        {
+            if !*leader.borrow() {
+                return RunResult::LostLease;
+            }
+            if self.ado.throttle(&org).should_yield(Instant::now()) {
+                tracing::info!(%org, "Azure DevOps is throttling this identity; the collector waits for its next run");
+                return RunResult::RateLimited;
+            }
+            if let Some(at) = last_delete {
+                tokio::time::sleep_until(at + self.settings.delete_pace).await;
+            }
+            last_delete = Some(Instant::now());
+            match self.ado.delete_agent(&org, pool_id, agent.id).await {
+                Ok(()) => {
+                    self.metrics
+                        .deleted
+                        .get_or_create(&PoolLabels {
+                            org: org.to_string(),
+                            pool: pool.clone(),
+                        })
+                        .inc();
+                    tracing::info!(
+                        %org,
+                        %pool,
+                        agent = %agent.name,
+                        agent_id = agent.id,
+                        offline_for = %humantime::format_duration(Duration::from_secs(offline_for.as_secs())),
+                        "deleted a stale agent registration (offline, no job, no pod)"
+                    );
                 }
-                if self.ado.throttle(&view.org).should_yield(Instant::now()) {
-                    tracing::info!(org = %view.org, "Azure DevOps is throttling this identity; the collector waits for its next run");
-                    return RunResult::RateLimited;
-                }
-                if let Some(at) = last_delete {
-                    tokio::time::sleep_until(at + self.settings.delete_pace).await;
-                }
-                last_delete = Some(Instant::now());
-                match self.ado.delete_agent(&view.org, view.id, agent.id).await {
-                    Ok(()) => {
-                        self.metrics.deleted.get_or_create(&labels).inc();
-                        tracing::info!(
-                            org = %view.org,
-                            pool = %view.name,
-                            agent = %agent.name,
-                            agent_id = agent.id,
-                            offline_for = %humantime::format_duration(Duration::from_secs(offline_for.as_secs())),
-                            "deleted a stale agent registration (offline, no job, no pod)"
-                        );
-                    }
-                    // Deregistered meanwhile: nothing left to do.
-                    Err(Error::NotFound(_)) => {}
-                    Err(Error::RateLimited { .. }) => return RunResult::RateLimited,
-                    Err(e) => {
-                        tracing::warn!(org = %view.org, pool = %view.name, agent = %agent.name, agent_id = agent.id, error = %e, "could not delete a stale agent registration");
-                        failed = true;
-                    }
+                // Deregistered meanwhile: nothing left to do.
+                Err(Error::NotFound(_)) => {}
+                Err(Error::RateLimited { .. }) => return RunResult::RateLimited,
+                Err(e) => {
+                    tracing::warn!(%org, %pool, agent = %agent.name, agent_id = agent.id, error = %e, "could not delete a stale agent registration");
+                    failed = true;
                 }
             }
         }
@@ -316,25 +395,7 @@ impl Collector {
             RunResult::Success
         }
     }
-
-    /// The pools' agents, then the pods: a pod that appears meanwhile is still seen.
-    async fn read(&self) -> Result<(Vec<PoolView>, rules::PodNames)> {
-        let mut views = Vec::with_capacity(self.settings.pools.len());
-        for (org, name) in &self.settings.pools {
-            let id = self.ado.find_pool(org, name).await?.id;
-            let agents = self.ado.agents_with_assigned_requests(org, id).await?;
-            views.push(PoolView {
-                org: org.clone(),
-                name: name.clone(),
-                id,
-                agents,
-            });
-        }
-        let pods = k8s::pod_names(&self.client, &self.settings.namespace).await?;
-        Ok((views, pods))
-    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! `ado-scaler check`: runs the real auth and REST calls of the scaler (or an agent) and prints
 //! a checklist, ✔ or ✗ with the fix, so that a setup mistake explains itself.
 
+mod collector;
+
 use std::{fmt, sync::Arc};
 
 use crate::{
@@ -118,6 +120,7 @@ pub const POOL_FOUND: &str = "pool found";
 pub const JOBS_READABLE: &str = "job requests readable";
 pub const PLACEHOLDER: &str = "placeholder registration";
 pub const UNCLAIMED: &str = "unclaimed jobs";
+pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
 pub async fn run(args: CheckArgs) -> Result<u8> {
@@ -332,6 +335,9 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         },
         None,
     );
+    if args.as_ == CheckAs::Scaler {
+        collector::check_collector(args, &ado, &mut report).await;
+    }
     if args.as_ == CheckAs::Agent {
         report.push(
             Status::Info,
