@@ -1,0 +1,320 @@
+//! Simulated Kubernetes API server: the paths the collector uses, with the API server's
+//! semantics for them. Pods: list (with the list's `resourceVersion`), get, and watch from a
+//! `resourceVersion` (410 Gone once it is compacted away). Leases: get, create (409
+//! `AlreadyExists`) and update with optimistic concurrency (409 `Conflict` for a stale
+//! `metadata.resourceVersion`; none means unconditional, as for a real Lease). One revision
+//! counter for every object, as etcd's. Errors are `Status` objects; a request without the
+//! kubeconfig's bearer token gets 401. Reached over HTTPS through a kubeconfig, as a cluster is.
+
+mod routes;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Container, Pod, PodSpec, PodStatus},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// Watch events kept for clients resuming from an older `resourceVersion`.
+const WATCH_HISTORY: usize = 1000;
+
+/// The resources, for counters and faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KubeEndpoint {
+    Pods,
+    Leases,
+}
+
+/// A scripted failure: the next `times` requests to `endpoint` (all, when `None`) get `status`.
+#[derive(Debug, Clone)]
+pub struct KubeFault {
+    pub endpoint: KubeEndpoint,
+    pub status: u16,
+    pub times: Option<u32>,
+}
+
+/// One RBAC rule as a Role grants it in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub namespace: String,
+    pub api_group: String,
+    pub resource: String,
+    pub verbs: Vec<String>,
+    /// Empty: any name.
+    pub resource_names: Vec<String>,
+}
+
+impl Grant {
+    fn allows(&self, request: &Access<'_>) -> bool {
+        self.namespace == request.namespace
+            && self.api_group == request.api_group
+            && self.resource == request.resource
+            && self.verbs.iter().any(|v| v == request.verb)
+            && (self.resource_names.is_empty()
+                || request
+                    .name
+                    .is_some_and(|n| self.resource_names.iter().any(|r| r == n)))
+    }
+}
+
+/// What a request does, in RBAC's terms.
+struct Access<'a> {
+    verb: &'a str,
+    api_group: &'a str,
+    resource: &'a str,
+    namespace: &'a str,
+    /// `None` for list, watch and create (RBAC cannot name what does not exist yet).
+    name: Option<&'a str>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    revision: u64,
+    pods: BTreeMap<(String, String), Pod>,
+    leases: BTreeMap<(String, String), Lease>,
+    /// `(revision, namespace, event)` of pod changes, oldest first.
+    pod_events: VecDeque<(u64, String, Value)>,
+}
+
+impl Store {
+    fn next_revision(&mut self) -> String {
+        self.revision += 1;
+        self.revision.to_string()
+    }
+}
+
+#[derive(Debug)]
+struct KubeState {
+    token: String,
+    store: Mutex<Store>,
+    faults: Mutex<Vec<KubeFault>>,
+    requests: Mutex<HashMap<KubeEndpoint, u64>>,
+    /// `Some`: RBAC is enforced with exactly these grants; `None`: everything is allowed.
+    grants: Mutex<Option<Vec<Grant>>>,
+    /// Requests RBAC refused.
+    forbidden: std::sync::atomic::AtomicU64,
+    /// Lease updates that another writer beats (it writes between their read and write).
+    beaten_updates: std::sync::atomic::AtomicU32,
+    /// `(revision, namespace, event)` as they happen, for open watches.
+    events: broadcast::Sender<(u64, String, Value)>,
+}
+
+/// Handle to the simulated API server.
+#[derive(Debug, Clone)]
+pub struct KubeSim {
+    state: Arc<KubeState>,
+}
+
+impl KubeSim {
+    /// `token` is the bearer token its kubeconfig carries.
+    pub fn new(token: &str) -> Self {
+        Self {
+            state: Arc::new(KubeState {
+                token: token.to_owned(),
+                store: Mutex::default(),
+                faults: Mutex::default(),
+                requests: Mutex::default(),
+                beaten_updates: std::sync::atomic::AtomicU32::new(0),
+                grants: Mutex::default(),
+                forbidden: std::sync::atomic::AtomicU64::new(0),
+                events: broadcast::channel(WATCH_HISTORY).0,
+            }),
+        }
+    }
+
+    /// The bearer token the kubeconfig carries (a service-account token: a secret).
+    pub fn token(&self) -> &str {
+        &self.state.token
+    }
+
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// A kubeconfig (JSON, which is YAML) for `server`, trusting `ca_pem`, with the token.
+    pub fn kubeconfig(&self, server: &str, ca_pem: &str, namespace: &str) -> String {
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "sim", "cluster": { "server": server, "certificate-authority-data": ca } }],
+            "users": [{ "name": "ado-scaler", "user": { "token": self.state.token } }],
+            "contexts": [{ "name": "sim", "context": { "cluster": "sim", "user": "ado-scaler", "namespace": namespace } }],
+            "current-context": "sim",
+        })
+        .to_string()
+    }
+
+    /// Starts a pod (phase `Running`), as the Job controller would for an agent.
+    pub fn create_pod(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        let revision = store.next_revision();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                uid: Some(format!("uid-{revision}")),
+                resource_version: Some(revision),
+                creation_timestamp: Some(Time(jiff::Timestamp::now())),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/name".to_owned(),
+                    "ado-agent".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "agent".into(),
+                    image: Some("ado-agent".into()),
+                    ..Container::default()
+                }],
+                restart_policy: Some("Never".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            }),
+        };
+        store
+            .pods
+            .insert((namespace.to_owned(), name.to_owned()), pod.clone());
+        self.record(&mut store, namespace, "ADDED", &pod);
+    }
+
+    /// Deletes a pod (its Job was cleaned up, or its node is gone).
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        if let Some(mut pod) = store.pods.remove(&(namespace.to_owned(), name.to_owned())) {
+            pod.metadata.resource_version = Some(store.next_revision());
+            self.record(&mut store, namespace, "DELETED", &pod);
+        }
+    }
+
+    pub fn pod_names(&self, namespace: &str) -> Vec<String> {
+        self.store()
+            .pods
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.store()
+            .leases
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// A Lease last renewed now by `holder` (a replica that may since have gone).
+    pub fn put_lease(&self, namespace: &str, name: &str, holder: &str, duration_seconds: i32) {
+        use k8s_openapi::{
+            api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime,
+        };
+        let mut store = self.store();
+        let revision = store.next_revision();
+        let now = MicroTime(jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                uid: Some(format!("uid-{revision}")),
+                resource_version: Some(revision),
+                creation_timestamp: Some(Time(jiff::Timestamp::now())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        store
+            .leases
+            .insert((namespace.to_owned(), name.to_owned()), lease);
+    }
+
+    /// Another writer updates the Lease (a new revision, same holder): whoever read it before
+    /// now holds a stale `resourceVersion`.
+    pub fn touch_lease(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        let revision = store.next_revision();
+        if let Some(lease) = store
+            .leases
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        {
+            lease.metadata.resource_version = Some(revision);
+        }
+    }
+
+    /// The next `n` Lease updates lose a race: another writer updates the Lease first, so
+    /// their `resourceVersion` is stale and they get the API server's 409.
+    pub fn beat_next_lease_updates(&self, n: u32) {
+        self.state
+            .beaten_updates
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Enforces RBAC as the API server does for the kubeconfig's service account: only these
+    /// grants, and 403 for anything else.
+    pub fn enforce_rbac(&self, grants: Vec<Grant>) {
+        *self.state.grants.lock().expect("grants") = Some(grants);
+    }
+
+    /// Requests RBAC refused.
+    pub fn forbidden(&self) -> u64 {
+        self.state
+            .forbidden
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn add_fault(&self, fault: KubeFault) {
+        self.state.faults.lock().expect("faults").push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().expect("faults").clear();
+    }
+
+    pub fn requests(&self, endpoint: KubeEndpoint) -> u64 {
+        self.state
+            .requests
+            .lock()
+            .expect("requests")
+            .get(&endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn record(&self, store: &mut Store, namespace: &str, kind: &str, pod: &Pod) {
+        let revision = store.revision;
+        let event = json!({ "type": kind, "object": pod });
+        store
+            .pod_events
+            .push_back((revision, namespace.to_owned(), event.clone()));
+        if store.pod_events.len() > WATCH_HISTORY {
+            store.pod_events.pop_front();
+        }
+        let _ = self
+            .state
+            .events
+            .send((revision, namespace.to_owned(), event));
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.state.store.lock().expect("store")
+    }
+}
