@@ -26,3 +26,20 @@ fn every_flag_has_an_environment_variable() {
             .all(|a| a.get_env().is_some())
     );
 }
+
+/// The README's `cargo run --release -- demo` needs cargo to know which of the two binaries
+/// (`ado-scaler`, `ado-sim-agent`) to run.
+#[test]
+fn cargo_run_picks_the_scaler() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest
+            .lines()
+            .any(|l| l.trim() == "default-run = \"ado-scaler\""),
+        "Cargo.toml has no default-run"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("cargo run --release -- demo"));
+}
