@@ -11,8 +11,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ado-scaler \
- && install -D -m 0755 target/release/ado-scaler /out/ado-scaler
+    cargo build --profile dist --locked --bin ado-scaler \
+ && install -D -m 0755 target/dist/ado-scaler /out/ado-scaler
 
 # ---- scaler: minimal runtime, non-root ---------------------------------------------------
 # distroless/cc: glibc and CA roots, no shell, no package manager.

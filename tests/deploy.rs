@@ -449,3 +449,170 @@ fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
     .collect();
     assert_eq!(granted, expected);
 }
+
+#[test]
+fn network_policies_admit_keda_and_prometheus_and_reach_only_dns_and_https() {
+    let docs = rendered();
+    let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
+    let policy = &find(&docs, "NetworkPolicy", "ado-scaler")["spec"];
+    assert_eq!(
+        policy["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    let from = |i: usize| {
+        (
+            policy["ingress"][i]["from"][0]["namespaceSelector"]["matchLabels"]
+                ["kubernetes.io/metadata.name"]
+                .clone(),
+            policy["ingress"][i]["ports"].clone(),
+        )
+    };
+    assert_eq!(
+        from(0),
+        (
+            settings["kedaNamespace"].clone(),
+            serde_json::json!([{ "port": 9090, "protocol": "TCP" }])
+        )
+    );
+    assert_eq!(
+        from(1),
+        (
+            settings["monitoringNamespace"].clone(),
+            serde_json::json!([{ "port": 8080, "protocol": "TCP" }])
+        )
+    );
+    assert_eq!(policy["ingress"].as_array().unwrap().len(), 2);
+    // Egress: DNS both ways, then 443 to anywhere (Entra, Azure DevOps, the API server).
+    assert_eq!(
+        policy["egress"],
+        serde_json::json!([
+            { "ports": [{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }] },
+            { "ports": [{ "port": 443, "protocol": "TCP" }] },
+        ])
+    );
+
+    let agents = find(&docs, "NetworkPolicy", "ado-agents-deny-ingress");
+    assert_eq!(agents["metadata"]["namespace"], "ado-agents");
+    assert_eq!(agents["spec"]["podSelector"], serde_json::json!({}));
+    assert_eq!(
+        agents["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert!(
+        agents["spec"]["ingress"].is_null(),
+        "no ingress rule: all denied"
+    );
+
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert_eq!(
+            find(&docs, kind, "ado-scaler")["metadata"]["labels"]["release"],
+            settings["prometheusRelease"],
+            "{kind}"
+        );
+    }
+}
+
+/// Every leaf of a document as `path = value`.
+fn leaves(value: &Value, path: String, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                leaves(v, format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(v, format!("{path}[{i}]"), out);
+            }
+        }
+        other => {
+            out.insert(format!("{path} = {other}"));
+        }
+    }
+}
+
+fn all_leaves(docs: &[Value]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in docs {
+        let id = format!(
+            "{}/{}",
+            d["kind"].as_str().unwrap_or("?"),
+            d["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        leaves(d, id, &mut out);
+    }
+    out
+}
+
+/// Changing one setting in a copy of deploy/ changes exactly the fields it should.
+#[test]
+fn each_setting_changes_exactly_its_targets() {
+    let original = all_leaves(&rendered());
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "kedaNamespace=keda",
+            "kedaNamespace=kube-system",
+            &[
+                "ConfigMap/ado-scaler-settings.data.kedaNamespace",
+                "NetworkPolicy/ado-scaler.spec.ingress[0].from[0].namespaceSelector.matchLabels.kubernetes.io/metadata.name",
+            ],
+        ),
+        (
+            "monitoringNamespace=monitoring",
+            "monitoringNamespace=observability",
+            &[
+                "ConfigMap/ado-scaler-settings.data.monitoringNamespace",
+                "NetworkPolicy/ado-scaler.spec.ingress[1].from[0].namespaceSelector.matchLabels.kubernetes.io/metadata.name",
+            ],
+        ),
+        (
+            "prometheusRelease=kube-prometheus-stack",
+            "prometheusRelease=prom",
+            &[
+                "ConfigMap/ado-scaler-settings.data.prometheusRelease",
+                "ServiceMonitor/ado-scaler.metadata.labels.release",
+                "PrometheusRule/ado-scaler.metadata.labels.release",
+            ],
+        ),
+    ];
+    for (from, to, targets) in cases {
+        let tree = std::env::temp_dir().join(format!(
+            "ado-scaler-deploy-{}-{}",
+            std::process::id(),
+            to.split('=').next().unwrap()
+        ));
+        let _ = std::fs::remove_dir_all(&tree);
+        for dir in ["deploy", "dashboards"] {
+            copy_dir(&root().join(dir), &tree.join(dir));
+        }
+        let kustomization = tree.join("deploy/kustomization.yaml");
+        let text = std::fs::read_to_string(&kustomization).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        std::fs::write(&kustomization, text.replace(from, to)).unwrap();
+        let changed = all_leaves(&tools::rendered_in(&tree));
+        let value = to.split('=').nth(1).unwrap();
+        let gone: Vec<&String> = original.difference(&changed).collect();
+        let added: std::collections::BTreeSet<String> =
+            changed.difference(&original).cloned().collect();
+        let expected: std::collections::BTreeSet<String> = targets
+            .iter()
+            .map(|t| format!("{t} = \"{value}\""))
+            .collect();
+        assert_eq!(added, expected, "{to}");
+        assert_eq!(gone.len(), targets.len(), "{to}: {gone:?}");
+        let _ = std::fs::remove_dir_all(&tree);
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

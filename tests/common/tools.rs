@@ -39,7 +39,12 @@ pub fn root() -> &'static Path {
 
 /// `kubectl kustomize deploy/` as JSON documents.
 pub fn rendered() -> Vec<serde_json::Value> {
-    let yaml = run("kubectl", &["kustomize", "deploy/"], root());
+    rendered_in(root())
+}
+
+/// `kubectl kustomize deploy/` of a tree laid out as the project's (`deploy/`, `dashboards/`).
+pub fn rendered_in(tree: &Path) -> Vec<serde_json::Value> {
+    let yaml = run("kubectl", &["kustomize", "deploy/"], tree);
     serde_yaml_ng::Deserializer::from_str(&yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect()
