@@ -411,30 +411,19 @@ fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
         )),
         "no cluster-wide rights"
     );
-    let mut granted = std::collections::BTreeSet::new();
     for binding in docs.iter().filter(|d| d["kind"] == "RoleBinding") {
-        let ns = binding["metadata"]["namespace"].as_str().unwrap();
         assert_eq!(binding["subjects"].as_array().unwrap().len(), 1);
         assert_eq!(binding["subjects"][0]["name"], "ado-scaler");
         assert_eq!(binding["subjects"][0]["namespace"], scaler_ns);
         assert_eq!(binding["roleRef"]["kind"], "Role");
-        let role = find(&docs, "Role", binding["roleRef"]["name"].as_str().unwrap());
-        assert_eq!(role["metadata"]["namespace"], ns);
-        for rule in role["rules"].as_array().unwrap() {
-            let strings = |k: &str| -> Vec<String> {
-                rule[k]
-                    .as_array()
-                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default()
-            };
-            let names = strings("resourceNames");
-            for group in strings("apiGroups") {
-                for resource in strings("resources") {
-                    for verb in strings("verbs") {
-                        granted.insert(format!("{ns} {group}/{resource} {verb} {names:?}"));
-                    }
-                }
-            }
+    }
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in tools::role_rules(&docs, "ado-scaler") {
+        for verb in &rule.verbs {
+            granted.insert(format!(
+                "{} {}/{} {verb} {:?}",
+                rule.namespace, rule.api_group, rule.resource, rule.resource_names
+            ));
         }
     }
     let expected: std::collections::BTreeSet<String> = [

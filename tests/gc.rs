@@ -471,37 +471,16 @@ mod election {
 
 /// The rights deploy/ gives the scaler's service account, as the simulated API server's RBAC.
 fn rendered_grants() -> Vec<Grant> {
-    let docs = tools::rendered();
-    let mut grants = Vec::new();
-    for binding in docs.iter().filter(|d| {
-        d["kind"] == "RoleBinding"
-            && d["subjects"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s["name"] == "ado-scaler"))
-    }) {
-        let namespace = binding["metadata"]["namespace"].as_str().unwrap();
-        let role = tools::find(&docs, "Role", binding["roleRef"]["name"].as_str().unwrap());
-        for rule in role["rules"].as_array().unwrap() {
-            let strings = |k: &str| -> Vec<String> {
-                rule[k]
-                    .as_array()
-                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-                    .unwrap_or_default()
-            };
-            for api_group in strings("apiGroups") {
-                for resource in strings("resources") {
-                    grants.push(Grant {
-                        namespace: namespace.to_owned(),
-                        api_group: api_group.clone(),
-                        resource,
-                        verbs: strings("verbs"),
-                        resource_names: strings("resourceNames"),
-                    });
-                }
-            }
-        }
-    }
-    grants
+    tools::role_rules(&tools::rendered(), "ado-scaler")
+        .into_iter()
+        .map(|r| Grant {
+            namespace: r.namespace,
+            api_group: r.api_group,
+            resource: r.resource,
+            verbs: r.verbs,
+            resource_names: r.resource_names,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

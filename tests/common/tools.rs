@@ -55,3 +55,52 @@ pub fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a se
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
 }
+
+/// One rule of a namespaced Role, per API group and resource.
+#[derive(Debug, Clone)]
+pub struct RoleRule {
+    pub namespace: String,
+    pub api_group: String,
+    pub resource: String,
+    pub verbs: Vec<String>,
+    pub resource_names: Vec<String>,
+}
+
+/// The rules of the Roles bound to `service_account` (by RoleBindings), as rendered.
+pub fn role_rules(docs: &[serde_json::Value], service_account: &str) -> Vec<RoleRule> {
+    let mut rules = Vec::new();
+    let bindings = docs.iter().filter(|d| {
+        d["kind"] == "RoleBinding"
+            && d["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == service_account))
+    });
+    for binding in bindings {
+        let namespace = binding["metadata"]["namespace"].as_str().unwrap();
+        let role = find(docs, "Role", binding["roleRef"]["name"].as_str().unwrap());
+        assert_eq!(
+            role["metadata"]["namespace"], namespace,
+            "a RoleBinding grants its own namespace"
+        );
+        for rule in role["rules"].as_array().unwrap() {
+            let strings = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            for api_group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    rules.push(RoleRule {
+                        namespace: namespace.to_owned(),
+                        api_group: api_group.clone(),
+                        resource,
+                        verbs: strings("verbs"),
+                        resource_names: strings("resourceNames"),
+                    });
+                }
+            }
+        }
+    }
+    rules
+}

@@ -67,12 +67,37 @@ impl Grant {
 
 /// What a request does, in RBAC's terms.
 struct Access<'a> {
+    endpoint: KubeEndpoint,
     verb: &'a str,
     api_group: &'a str,
     resource: &'a str,
     namespace: &'a str,
     /// `None` for list, watch and create (RBAC cannot name what does not exist yet).
     name: Option<&'a str>,
+}
+
+impl<'a> Access<'a> {
+    fn pods(verb: &'a str, namespace: &'a str, name: Option<&'a str>) -> Self {
+        Self {
+            endpoint: KubeEndpoint::Pods,
+            verb,
+            api_group: "",
+            resource: "pods",
+            namespace,
+            name,
+        }
+    }
+
+    fn leases(verb: &'a str, namespace: &'a str, name: Option<&'a str>) -> Self {
+        Self {
+            endpoint: KubeEndpoint::Leases,
+            verb,
+            api_group: "coordination.k8s.io",
+            resource: "leases",
+            namespace,
+            name,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

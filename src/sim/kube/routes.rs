@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 use serde_json::{Value, json};
 
-use super::{Access, KubeEndpoint, KubeState, Store};
+use super::{Access, KubeState, Store};
 
 pub(super) fn router(state: Arc<KubeState>) -> Router {
     Router::new()
@@ -64,12 +64,8 @@ fn not_found(resource: &str, name: &str) -> Response {
 
 /// Bearer-token check, counting and scripted faults, shared by every path: the answer that
 /// replaces the real one, if any.
-fn rejection(
-    state: &KubeState,
-    endpoint: KubeEndpoint,
-    headers: &HeaderMap,
-    access: &Access<'_>,
-) -> Option<Response> {
+fn rejection(state: &KubeState, headers: &HeaderMap, access: &Access<'_>) -> Option<Response> {
+    let endpoint = access.endpoint;
     *state
         .requests
         .lock()
@@ -152,19 +148,16 @@ async fn list_pods(
 ) -> Response {
     if let Some(r) = rejection(
         &state,
-        KubeEndpoint::Pods,
         &headers,
-        &Access {
-            verb: if truthy(&query, "watch") {
+        &Access::pods(
+            if truthy(&query, "watch") {
                 "watch"
             } else {
                 "list"
             },
-            api_group: "",
-            resource: "pods",
-            namespace: &ns,
-            name: None,
-        },
+            &ns,
+            None,
+        ),
     ) {
         return r;
     }
@@ -293,18 +286,7 @@ async fn get_pod(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(
-        &state,
-        KubeEndpoint::Pods,
-        &headers,
-        &Access {
-            verb: "get",
-            api_group: "",
-            resource: "pods",
-            namespace: &ns,
-            name: Some(&name),
-        },
-    ) {
+    if let Some(r) = rejection(&state, &headers, &Access::pods("get", &ns, Some(&name))) {
         return r;
     }
     match store(&state).pods.get(&(ns, name.clone())) {
@@ -318,18 +300,7 @@ async fn list_leases(
     Path(ns): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(
-        &state,
-        KubeEndpoint::Leases,
-        &headers,
-        &Access {
-            verb: "list",
-            api_group: "coordination.k8s.io",
-            resource: "leases",
-            namespace: &ns,
-            name: None,
-        },
-    ) {
+    if let Some(r) = rejection(&state, &headers, &Access::leases("list", &ns, None)) {
         return r;
     }
     let store = store(&state);
@@ -353,18 +324,7 @@ async fn get_lease(
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = rejection(
-        &state,
-        KubeEndpoint::Leases,
-        &headers,
-        &Access {
-            verb: "get",
-            api_group: "coordination.k8s.io",
-            resource: "leases",
-            namespace: &ns,
-            name: Some(&name),
-        },
-    ) {
+    if let Some(r) = rejection(&state, &headers, &Access::leases("get", &ns, Some(&name))) {
         return r;
     }
     match store(&state).leases.get(&(ns, name.clone())) {
@@ -385,18 +345,7 @@ async fn create_lease(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = rejection(
-        &state,
-        KubeEndpoint::Leases,
-        &headers,
-        &Access {
-            verb: "create",
-            api_group: "coordination.k8s.io",
-            resource: "leases",
-            namespace: &ns,
-            name: None,
-        },
-    ) {
+    if let Some(r) = rejection(&state, &headers, &Access::leases("create", &ns, None)) {
         return r;
     }
     let mut lease = match lease_body(&body) {
@@ -436,15 +385,8 @@ async fn replace_lease(
 ) -> Response {
     if let Some(r) = rejection(
         &state,
-        KubeEndpoint::Leases,
         &headers,
-        &Access {
-            verb: "update",
-            api_group: "coordination.k8s.io",
-            resource: "leases",
-            namespace: &ns,
-            name: Some(&name),
-        },
+        &Access::leases("update", &ns, Some(&name)),
     ) {
         return r;
     }
