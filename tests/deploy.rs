@@ -333,13 +333,37 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
         .iter()
         .collect();
     assert_eq!(alerts.len(), 9);
+    let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
+    let base = settings["runbookBaseURL"].as_str().unwrap();
+    // GitHub's anchors: a heading, lower-cased.
+    let runbooks = std::fs::read_to_string(root().join("docs/runbooks.md")).unwrap();
+    let anchors: Vec<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    assert_eq!(anchors.len(), 9, "one section per alert");
     for alert in alerts {
         let name = alert["alert"].as_str().unwrap();
+        let annotations = &alert["annotations"];
         assert!(
-            alert["annotations"]["runbook"]
+            annotations["runbook"].is_null(),
+            "{name}: runbook_url, not runbook"
+        );
+        let url = annotations["runbook_url"].as_str().unwrap();
+        let anchor = url
+            .strip_prefix(&format!("{base}#"))
+            .unwrap_or_else(|| panic!("{name}: {url} is not under {base}"));
+        assert_eq!(anchor, name.to_lowercase(), "{name} links its own section");
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{name}: no section #{anchor}"
+        );
+        assert!(
+            annotations["summary"]
                 .as_str()
-                .is_some_and(|r| r.len() > 20),
-            "{name} has a runbook"
+                .is_some_and(|s| s.len() > 20),
+            "{name} has a summary"
         );
         assert!(
             tests.contains(&format!("alertname: {name}")),
