@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, from Debian's packages:
 #   promtool + prometheus (alert unit tests, the dashboard checked against a real Prometheus),
-#   shellcheck (deploy/azure/setup.sh).
+#   shellcheck (deploy/azure/setup.sh);
+# and from PyPI, into a private virtualenv (.test-deps/venv, pinned):
+#   kubernetes-validate (the rendered manifests against the Kubernetes OpenAPI schemas).
 # kubectl with built-in kustomize (v5) ships with this project's machine image; it is checked
 # here, not installed: Debian's kubernetes-client is too old for `replacements`.
 # Idempotent: does nothing when everything is present.
@@ -29,8 +31,17 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# kubernetes-validate: pinned, in the project's own virtualenv (no system Python changes).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+venv="$(cd "$(dirname "$0")/.." && pwd)/.test-deps/venv"
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
 if ! kubectl kustomize --help >/dev/null 2>&1; then
   echo "kubectl with built-in kustomize is required (it ships with this project's machine image)" >&2
   exit 1
 fi
-echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p)"
+echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p); kubernetes-validate $("$venv/bin/kubernetes-validate" --version)"

@@ -629,3 +629,76 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// kubernetes-validate, pinned in the project's virtualenv by scripts/install-test-deps.sh.
+fn kubernetes_validate() -> std::path::PathBuf {
+    let tool = root().join(".test-deps/venv/bin/kubernetes-validate");
+    assert!(
+        tool.exists(),
+        "kubernetes-validate is not installed: run scripts/install-test-deps.sh (scripts/test does)"
+    );
+    tool
+}
+
+/// Validates `yaml` against the Kubernetes 1.33 OpenAPI schemas, unknown fields rejected.
+/// Returns (success, output); kinds without a schema in the tool are listed separately.
+fn validate_core(yaml: &str, name: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("ado-scaler-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(kubernetes_validate())
+        .args(["--strict", "--kubernetes-version", "1.33.0", "--no-warn"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
+    (out.status.success(), text)
+}
+
+/// Every rendered core object against the Kubernetes 1.33 schemas, unknown fields rejected;
+/// and a planted unknown field fails, so the check is real.
+#[test]
+fn rendered_core_objects_match_the_kubernetes_schemas() {
+    let yaml = run("kubectl", &["kustomize", "deploy/"], root());
+    let (ok, out) = validate_core(&yaml, "rendered.yaml");
+    assert!(ok, "{out}");
+    let docs = rendered();
+    let core: Vec<String> = docs
+        .iter()
+        .filter(|d| {
+            !d["apiVersion"].as_str().is_some_and(|v| {
+                v.starts_with("keda.sh/") || v.starts_with("monitoring.coreos.com/")
+            })
+        })
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap().to_lowercase(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(core.len() >= 15, "{core:?}");
+    for object in &core {
+        assert!(
+            out.contains(&format!("passed for resource {object} ")),
+            "{object} was not validated:\n{out}"
+        );
+    }
+
+    let planted = yaml.replacen(
+        "      serviceAccountName: ado-scaler\n",
+        "      serviceAccountName: ado-scaler\n      serviceAcountName: typo\n",
+        1,
+    );
+    assert_ne!(planted, yaml);
+    let (ok, out) = validate_core(&planted, "planted.yaml");
+    assert!(!ok, "a planted unknown field passed:\n{out}");
+    assert!(out.contains("'serviceAcountName' was unexpected"), "{out}");
+}
