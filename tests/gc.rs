@@ -584,21 +584,13 @@ async fn two_collectors_one_leader_and_the_survivor_collects() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let leader = leaders(&replicas).iter().position(|l| *l == 1).unwrap();
-    let (_, stop, task) = replicas.remove(leader);
+    let (stopped, stop, task) = replicas.remove(leader);
     stop.cancel();
     task.await.unwrap();
 
-    // The survivor takes the released lease at once and collects the next stale agent.
+    // The survivor takes the released lease at once and collects the next stale agent. The
+    // simulated ADO records a deletion before it answers: wait for the collector's count.
     let second = dead_agent(&sim, pool, "gpu-evicted", HOUR);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            deleted_ids(&sim) == [first, second]
-        })
-        .await,
-        "{:?}",
-        sim.ado.deletions()
-    );
-    assert_eq!(leaders(&replicas), [1]);
     let deleted = |m: &Metrics| {
         m.gc.deleted
             .get_or_create(&ado_scaler::telemetry::PoolLabels {
@@ -607,7 +599,17 @@ async fn two_collectors_one_leader_and_the_survivor_collects() {
             })
             .get()
     };
-    assert_eq!(deleted(&replicas[0].0), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            deleted(&replicas[0].0) == 1
+        })
+        .await,
+        "{:?}",
+        sim.ado.deletions()
+    );
+    assert_eq!(deleted_ids(&sim), [first, second]);
+    assert_eq!(deleted(&stopped), 1);
+    assert_eq!(leaders(&replicas), [1]);
     let (_, stop, task) = replicas.remove(0);
     stop.cancel();
     task.await.unwrap();

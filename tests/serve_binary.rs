@@ -131,13 +131,27 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    while sim.ado.deletions().iter().all(|(id, _)| *id != dead) {
+    // The deletion as the collector reports it (the simulated ADO records it before it
+    // answers, so the log line is what says the collector saw it through).
+    while !logs
+        .iter()
+        .any(|l| l.contains("deleted a stale agent registration"))
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the collector deleted the dead agent"
         );
+        logs.extend(lines_rx.try_iter());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(
+        sim.ado
+            .deletions()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        [dead]
+    );
     let holder = |sim: &SimCloud| {
         sim.kube
             .lease(SIM_SCALER_NAMESPACE, LEASE_NAME)
