@@ -438,6 +438,40 @@ mod election {
         }
     }
 
+    /// A refusal is an error (logged, and the deadline runs), not "someone else holds it".
+    #[tokio::test]
+    async fn a_forbidden_create_is_an_error_not_a_lost_race() {
+        let sim = SimCloud::start().await.unwrap();
+        sim.kube.enforce_rbac(vec![Grant {
+            namespace: SIM_SCALER_NAMESPACE.into(),
+            api_group: "coordination.k8s.io".into(),
+            resource: "leases".into(),
+            verbs: vec!["get".into(), "update".into()],
+            resource_names: vec![],
+        }]);
+        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
+        let mut elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: SIM_SCALER_NAMESPACE.into(),
+                name: LEASE_NAME.into(),
+                identity: "scaler-a".into(),
+                timing: fast_timing(),
+            },
+        );
+        let err = elector
+            .try_acquire_or_renew()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("create lease") && err.contains("403"), "{err}");
+        assert_eq!(
+            sim.kube.forbidden(),
+            1,
+            "refused once, not retried as a conflict"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn api_errors_keep_the_leader_until_its_renew_deadline() {
         let sim = SimCloud::start().await.unwrap();

@@ -173,9 +173,9 @@ impl Elector {
             .map_err(|e| api_error(&format!("get lease {name}"), e))?;
         let Some(mut lease) = current else {
             let lease = Lease {
+                // The namespace comes from the URL, as for any namespaced create.
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    namespace: Some(self.settings.namespace.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(self.next_spec(None)),
