@@ -438,6 +438,25 @@ mod election {
         }
     }
 
+    /// Two replicas creating the Lease at once: the loser reads again and follows.
+    #[tokio::test]
+    async fn a_lost_create_race_is_not_an_error() {
+        let sim = SimCloud::start().await.unwrap();
+        sim.kube.beat_next_lease_create("scaler-b");
+        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
+        let mut elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: SIM_SCALER_NAMESPACE.into(),
+                name: LEASE_NAME.into(),
+                identity: "scaler-a".into(),
+                timing: fast_timing(),
+            },
+        );
+        assert!(!elector.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&sim).as_deref(), Some("scaler-b"));
+    }
+
     /// A refusal is an error (logged, and the deadline runs), not "someone else holds it".
     #[tokio::test]
     async fn a_forbidden_create_is_an_error_not_a_lost_race() {

@@ -114,6 +114,34 @@ impl Store {
         self.revision += 1;
         self.revision.to_string()
     }
+
+    fn put_held_lease(&mut self, namespace: &str, name: &str, holder: &str, duration_seconds: i32) {
+        use k8s_openapi::{
+            api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime,
+        };
+        let revision = self.next_revision();
+        let now = MicroTime(jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                uid: Some(format!("uid-{revision}")),
+                resource_version: Some(revision),
+                creation_timestamp: Some(Time(jiff::Timestamp::now())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        self.leases
+            .insert((namespace.to_owned(), name.to_owned()), lease);
+    }
 }
 
 #[derive(Debug)]
@@ -128,6 +156,8 @@ struct KubeState {
     forbidden: std::sync::atomic::AtomicU64,
     /// Lease updates that another writer beats (it writes between their read and write).
     beaten_updates: std::sync::atomic::AtomicU32,
+    /// Who creates the Lease just before the next create (which then gets 409).
+    rival_create: Mutex<Option<String>>,
     /// `(revision, namespace, event)` as they happen, for open watches.
     events: broadcast::Sender<(u64, String, Value)>,
 }
@@ -148,6 +178,7 @@ impl KubeSim {
                 faults: Mutex::default(),
                 requests: Mutex::default(),
                 beaten_updates: std::sync::atomic::AtomicU32::new(0),
+                rival_create: Mutex::default(),
                 grants: Mutex::default(),
                 forbidden: std::sync::atomic::AtomicU64::new(0),
                 events: broadcast::channel(WATCH_HISTORY).0,
@@ -243,33 +274,14 @@ impl KubeSim {
 
     /// A Lease last renewed now by `holder` (a replica that may since have gone).
     pub fn put_lease(&self, namespace: &str, name: &str, holder: &str, duration_seconds: i32) {
-        use k8s_openapi::{
-            api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime,
-        };
-        let mut store = self.store();
-        let revision = store.next_revision();
-        let now = MicroTime(jiff::Timestamp::now());
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                uid: Some(format!("uid-{revision}")),
-                resource_version: Some(revision),
-                creation_timestamp: Some(Time(jiff::Timestamp::now())),
-                ..ObjectMeta::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(holder.to_owned()),
-                lease_duration_seconds: Some(duration_seconds),
-                acquire_time: Some(now.clone()),
-                renew_time: Some(now),
-                lease_transitions: Some(0),
-                ..LeaseSpec::default()
-            }),
-        };
-        store
-            .leases
-            .insert((namespace.to_owned(), name.to_owned()), lease);
+        self.store()
+            .put_held_lease(namespace, name, holder, duration_seconds);
+    }
+
+    /// The next Lease create loses a race: `holder` creates the Lease first, so the create
+    /// gets the API server's 409 `AlreadyExists`.
+    pub fn beat_next_lease_create(&self, holder: &str) {
+        *self.state.rival_create.lock().expect("rival") = Some(holder.to_owned());
     }
 
     /// Another writer updates the Lease (a new revision, same holder): whoever read it before

@@ -360,6 +360,9 @@ async fn create_lease(
         );
     };
     let mut store = store(&state);
+    if let Some(rival) = state.rival_create.lock().expect("rival").take() {
+        store.put_held_lease(&ns, &name, &rival, 15);
+    }
     let key = (ns.clone(), name.clone());
     if store.leases.contains_key(&key) {
         return status(
