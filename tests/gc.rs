@@ -438,6 +438,31 @@ mod election {
         }
     }
 
+    /// A renewal beaten by another write is retried at once with a fresh read: still ours.
+    #[tokio::test]
+    async fn a_beaten_renewal_is_retried_at_once() {
+        let sim = SimCloud::start().await.unwrap();
+        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
+        let mut elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: SIM_SCALER_NAMESPACE.into(),
+                name: LEASE_NAME.into(),
+                identity: "scaler-a".into(),
+                timing: fast_timing(),
+            },
+        );
+        assert!(elector.try_acquire_or_renew().await.unwrap());
+        sim.kube.beat_next_lease_updates(1);
+        assert!(elector.try_acquire_or_renew().await.unwrap());
+        sim.kube.beat_next_lease_updates(2);
+        assert!(
+            !elector.try_acquire_or_renew().await.unwrap(),
+            "twice beaten: not now"
+        );
+        assert_eq!(holder(&sim).as_deref(), Some("scaler-a"));
+    }
+
     /// Two replicas creating the Lease at once: the loser reads again and follows.
     #[tokio::test]
     async fn a_lost_create_race_is_not_an_error() {
