@@ -314,9 +314,10 @@ mod election {
         task: JoinHandle<()>,
     }
 
-    async fn candidate(sim: &SimCloud, identity: &str) -> Candidate {
+    /// A candidate for the collector's Lease in the simulated cluster, with the test timing.
+    async fn elector(sim: &SimCloud, identity: &str) -> Elector {
         let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
-        let elector = Elector::new(
+        Elector::new(
             client,
             LeaseSettings {
                 namespace: SIM_SCALER_NAMESPACE.into(),
@@ -324,7 +325,11 @@ mod election {
                 identity: identity.into(),
                 timing: fast_timing(),
             },
-        );
+        )
+    }
+
+    async fn candidate(sim: &SimCloud, identity: &str) -> Candidate {
+        let elector = elector(sim, identity).await;
         let (tx, leader) = watch::channel(false);
         let stop = CancellationToken::new();
         let task = tokio::spawn(elector.run(tx, stop.clone()));
@@ -442,16 +447,7 @@ mod election {
     #[tokio::test]
     async fn a_beaten_renewal_is_retried_at_once() {
         let sim = SimCloud::start().await.unwrap();
-        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
-        let mut elector = Elector::new(
-            client,
-            LeaseSettings {
-                namespace: SIM_SCALER_NAMESPACE.into(),
-                name: LEASE_NAME.into(),
-                identity: "scaler-a".into(),
-                timing: fast_timing(),
-            },
-        );
+        let mut elector = elector(&sim, "scaler-a").await;
         assert!(elector.try_acquire_or_renew().await.unwrap());
         sim.kube.beat_next_lease_updates(1);
         assert!(elector.try_acquire_or_renew().await.unwrap());
@@ -468,16 +464,7 @@ mod election {
     async fn a_lost_create_race_is_not_an_error() {
         let sim = SimCloud::start().await.unwrap();
         sim.kube.beat_next_lease_create("scaler-b");
-        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
-        let mut elector = Elector::new(
-            client,
-            LeaseSettings {
-                namespace: SIM_SCALER_NAMESPACE.into(),
-                name: LEASE_NAME.into(),
-                identity: "scaler-a".into(),
-                timing: fast_timing(),
-            },
-        );
+        let mut elector = elector(&sim, "scaler-a").await;
         assert!(!elector.try_acquire_or_renew().await.unwrap());
         assert_eq!(holder(&sim).as_deref(), Some("scaler-b"));
     }
@@ -493,16 +480,7 @@ mod election {
             verbs: vec!["get".into(), "update".into()],
             resource_names: vec![],
         }]);
-        let client = k8s::client(Some(&sim.kubeconfig)).await.unwrap();
-        let mut elector = Elector::new(
-            client,
-            LeaseSettings {
-                namespace: SIM_SCALER_NAMESPACE.into(),
-                name: LEASE_NAME.into(),
-                identity: "scaler-a".into(),
-                timing: fast_timing(),
-            },
-        );
+        let mut elector = elector(&sim, "scaler-a").await;
         let err = elector
             .try_acquire_or_renew()
             .await

@@ -115,21 +115,26 @@ impl Store {
         self.revision.to_string()
     }
 
+    /// Metadata of a new object, as the API server fills it in: uid, version, creation time.
+    fn new_meta(&mut self, namespace: &str, name: &str) -> ObjectMeta {
+        let revision = self.next_revision();
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid: Some(format!("uid-{revision}")),
+            resource_version: Some(revision),
+            creation_timestamp: Some(Time(jiff::Timestamp::now())),
+            ..ObjectMeta::default()
+        }
+    }
+
     fn put_held_lease(&mut self, namespace: &str, name: &str, holder: &str, duration_seconds: i32) {
         use k8s_openapi::{
             api::coordination::v1::LeaseSpec, apimachinery::pkg::apis::meta::v1::MicroTime,
         };
-        let revision = self.next_revision();
         let now = MicroTime(jiff::Timestamp::now());
         let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                uid: Some(format!("uid-{revision}")),
-                resource_version: Some(revision),
-                creation_timestamp: Some(Time(jiff::Timestamp::now())),
-                ..ObjectMeta::default()
-            },
+            metadata: self.new_meta(namespace, name),
             spec: Some(LeaseSpec {
                 holder_identity: Some(holder.to_owned()),
                 lease_duration_seconds: Some(duration_seconds),
@@ -213,19 +218,13 @@ impl KubeSim {
     /// Starts a pod (phase `Running`), as the Job controller would for an agent.
     pub fn create_pod(&self, namespace: &str, name: &str) {
         let mut store = self.store();
-        let revision = store.next_revision();
         let pod = Pod {
             metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                uid: Some(format!("uid-{revision}")),
-                resource_version: Some(revision),
-                creation_timestamp: Some(Time(jiff::Timestamp::now())),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/name".to_owned(),
                     "ado-agent".to_owned(),
                 )])),
-                ..ObjectMeta::default()
+                ..store.new_meta(namespace, name)
             },
             spec: Some(PodSpec {
                 containers: vec![Container {
