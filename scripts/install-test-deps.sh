@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, from Debian's packages:
 #   promtool + prometheus (alert unit tests, the dashboard checked against a real Prometheus),
-#   shellcheck (deploy/azure/setup.sh);
-# and from PyPI, into a private virtualenv (.test-deps/venv, pinned):
-#   kubernetes-validate (the rendered manifests against the Kubernetes OpenAPI schemas).
+#   the shell linter shellcheck (deploy/azure/setup.sh), Node.js where the machine has none;
+# from PyPI, into a private virtualenv (.test-deps/venv, pinned):
+#   kubernetes-validate (the rendered manifests against the Kubernetes OpenAPI schemas);
+# and from npm, by tests/schemas/package-lock.json (.test-deps/schemas):
+#   KEDA's and prometheus-operator's models and TypeScript (the rendered custom resources).
 # kubectl with built-in kustomize (v5) ships with this project's machine image; it is checked
 # here, not installed: Debian's kubernetes-client is too old for `replacements`.
 # Idempotent: does nothing when everything is present.
@@ -13,6 +15,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if ((${#missing[@]})); then
   mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
@@ -40,8 +43,21 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETE
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
+# The custom resources' validators: exactly the lock file's packages, reinstalled when it changes.
+# (The models declare Node.js >= 22 but run on 20, this machine's; the warning is expected.)
+project="$(cd "$(dirname "$0")/.." && pwd)"
+schemas="$project/.test-deps/schemas"
+if ! cmp -s "$project/tests/schemas/package-lock.json" "$schemas/package-lock.json" \
+  || [ ! -d "$schemas/node_modules/typescript" ]; then
+  echo "installing the custom resources' validators into $schemas"
+  rm -rf "$schemas"
+  mkdir -p "$schemas"
+  cp "$project/tests/schemas/package.json" "$project/tests/schemas/package-lock.json" "$schemas/"
+  (cd "$schemas" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 if ! kubectl kustomize --help >/dev/null 2>&1; then
   echo "kubectl with built-in kustomize is required (it ships with this project's machine image)" >&2
   exit 1
 fi
-echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p); kubernetes-validate $("$venv/bin/kubernetes-validate" --version)"
+echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p); kubernetes-validate $("$venv/bin/kubernetes-validate" --version); node $(node --version)"

@@ -1,6 +1,8 @@
 //! deploy/ as a cluster would get it: `kubectl kustomize deploy/` checked for Pod Security
 //! `restricted`, matching selectors, the ScaledJob pointing at the Service, identities that
-//! match the federated credentials the setup script creates; the alerts through promtool.
+//! match the federated credentials the setup script creates; every object against its schema
+//! (Kubernetes, KEDA, prometheus-operator) with unknown fields rejected; the alerts through
+//! promtool.
 
 #[path = "common/tools.rs"]
 mod tools;
@@ -671,11 +673,7 @@ fn rendered_core_objects_match_the_kubernetes_schemas() {
     let docs = rendered();
     let core: Vec<String> = docs
         .iter()
-        .filter(|d| {
-            !d["apiVersion"].as_str().is_some_and(|v| {
-                v.starts_with("keda.sh/") || v.starts_with("monitoring.coreos.com/")
-            })
-        })
+        .filter(|d| !is_custom(d))
         .map(|d| {
             format!(
                 "{}/{}",
@@ -701,4 +699,101 @@ fn rendered_core_objects_match_the_kubernetes_schemas() {
     let (ok, out) = validate_core(&planted, "planted.yaml");
     assert!(!ok, "a planted unknown field passed:\n{out}");
     assert!(out.contains("'serviceAcountName' was unexpected"), "{out}");
+}
+
+/// Validates custom resources with tests/schemas/validate.mjs against KEDA's and
+/// prometheus-operator's published models, unknown fields rejected. Returns (success, output).
+fn validate_custom(docs: &[Value], name: &str) -> (bool, String) {
+    let deps = root().join(".test-deps/schemas");
+    assert!(
+        deps.join("node_modules/typescript").exists(),
+        "the custom resources' validators are not installed: run scripts/install-test-deps.sh \
+         (scripts/test does)"
+    );
+    let dir = std::env::temp_dir().join(format!("ado-scaler-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, serde_json::to_vec(docs).unwrap()).unwrap();
+    let out = std::process::Command::new("node")
+        .arg(root().join("tests/schemas/validate.mjs"))
+        .arg(&deps)
+        .arg(&file)
+        .output()
+        .expect("node (scripts/install-test-deps.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn is_custom(doc: &Value) -> bool {
+    doc["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("keda.sh/") || v.starts_with("monitoring.coreos.com/"))
+}
+
+/// The ScaledJob against KEDA's models (and its Job template against the Kubernetes 1.33
+/// schema as well), the ServiceMonitor and PrometheusRule against prometheus-operator's;
+/// unknown fields rejected at every depth, and planted mistakes each named by their path.
+#[test]
+fn rendered_custom_resources_match_their_projects_schemas() {
+    let custom: Vec<Value> = rendered().into_iter().filter(is_custom).collect();
+    let (ok, out) = validate_custom(&custom, "custom.json");
+    assert!(ok, "{out}");
+    let mut validated: Vec<&str> = out.lines().filter(|l| l.starts_with("ok ")).collect();
+    validated.sort_unstable();
+    assert_eq!(
+        validated,
+        [
+            "ok PrometheusRule/ado-scaler",
+            "ok ScaledJob/ado-agent",
+            "ok ServiceMonitor/ado-scaler"
+        ],
+        "{out}"
+    );
+
+    let scaled_job = custom.iter().find(|d| d["kind"] == "ScaledJob").unwrap();
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "ado-agent-template", "namespace": "ado-agents"},
+        "spec": scaled_job["spec"]["jobTargetRef"],
+    });
+    let (ok, out) = validate_core(&serde_json::to_string(&job).unwrap(), "job.json");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("passed for resource job/ado-agent-template"),
+        "{out}"
+    );
+
+    let mut planted = custom.clone();
+    for doc in &mut planted {
+        match doc["kind"].as_str().unwrap() {
+            "ScaledJob" => {
+                let spec = &mut doc["spec"];
+                spec["pollingIntreval"] = 5.into();
+                spec["jobTargetRef"]["bakoffLimit"] = 0.into();
+                spec["jobTargetRef"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] =
+                    "Always".into();
+                spec["maxReplicaCount"] = "10".into();
+            }
+            "ServiceMonitor" => doc["spec"]["endpoints"][0]["intervall"] = "30s".into(),
+            _ => {}
+        }
+    }
+    let (ok, out) = validate_custom(&planted, "planted.json");
+    assert!(!ok, "planted mistakes passed:\n{out}");
+    for path in [
+        "spec.pollingIntreval: Object literal may only specify known properties",
+        "spec.jobTargetRef.bakoffLimit: Object literal may only specify known properties",
+        "spec.jobTargetRef.template.spec.containers.0.imagePullPolicyy: Object literal",
+        "spec.maxReplicaCount must be integer",
+        "spec.endpoints.0.intervall: Object literal may only specify known properties",
+    ] {
+        assert!(out.contains(path), "{path} not reported:\n{out}");
+    }
+    assert!(out.contains("ok PrometheusRule/ado-scaler"), "{out}");
 }
