@@ -30,7 +30,8 @@ pub struct PollerSettings {
     pub max_staleness: Duration,
     /// A watcher nobody asked about for this long stops polling.
     pub idle_timeout: Duration,
-    /// Upper bound of the backoff after failed polls.
+    /// Upper bound of the backoff after failed polls; a quarter of `max_staleness` bounds it
+    /// too (see [`retry_delay`]).
     pub max_backoff: Duration,
 }
 
@@ -388,7 +389,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 failures += 1;
                 let delay = match &err {
                     Error::RateLimited { retry_after, .. } => (*retry_after).max(settings.interval),
-                    _ => backoff(settings.interval, failures, settings.max_backoff),
+                    _ => retry_delay(&settings, failures, rand::random()),
                 };
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, retry_in = ?delay, "poll failed");
                 watcher.state.send_modify(|s| s.error = Some(err));
@@ -476,11 +477,20 @@ fn publish_poll_metrics(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snaps
     }
 }
 
-/// `interval · 2^(failures-1)`, capped.
-fn backoff(interval: Duration, failures: u32, cap: Duration) -> Duration {
-    interval
+/// The wait before the next attempt after `failures` failed polls in a row: `interval ·
+/// 2^(failures-1)`, capped by `max_backoff` and by a quarter of `max_staleness`, then jittered
+/// into its upper half by `jitter` (uniform in [0, 1)).
+///
+/// The staleness cap is what lets a recovered ADO be seen before the last good snapshot
+/// expires: at least three more attempts fit in the time callers still get a value. The
+/// jitter keeps many pools of one scaler (and many scalers) from retrying in step.
+pub fn retry_delay(settings: &PollerSettings, failures: u32, jitter: f64) -> Duration {
+    let cap = settings.max_backoff.min(settings.max_staleness / 4);
+    let full = settings
+        .interval
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(cap.max(interval))
+        .min(cap);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -606,12 +616,34 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let i = Duration::from_secs(5);
-        let cap = Duration::from_secs(60);
-        let got: Vec<u64> = (1..=6).map(|f| backoff(i, f, cap).as_secs()).collect();
-        assert_eq!(got, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(backoff(i, 1000, cap).as_secs(), 60);
+    fn retry_delay_doubles_caps_and_jitters_within_a_quarter_of_the_staleness() {
+        let settings = |interval, max_staleness, max_backoff| PollerSettings {
+            interval: Duration::from_secs(interval),
+            max_staleness: Duration::from_secs(max_staleness),
+            max_backoff: Duration::from_secs(max_backoff),
+            ..PollerSettings::default()
+        };
+        let secs = |s: &PollerSettings, failures, jitter| {
+            retry_delay(s, failures, jitter).as_secs_f64()
+        };
+        // Capped by max_backoff (60 s) when the staleness bound (400 s / 4) is looser.
+        let loose = settings(5, 400, 60);
+        let full: Vec<f64> = (1..=6).map(|f| secs(&loose, f, 1.0)).collect();
+        assert_eq!(full, [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]);
+        assert_eq!(secs(&loose, 1000, 1.0), 60.0);
+        // Jitter spreads each delay over its upper half.
+        assert_eq!(secs(&loose, 2, 0.0), 5.0);
+        assert_eq!(secs(&loose, 2, 0.5), 7.5);
+        assert_eq!(secs(&loose, 2, 7.0), 10.0, "jitter is clamped");
+        assert_eq!(secs(&loose, 2, -1.0), 5.0, "jitter is clamped");
+        // A quarter of the staleness bound wins over max_backoff: the case
+        // (poll 1 s, max-staleness 5 s) never waits more than 1.25 s.
+        let tight = settings(1, 5, 60);
+        for failures in 1..=20 {
+            assert!(secs(&tight, failures, 1.0) <= 1.25, "{failures}");
+        }
+        assert_eq!(secs(&tight, 3, 1.0), 1.25);
+        assert_eq!(secs(&settings(5, 5, 60), 1, 1.0), 1.25, "even below the interval");
     }
 }
 
