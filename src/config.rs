@@ -130,6 +130,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ADO_SCALER_MAX_STALENESS", value_parser = humantime::parse_duration, default_value = "60s")]
     pub max_staleness: Duration,
 
+    /// The largest ADO answer read (e.g. 64MiB, 500MB); a larger one fails that poll, and the
+    /// last good value stands until --max-staleness.
+    #[arg(long, env = "ADO_SCALER_MAX_BODY", default_value = "64MiB", value_parser = parse_byte_size)]
+    pub max_body: bytesize::ByteSize,
+
     /// How often each placeholder registration is checked (and re-created if deleted).
     #[arg(long, env = "ADO_SCALER_PLACEHOLDER_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
     pub placeholder_interval: Duration,
@@ -348,4 +353,38 @@ pub struct AgentArgs {
     /// Extra arguments for the listener's `run --once`, after `--`.
     #[arg(last = true)]
     pub run_args: Vec<String>,
+}
+
+/// A byte size such as `64MiB`, `500MB` or `1048576`, at least 1 KiB (a smaller limit would
+/// refuse every answer).
+fn parse_byte_size(raw: &str) -> Result<bytesize::ByteSize, String> {
+    let size: bytesize::ByteSize = raw
+        .trim()
+        .parse()
+        .map_err(|e| format!("{raw:?} is not a byte size such as 64MiB ({e})"))?;
+    if size.as_u64() < 1024 {
+        return Err(format!("{raw:?} is below 1KiB"));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_take_binary_and_decimal_units() {
+        let parse = |raw| parse_byte_size(raw).map(|s| s.as_u64());
+        assert_eq!(parse("64MiB"), Ok(64 << 20));
+        assert_eq!(parse("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse("500MB"), Ok(500_000_000));
+        assert_eq!(parse("1048576"), Ok(1 << 20));
+        assert_eq!(parse("1KiB"), Ok(1024));
+        assert!(parse("1023").unwrap_err().contains("below 1KiB"));
+        assert!(
+            parse("lots")
+                .unwrap_err()
+                .contains("\"lots\" is not a byte size")
+        );
+    }
 }

@@ -57,6 +57,18 @@ pub enum Error {
     #[error("request to {org} failed: {reason}")]
     Transport { org: String, reason: String },
 
+    #[error(
+        "the answer from {org} for {endpoint} is larger than --max-body ({limit} bytes{}); \
+         raise --max-body if the pool really is that large",
+        declared.map(|len| format!("; it declared {len} bytes")).unwrap_or_default()
+    )]
+    TooLarge {
+        org: String,
+        endpoint: &'static str,
+        limit: u64,
+        declared: Option<u64>,
+    },
+
     #[error("unexpected response from {org} for {endpoint}: {reason}")]
     Decode {
         org: String,
@@ -103,6 +115,7 @@ impl From<Error> for tonic::Status {
             Error::Upstream { .. }
             | Error::Transport { .. }
             | Error::Stale { .. }
+            | Error::TooLarge { .. }
             | Error::Kubernetes(_)
             | Error::ShuttingDown => Code::Unavailable,
             Error::Decode { .. } | Error::Config(_) | Error::Agent(_) => Code::Internal,

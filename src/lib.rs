@@ -116,6 +116,7 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         },
         auth: auth::AuthSettings::from_env(args.auth.auth, args.auth.pat_file.clone())?,
         http: auth::http_client(ca.as_deref())?,
+        max_body: args.max_body.as_u64(),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct ServeSettings {
     pub auth: AuthSettings,
     /// The shared HTTP client (with `--ca-file` roots) for ADO and Entra.
     pub http: reqwest::Client,
+    /// `--max-body`: the largest ADO answer read.
+    pub max_body: u64,
 }
 
 #[derive(Clone)]
@@ -62,7 +64,8 @@ pub async fn serve(
             "authenticating with a PAT file: for local development only; use workload identity in clusters"
         );
     }
-    let ado = AdoClient::new(settings.http.clone(), token, metrics.clone());
+    let ado = AdoClient::new(settings.http.clone(), token, metrics.clone())
+        .with_max_body(settings.max_body);
     let stop_polling = CancellationToken::new();
     let placeholders = Placeholders::new(
         ado.clone(),

@@ -53,7 +53,15 @@ impl Harness {
     }
 
     pub async fn start_full(poller: PollerSettings, placeholders: PlaceholderSettings) -> Self {
-        Self::start_custom(poller, placeholders, |_| None).await
+        Self::start_custom(poller, placeholders, |_| None, |_| {}).await
+    }
+
+    /// With the serve settings adjusted by `tune` (body limit, HTTP client).
+    pub async fn start_tuned(
+        poller: PollerSettings,
+        tune: impl FnOnce(&SimCloud, &mut ServeSettings),
+    ) -> Self {
+        Self::start_custom(poller, PlaceholderSettings::default(), |_| None, tune).await
     }
 
     /// With the stale-agent collector, configured from the simulators.
@@ -62,6 +70,7 @@ impl Harness {
             PollerSettings::default(),
             PlaceholderSettings::default(),
             |sim| Some(gc(sim)),
+            |_, _| {},
         )
         .await
     }
@@ -70,6 +79,7 @@ impl Harness {
         poller: PollerSettings,
         placeholders: PlaceholderSettings,
         gc: impl FnOnce(&SimCloud) -> Option<GcSettings>,
+        tune: impl FnOnce(&SimCloud, &mut ServeSettings),
     ) -> Self {
         let sim = SimCloud::start().await.expect("simulators start");
         let pool_id = sim.ado.add_pool(POOL);
@@ -77,14 +87,16 @@ impl Harness {
         // their jobs (as the template agent KEDA's users keep).
         sim.ado
             .register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
-        let settings = ServeSettings {
+        let mut settings = ServeSettings {
             gc: gc(&sim),
             allowlist: sim.allowlist(),
             poller,
             placeholders,
             auth: sim.auth_settings(),
             http: sim.http_client().unwrap(),
+            max_body: ado_scaler::ado::DEFAULT_MAX_BODY,
         };
+        tune(&sim, &mut settings);
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
