@@ -2,19 +2,26 @@
 //! for local development. All of them share the one HTTP client that also talks to ADO, so a
 //! corporate CA configured once (`--ca-file`) covers Entra and ADO alike.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
-    credentials::{Secret, TokenCredential},
+    credentials::{AccessToken, Secret, TokenCredential},
     http::{
-        ClientOptions, Context, Request, Transport,
+        ClientMethodOptions, ClientOptions, Context, Request, Transport,
         policies::{Policy, PolicyResult},
     },
 };
 use azure_identity::{
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
     ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use base64::Engine as _;
 
@@ -144,8 +151,76 @@ enum Inner {
         credential: Arc<dyn TokenCredential>,
         /// What to say when the exchange fails.
         workload_identity: Option<WorkloadIdentity>,
+        last_token: Arc<LastToken>,
     },
     Pat(Secret),
+}
+
+/// The last token Entra gave, for an Entra outage. azure_identity's cache asks for a new
+/// token five minutes before expiry and, when that fails, returns the error although its
+/// token is still valid (azure_identity 1.0 `cache.rs`, `should_refresh`). ADO still
+/// accepts the token then, so polls go on with it until it really expires.
+#[derive(Default)]
+struct LastToken {
+    token: Mutex<Option<AccessToken>>,
+    /// An outage is logged once, not at every poll.
+    degraded: AtomicBool,
+}
+
+impl LastToken {
+    /// A token still valid for a little while (a request must reach ADO before it expires).
+    const MARGIN: time::Duration = time::Duration::seconds(10);
+
+    fn remember(&self, token: &AccessToken) {
+        *self.token.lock().expect("last token poisoned") = Some(token.clone());
+        if self.degraded.swap(false, Ordering::SeqCst) {
+            tracing::info!("Entra tokens are issued again");
+        }
+    }
+
+    fn fallback(&self, error: &Error) -> Option<Secret> {
+        let last = self.token.lock().expect("last token poisoned");
+        let token = last
+            .as_ref()
+            .filter(|t| t.expires_on > time::OffsetDateTime::now_utc() + Self::MARGIN)?;
+        if !self.degraded.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                %error,
+                expires_on = %token.expires_on,
+                "could not renew the Entra token; using the current one until it expires"
+            );
+        }
+        Some(token.token.clone())
+    }
+}
+
+/// The pod's projected service-account token, read at every exchange: kubelet rewrites the
+/// file as it rotates the token, and an exchange is rare (about hourly). azure_identity's own
+/// reader keeps its copy for ten minutes (`workload_identity_credential.rs`).
+#[derive(Debug)]
+struct FederatedTokenFile(PathBuf);
+
+#[async_trait::async_trait]
+impl ClientAssertion for FederatedTokenFile {
+    async fn secret(&self, _: Option<ClientMethodOptions<'_>>) -> azure_core::Result<String> {
+        let token = tokio::fs::read_to_string(&self.0).await.map_err(|e| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!(
+                    "failed to read federated token from file {}: {e}",
+                    self.0.display()
+                ),
+            )
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!("the federated token file {} is empty", self.0.display()),
+            ));
+        }
+        Ok(token.to_owned())
+    }
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -178,7 +253,7 @@ impl TokenSource {
             |e: azure_core::Error| Error::Token(explain_token_error(&e.to_string(), None));
         match settings {
             AuthSettings::WorkloadIdentity(wi) => {
-                let mut credential_options = azure_identity::ClientAssertionCredentialOptions {
+                let mut credential_options = ClientAssertionCredentialOptions {
                     client_options: client_options(),
                 };
                 if let Some(host) = &wi.authority_host {
@@ -187,18 +262,18 @@ impl TokenSource {
                     credential_options.client_options.cloud =
                         Some(Arc::new(CloudConfiguration::Custom(custom)));
                 }
-                let credential =
-                    WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                        credential_options,
-                        client_id: Some(wi.client_id.clone()),
-                        tenant_id: Some(wi.tenant_id.clone()),
-                        token_file_path: Some(wi.token_file.clone()),
-                    }))
-                    .map_err(token_err)?;
+                let credential = ClientAssertionCredential::new(
+                    wi.tenant_id.clone(),
+                    wi.client_id.clone(),
+                    FederatedTokenFile(wi.token_file.clone()),
+                    Some(credential_options),
+                )
+                .map_err(token_err)?;
                 Ok(Self {
                     inner: Inner::Credential {
                         credential,
                         workload_identity: Some(wi.clone()),
+                        last_token: Arc::default(),
                     },
                     identity: format!("workload-identity:{}", wi.client_id).into(),
                 })
@@ -214,6 +289,7 @@ impl TokenSource {
                     inner: Inner::Credential {
                         credential,
                         workload_identity: None,
+                        last_token: Arc::default(),
                     },
                     identity: format!(
                         "managed-identity:{}",
@@ -252,16 +328,20 @@ impl TokenSource {
             Inner::Credential {
                 credential,
                 workload_identity,
-            } => credential
-                .get_token(&[ADO_SCOPE], None)
-                .await
-                .map(|t| t.token)
-                .map_err(|e| {
-                    Error::Token(explain_token_error(
+                last_token,
+            } => match credential.get_token(&[ADO_SCOPE], None).await {
+                Ok(token) => {
+                    last_token.remember(&token);
+                    Ok(token.token)
+                }
+                Err(e) => {
+                    let error = Error::Token(explain_token_error(
                         &e.to_string(),
                         workload_identity.as_ref(),
-                    ))
-                }),
+                    ));
+                    last_token.fallback(&error).ok_or(error)
+                }
+            },
             Inner::Pat(pat) => Ok(pat.clone()),
         }
     }

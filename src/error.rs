@@ -102,6 +102,31 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A short, stable name of the kind of failure, for metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidMetadata { .. } => "invalid_metadata",
+            Error::OrgNotAllowed { .. } => "org_not_allowed",
+            Error::Token(_) => "token",
+            Error::NotAccepted { .. } => "not_accepted",
+            Error::Forbidden { .. } => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::AmbiguousPool { .. } => "ambiguous_pool",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Upstream { .. } => "upstream_status",
+            Error::Transport { .. } => "transport",
+            Error::TooLarge { .. } => "too_large",
+            Error::Decode { .. } => "decode",
+            Error::Stale { .. } => "stale",
+            Error::Kubernetes(_) => "kubernetes",
+            Error::Config(_) => "config",
+            Error::Agent(_) => "agent",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         use tonic::Code;

@@ -128,6 +128,7 @@ pub struct Metrics {
     pub placeholders: Arc<crate::placeholder::PlaceholderMetrics>,
     pub claims: Arc<crate::claims::ClaimMetrics>,
     pub gc: Arc<crate::gc::GcMetrics>,
+    pub poll: Arc<crate::poller::PollMetrics>,
 }
 
 impl Default for Metrics {
@@ -228,6 +229,7 @@ impl Metrics {
         let placeholders = crate::placeholder::PlaceholderMetrics::register(registry);
         let claims = crate::claims::ClaimMetrics::register(registry);
         let gc = crate::gc::GcMetrics::register(registry);
+        let poll = crate::poller::PollMetrics::register(registry);
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
@@ -281,6 +283,7 @@ impl Metrics {
             placeholders,
             claims,
             gc,
+            poll,
         }
     }
 

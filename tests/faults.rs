@@ -93,3 +93,62 @@ async fn retry_after_wins_over_the_staleness_bound() {
     );
     assert!(limited_at.elapsed() >= Duration::from_millis(2500));
 }
+
+fn metric_line<'a>(metrics: &'a str, prefix: &str) -> Vec<&'a str> {
+    metrics.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// An answer split into pages by `x-ms-continuationtoken` is followed to the end: 400 jobs in
+/// pages of 150 are all counted, in one poll of three requests.
+#[tokio::test]
+async fn paged_answers_are_followed_to_the_last_page() {
+    let h = Harness::start(Duration::from_millis(300)).await;
+    h.sim.ado.page_job_requests(Some(150));
+    for _ in 0..400 {
+        h.sim.ado.enqueue(h.pool_id, &[]);
+    }
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 400);
+    let polls_before = h.sim.ado.requests(Endpoint::JobRequests);
+    assert_eq!(polls_before % 3, 0, "three pages a poll: {polls_before}");
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert_eq!(
+        metric_line(&metrics, "ado_scaler_poll_possibly_truncated{"),
+        [format!(
+            "ado_scaler_poll_possibly_truncated{{org=\"{}\",pool=\"linux\"}} 0",
+            h.sim.org_url
+        )]
+    );
+}
+
+/// An answer of exactly 200 rows and no continuation token may have been capped by ADO: the
+/// gauge says so while it lasts, and the count is what ADO gave (nothing is invented).
+#[tokio::test]
+async fn a_silently_capped_answer_is_flagged_while_it_lasts() {
+    let h = Harness::start(Duration::from_millis(200)).await;
+    h.sim.ado.cap_job_requests(Some(200));
+    let ids: Vec<u64> = (0..250)
+        .map(|_| h.sim.ado.enqueue(h.pool_id, &[]))
+        .collect();
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 200);
+    let flag = |value: u8| {
+        format!(
+            "ado_scaler_poll_possibly_truncated{{org=\"{}\",pool=\"linux\"}} {value}",
+            h.sim.org_url
+        )
+    };
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(metrics.contains(&flag(1)), "{metrics}");
+    for id in &ids[..60] {
+        assert!(h.sim.ado.cancel_if_queued(*id));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&sj).await.unwrap() == 190
+        })
+        .await
+    );
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(metrics.contains(&flag(0)), "{metrics}");
+}

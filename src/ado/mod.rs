@@ -110,6 +110,25 @@ impl Throttle {
     }
 }
 
+/// The response header that says more pages follow (ADO's convention across its REST APIs).
+pub const CONTINUATION_TOKEN: &str = "x-ms-continuationtoken";
+
+/// The row count at which ADO is known to cap job-request answers (with `$top`; KEDA issue
+/// 6819). An answer of exactly this many rows and no continuation token may be cut short.
+pub const ADO_ROW_CAP: usize = 200;
+
+/// A bound on pages followed, against a server that never stops handing out tokens.
+const MAX_PAGES: usize = 1000;
+
+/// A pool's unfinished job requests, with how they came.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequests {
+    pub requests: Vec<JobRequest>,
+    pub pages: usize,
+    /// The last page had exactly [`ADO_ROW_CAP`] rows and no continuation token.
+    pub possibly_truncated: bool,
+}
+
 /// The largest answer read from ADO unless `--max-body` says otherwise. A jobrequests answer
 /// of 760 requests was 4 s of ADO's time (KEDA issue 4324); at a few KiB a request with its
 /// matched agents, 64 MiB leaves room for pools ten times that size.
@@ -173,16 +192,65 @@ impl AdoClient {
         }
     }
 
-    /// Unfinished job requests of a pool. No `$top` (it drops `matchedAgents` and caps at 200)
-    /// and no api-version, as KEDA's scaler calls it.
-    pub async fn job_requests(&self, org: &OrgUrl, pool_id: u32) -> Result<Vec<JobRequest>> {
-        let mut url = org.join(&format!(
-            "_apis/distributedtask/pools/{pool_id}/jobrequests"
-        ));
-        url.query_pairs_mut()
-            .append_pair("completedRequestCount", "0");
-        let list: List<JobRequest> = self.get_json(org, "jobrequests", url).await?;
-        Ok(list.value)
+    /// Unfinished job requests of a pool, every page of them. No `$top` (it drops
+    /// `matchedAgents` and caps at 200) and no api-version, as KEDA's scaler calls it.
+    ///
+    /// An answer with an `x-ms-continuationtoken` header is followed with
+    /// `continuationToken=<token>` until none comes back; `--max-body` bounds all pages
+    /// together.
+    pub async fn job_requests(&self, org: &OrgUrl, pool_id: u32) -> Result<JobRequests> {
+        let mut requests = Vec::new();
+        let mut token: Option<String> = None;
+        let mut budget = self.max_body;
+        let mut page = 0;
+        loop {
+            page += 1;
+            let mut url = org.join(&format!(
+                "_apis/distributedtask/pools/{pool_id}/jobrequests"
+            ));
+            url.query_pairs_mut()
+                .append_pair("completedRequestCount", "0");
+            if let Some(token) = &token {
+                url.query_pairs_mut()
+                    .append_pair("continuationToken", token);
+            }
+            let response = self
+                .send(org, "jobrequests", reqwest::Method::GET, url, None)
+                .await?;
+            let next = response
+                .headers()
+                .get(CONTINUATION_TOKEN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            let (list, size): (List<JobRequest>, u64) = self
+                .read_json_within(org, "jobrequests", response, budget)
+                .await?;
+            budget -= size;
+            let rows = list.value.len();
+            requests.extend(list.value);
+            match next {
+                None => {
+                    return Ok(JobRequests {
+                        requests,
+                        pages: page,
+                        possibly_truncated: rows == ADO_ROW_CAP,
+                    });
+                }
+                Some(next) if token.as_ref() == Some(&next) || page >= MAX_PAGES => {
+                    return Err(Error::Decode {
+                        org: org.to_string(),
+                        endpoint: "jobrequests",
+                        reason: format!(
+                            "continuation tokens did not end after {page} pages of {} rows",
+                            requests.len()
+                        ),
+                    });
+                }
+                Some(next) => token = Some(next),
+            }
+        }
     }
 
     /// The newest non-prerelease agent package for `platform` (e.g. `linux-x64`).
@@ -324,6 +392,19 @@ impl AdoClient {
         endpoint: &'static str,
         response: reqwest::Response,
     ) -> Result<T> {
+        self.read_json_within(org, endpoint, response, self.max_body)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Reads a JSON answer of at most `limit` bytes; also returns its size.
+    async fn read_json_within<T: DeserializeOwned>(
+        &self,
+        org: &OrgUrl,
+        endpoint: &'static str,
+        response: reqwest::Response,
+        limit: u64,
+    ) -> Result<(T, u64)> {
         let org_label = org.to_string();
         let is_json = response
             .headers()
@@ -338,25 +419,24 @@ impl AdoClient {
                 what: "a sign-in page instead of JSON",
             });
         }
-        let bytes = read_body(response, self.max_body)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge { declared } => Error::TooLarge {
-                    org: org_label.clone(),
-                    endpoint,
-                    limit: self.max_body,
-                    declared,
-                },
-                BodyError::Transport(e) => Error::Transport {
-                    org: org_label.clone(),
-                    reason: describe_transport_error(&e),
-                },
-            })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+        let bytes = read_body(response, limit).await.map_err(|e| match e {
+            BodyError::TooLarge { declared } => Error::TooLarge {
+                org: org_label.clone(),
+                endpoint,
+                limit: self.max_body,
+                declared,
+            },
+            BodyError::Transport(e) => Error::Transport {
+                org: org_label.clone(),
+                reason: describe_transport_error(&e),
+            },
+        })?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
             org: org_label,
             endpoint,
             reason: e.to_string(),
-        })
+        })?;
+        Ok((value, bytes.len() as u64))
     }
 
     /// Sends one authorised request; counts it, records rate limits, maps error statuses.

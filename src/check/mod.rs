@@ -250,7 +250,11 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             return report;
         }
     };
-    let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
+    let jobs: Vec<Job> = requests
+        .requests
+        .iter()
+        .filter_map(Job::from_request)
+        .collect();
     let queued = jobs.iter().filter(|j| j.is_queued()).count();
     report.pass(
         JOBS_READABLE,

@@ -1,8 +1,10 @@
 //! Shared per-pool watchers: however many triggers ask about a pool, one background task
 //! polls its job requests once per interval and every caller counts from the same snapshot.
 
+mod metrics;
 mod snapshot;
 
+pub use metrics::{PollFailureLabels, PollMetrics};
 pub use snapshot::Snapshot;
 
 use std::{
@@ -246,12 +248,32 @@ impl Poller {
 async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
     let settings = inner.settings;
     let mut failures: u32 = 0;
+    let mut truncated_before = false;
     loop {
         let result = inner.ado.job_requests(&key.org, key.pool_id).await;
         let now = Instant::now();
         let delay = match result {
-            Ok(requests) => {
+            Ok(answer) => {
                 failures = 0;
+                let truncated = answer.possibly_truncated;
+                if truncated && !truncated_before {
+                    tracing::warn!(
+                        org = %key.org,
+                        pool = %watcher.labels.pool,
+                        rows = answer.requests.len(),
+                        "the job-requests answer had exactly {} rows and no continuation token: \
+                         ADO may have capped it, and jobs past it are not counted",
+                        crate::ado::ADO_ROW_CAP
+                    );
+                }
+                truncated_before = truncated;
+                inner
+                    .metrics
+                    .poll
+                    .possibly_truncated
+                    .get_or_create(&watcher.labels)
+                    .set(i64::from(truncated));
+                let requests = answer.requests;
                 let previous = watcher.state.borrow().snapshot.clone();
                 let snapshot = Snapshot::next(
                     previous.as_deref(),
@@ -271,6 +293,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 // The pool is gone (or never existed): no snapshot of it is right any more.
                 // Stop; a caller that resolves the name again starts a watcher for the new id.
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, "pool not found; stop polling it");
+                inner.metrics.poll.failed(&watcher.labels, &err);
                 let mut watchers = inner.watchers.lock().expect("watchers poisoned");
                 watcher.state.send_replace(PoolState {
                     snapshot: None,
@@ -288,6 +311,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     _ => retry_delay(&settings, failures, rand::random()),
                 };
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, retry_in = ?delay, "poll failed");
+                inner.metrics.poll.failed(&watcher.labels, &err);
                 watcher.state.send_modify(|s| s.error = Some(err));
                 delay
             }

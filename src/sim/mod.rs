@@ -52,6 +52,9 @@ pub struct SimCloud {
     /// `https://127.0.0.1:{port}/contoso`.
     pub org_url: String,
     pub ca_pem: String,
+    /// The network to Entra and to the organisation, for unreachable-server faults.
+    pub entra_network: Arc<tls::Network>,
+    pub ado_network: Arc<tls::Network>,
     tokens: Arc<TokenStore>,
     pub ca_file: PathBuf,
     pub token_file: PathBuf,
@@ -114,16 +117,19 @@ impl SimCloud {
         let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
         let authority_host = format!("https://127.0.0.1:{}", port(&entra_listener));
         let org_url = format!("https://127.0.0.1:{}/{SIM_ORG}", port(&ado_listener));
+        let (entra_network, ado_network) = (Arc::default(), Arc::default());
         tokio::spawn(tls::serve_tls(
             entra_listener,
             ca.server_config.clone(),
             entra.router(),
+            Arc::clone(&entra_network),
             stop.clone(),
         ));
         tokio::spawn(tls::serve_tls(
             ado_listener,
             ca.server_config.clone(),
             ado.router(),
+            Arc::clone(&ado_network),
             stop.clone(),
         ));
         let kubeconfig = write(
@@ -138,6 +144,7 @@ impl SimCloud {
             kube_listener,
             ca.server_config.clone(),
             kube.router(),
+            Arc::default(),
             stop.clone(),
         ));
 
@@ -149,6 +156,8 @@ impl SimCloud {
             authority_host,
             org_url,
             ca_pem: ca.ca_pem,
+            entra_network,
+            ado_network,
             tokens,
             ca_file,
             token_file,

@@ -73,11 +73,51 @@ impl SimCa {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `stop` is cancelled.
+/// The network between a simulator and its clients, switchable by tests: an unreachable
+/// server holds new connections without ever answering the TLS handshake (a client's connect
+/// timeout fires, as for a firewall that drops packets), and cuts the ones it has.
+#[derive(Debug)]
+pub struct Network {
+    unreachable: std::sync::atomic::AtomicBool,
+    /// Bumped to drop every open connection.
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            cuts: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Network {
+    /// `true`: open connections are dropped and new ones get no handshake.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable
+            .store(unreachable, std::sync::atomic::Ordering::SeqCst);
+        if unreachable {
+            self.cut_connections();
+        }
+    }
+
+    /// Drops every open connection (a reset for a request in flight on one).
+    pub fn cut_connections(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn is_unreachable(&self) -> bool {
+        self.unreachable.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `stop` is cancelled, through `network`.
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
+    network: Arc<Network>,
     stop: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(config);
@@ -92,8 +132,19 @@ pub async fn serve_tls(
             },
             () = stop.cancelled() => return,
         };
-        let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
+        let (acceptor, app, stop, network) =
+            (acceptor.clone(), app.clone(), stop.clone(), network.clone());
         tokio::spawn(async move {
+            if network.is_unreachable() {
+                // Never answer; let go when the client gives up or the test ends.
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    () = stop.cancelled() => {}
+                }
+                drop(tcp);
+                return;
+            }
+            let mut cuts = network.cuts.subscribe();
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
@@ -102,6 +153,7 @@ pub async fn serve_tls(
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {
                 _ = conn => {}
+                _ = cuts.changed() => {}
                 () = stop.cancelled() => {}
             }
         });

@@ -53,7 +53,7 @@ impl Harness {
     }
 
     pub async fn start_full(poller: PollerSettings, placeholders: PlaceholderSettings) -> Self {
-        Self::start_custom(poller, placeholders, |_| None, |_| {}).await
+        Self::start_custom(poller, placeholders, |_| None, |_, _| {}).await
     }
 
     /// With the serve settings adjusted by `tune` (body limit, HTTP client).

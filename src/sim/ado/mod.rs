@@ -3,7 +3,10 @@
 //! finished requests still listed for a while, 429 with `Retry-After`), a job store tests and
 //! the demo drive, per-endpoint request counters and switchable faults.
 
+mod faults;
 mod routes;
+
+pub use faults::{BodyFault, Endpoint, Fault};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,59 +25,13 @@ use crate::{
 /// The agent version simulated agents report: the one the agent image is built with.
 pub const SIM_AGENT_VERSION: &str = crate::placeholder::DEFAULT_AGENT_VERSION;
 
-/// The REST endpoints, for counters and faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Pools,
-    JobRequests,
-    Agents,
-    /// `…/distributedtask/packages/agent`.
-    Packages,
-    /// The package download itself (a CDN in reality: no token).
-    Download,
-}
-
-/// A scripted failure: the next `times` matching requests (all, when `None`) get it.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    pub endpoint: Option<Endpoint>,
-    /// HTTP status to answer instead of the real response; `None` only delays.
-    pub status: Option<u16>,
-    pub retry_after: Option<u64>,
-    pub delay: Duration,
-    pub times: Option<u32>,
-}
-
-impl Fault {
-    pub fn status(endpoint: Endpoint, status: u16) -> Self {
-        Self {
-            endpoint: Some(endpoint),
-            status: Some(status),
-            retry_after: None,
-            delay: Duration::ZERO,
-            times: None,
-        }
-    }
-
-    pub fn delay(endpoint: Endpoint, delay: Duration) -> Self {
-        Self {
-            endpoint: Some(endpoint),
-            status: None,
-            retry_after: None,
-            delay,
-            times: None,
-        }
-    }
-
-    pub fn times(mut self, n: u32) -> Self {
-        self.times = Some(n);
-        self
-    }
-
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
+/// How job-request answers are split or cut.
+#[derive(Debug, Clone, Copy, Default)]
+struct Paging {
+    /// At most this many rows an answer, with `x-ms-continuationtoken` naming the next page.
+    page_size: Option<usize>,
+    /// At most this many rows an answer, silently (KEDA issue 6819's cap).
+    silent_cap: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +84,7 @@ struct AdoState {
     store: Mutex<Store>,
     requests: Mutex<HashMap<Endpoint, u64>>,
     faults: Mutex<Vec<Fault>>,
+    paging: Mutex<Paging>,
     /// ADO keeps listing a finished request for a while despite `completedRequestCount=0`.
     finished_visible_for: Duration,
     rate_limit_remaining: Mutex<Option<i64>>,
@@ -190,6 +148,7 @@ impl AdoSim {
                 }),
                 requests: Mutex::default(),
                 faults: Mutex::default(),
+                paging: Mutex::default(),
                 finished_visible_for: Duration::from_secs(2),
                 rate_limit_remaining: Mutex::new(None),
                 rate_limit_window: Mutex::new(None),
@@ -494,6 +453,17 @@ impl AdoSim {
 
     pub fn add_fault(&self, fault: Fault) {
         self.state.faults.lock().expect("faults").push(fault);
+    }
+
+    /// Job-request answers of at most `rows` rows, each naming the next page in an
+    /// `x-ms-continuationtoken` header; `None`: one answer.
+    pub fn page_job_requests(&self, rows: Option<usize>) {
+        self.state.paging.lock().expect("paging").page_size = rows;
+    }
+
+    /// Job-request answers cut at `rows` rows with nothing to say so, as ADO does with `$top`.
+    pub fn cap_job_requests(&self, rows: Option<usize>) {
+        self.state.paging.lock().expect("paging").silent_cap = rows;
     }
 
     pub fn clear_faults(&self) {

@@ -13,9 +13,12 @@ use axum::{
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{AdoSim, AdoState, Endpoint, SIGN_IN_PAGE, agent_capabilities};
+use super::{AdoSim, AdoState, BodyFault, Endpoint, SIGN_IN_PAGE, agent_capabilities};
 use crate::{
-    ado::models::{Agent, AgentPackage, AgentRef, JobRequest, List, PackageVersion, Pool},
+    ado::{
+        self,
+        models::{Agent, AgentPackage, AgentRef, JobRequest, List, PackageVersion, Pool},
+    },
     count::{Capabilities, Requirement},
 };
 
@@ -43,12 +46,14 @@ pub(super) fn router(state: Arc<AdoState>) -> Router {
 }
 
 /// Counting, faults, organisation and bearer-token checks every endpoint shares.
+/// A fault's body shaping, if the fault that matched has one, is returned for the handler to
+/// apply to its real answer.
 async fn guard(
     state: &AdoState,
     endpoint: Endpoint,
     org: &str,
     headers: &HeaderMap,
-) -> Result<(), Response> {
+) -> Result<Option<BodyFault>, Response> {
     *state
         .requests
         .lock()
@@ -71,6 +76,7 @@ async fn guard(
             f
         })
     };
+    let body_fault = fault.as_ref().and_then(|f| f.body);
     if let Some(fault) = fault {
         if !fault.delay.is_zero() {
             tokio::time::sleep(fault.delay).await;
@@ -112,7 +118,7 @@ async fn guard(
         )
             .into_response());
     }
-    Ok(())
+    Ok(body_fault)
 }
 
 /// The token of `Bearer <token>`, or of `Basic base64(<any user>:<token>)` as the agent sends
@@ -202,11 +208,14 @@ async fn list_pools(
 async fn list_job_requests(
     State(state): State<Arc<AdoState>>,
     Path((org, pool_id)): Path<(String, u32)>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&state, Endpoint::JobRequests, &org, &headers).await {
-        return r;
-    }
+    let body_fault = match guard(&state, Endpoint::JobRequests, &org, &headers).await {
+        Ok(fault) => fault,
+        Err(r) => return r,
+    };
+    let paging = *state.paging.lock().expect("paging");
     let mut store = state.store.lock().expect("store");
     if !store.pools.iter().any(|p| p.id == pool_id) {
         return pool_not_found(pool_id);
@@ -215,6 +224,18 @@ async fn list_job_requests(
     store
         .jobs
         .retain(|_, j| j.finished_at.is_none_or(|t| t.elapsed() < visible));
+    // A page starts after the request id its token names (ids ascend, as the store is ordered).
+    let after: u64 = match query.get("continuationToken").map(|t| t.parse()) {
+        None => 0,
+        Some(Ok(id)) => id,
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "message": "VS403513: the continuation token is not valid." })),
+            )
+                .into_response();
+        }
+    };
     // Each agent's capabilities, merged once per call rather than once per job.
     let agents: Vec<(&Agent, Capabilities)> = store
         .agents
@@ -223,9 +244,10 @@ async fn list_job_requests(
         .flatten()
         .map(|a| (a, agent_capabilities(a)))
         .collect();
-    let requests: Vec<JobRequest> = store
+    let mut requests: Vec<JobRequest> = store
         .jobs
-        .values()
+        .range(after + 1..)
+        .map(|(_, j)| j)
         .filter(|j| j.request.pool_id == pool_id)
         .map(|j| {
             let mut r = j.request.clone();
@@ -252,7 +274,55 @@ async fn list_job_requests(
             r
         })
         .collect();
-    with_rate_headers(&state, list(requests))
+    drop(store);
+    let mut next_token = None;
+    if let Some(page) = paging.page_size.filter(|&page| requests.len() > page) {
+        requests.truncate(page);
+        next_token = requests.last().map(|r| r.request_id.to_string());
+    }
+    if let Some(cap) = paging.silent_cap {
+        requests.truncate(cap);
+    }
+    if let Some(BodyFault::PaddedTo(size)) = body_fault {
+        pad_matched_agents(&mut requests, size);
+    }
+    let mut response = match body_fault {
+        Some(fault) => {
+            let json = serde_json::to_vec(&List {
+                count: requests.len(),
+                value: requests,
+            })
+            .expect("serialisable");
+            fault.respond(json)
+        }
+        None => list(requests).into_response(),
+    };
+    if let Some(token) = next_token {
+        response.headers_mut().insert(
+            ado::CONTINUATION_TOKEN,
+            HeaderValue::from_str(&token).expect("digits"),
+        );
+    }
+    with_rate_headers(&state, response)
+}
+
+/// Adds matched agents (as a pool with many has) until the answer is at least `size` bytes.
+fn pad_matched_agents(requests: &mut [JobRequest], size: usize) {
+    const PER_AGENT: usize = 120;
+    let Some(count) = std::num::NonZeroUsize::new(requests.len()) else {
+        return;
+    };
+    let per_request = size / PER_AGENT / count + 1;
+    for request in requests {
+        let matched = request.matched_agents.get_or_insert_with(Vec::new);
+        matched.extend((0..per_request).map(|i| AgentRef {
+            id: 1_000_000 + i as u32,
+            name: format!("padding-agent-{i:08}-of-a-very-large-pool-xxxxxxxxxxxx"),
+            version: Some("4.261.0".into()),
+            status: Some("offline".into()),
+            enabled: Some(true),
+        }));
+    }
 }
 
 async fn list_agents(
