@@ -15,7 +15,8 @@ use azure_core::{
     cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{AccessToken, Secret, TokenCredential},
     http::{
-        ClientMethodOptions, ClientOptions, Context, Request, Transport,
+        ClientMethodOptions, ClientOptions, Context, ExponentialRetryOptions, Request,
+        RetryOptions, Transport,
         policies::{Policy, PolicyResult},
     },
 };
@@ -151,46 +152,58 @@ enum Inner {
         credential: Arc<dyn TokenCredential>,
         /// What to say when the exchange fails.
         workload_identity: Option<WorkloadIdentity>,
-        last_token: Arc<LastToken>,
+        current: Arc<CurrentToken>,
     },
     Pat(Secret),
 }
 
-/// The last token Entra gave, for an Entra outage. azure_identity's cache asks for a new
-/// token five minutes before expiry and, when that fails, returns the error although its
-/// token is still valid (azure_identity 1.0 `cache.rs`, `should_refresh`). ADO still
-/// accepts the token then, so polls go on with it until it really expires.
+/// The current Entra token, renewed off the request path.
+///
+/// azure_identity's cache asks Entra for a new token five minutes before expiry, on the
+/// caller's time, and when that fails it returns the error although its token is still valid
+/// (azure_identity 1.0 `cache.rs`, `should_refresh`). Here a caller gets the current token
+/// while it is valid and the renewal runs in the background, so an Entra outage or a slow
+/// exchange costs a poll nothing until the token really expires; only a caller with no valid
+/// token waits for Entra.
 #[derive(Default)]
-struct LastToken {
+struct CurrentToken {
     token: Mutex<Option<AccessToken>>,
-    /// An outage is logged once, not at every poll.
+    renewing: AtomicBool,
+    /// A failing renewal is logged once, not at every poll.
     degraded: AtomicBool,
 }
 
-impl LastToken {
-    /// A token still valid for a little while (a request must reach ADO before it expires).
+impl CurrentToken {
+    /// A token must outlive the request it is sent with.
     const MARGIN: time::Duration = time::Duration::seconds(10);
+    /// When renewals start, as azure_identity's cache does.
+    const RENEW_BEFORE: time::Duration = time::Duration::minutes(5);
+
+    /// The current token if it is valid for more than [`Self::MARGIN`], and whether it is
+    /// due for renewal.
+    fn valid(&self) -> Option<(Secret, bool)> {
+        let now = time::OffsetDateTime::now_utc();
+        let token = self.token.lock().expect("current token poisoned");
+        let token = token
+            .as_ref()
+            .filter(|t| t.expires_on > now + Self::MARGIN)?;
+        Some((
+            token.token.clone(),
+            token.expires_on <= now + Self::RENEW_BEFORE,
+        ))
+    }
 
     fn remember(&self, token: &AccessToken) {
-        *self.token.lock().expect("last token poisoned") = Some(token.clone());
+        *self.token.lock().expect("current token poisoned") = Some(token.clone());
         if self.degraded.swap(false, Ordering::SeqCst) {
             tracing::info!("Entra tokens are issued again");
         }
     }
 
-    fn fallback(&self, error: &Error) -> Option<Secret> {
-        let last = self.token.lock().expect("last token poisoned");
-        let token = last
-            .as_ref()
-            .filter(|t| t.expires_on > time::OffsetDateTime::now_utc() + Self::MARGIN)?;
+    fn renewal_failed(&self, error: &Error) {
         if !self.degraded.swap(true, Ordering::SeqCst) {
-            tracing::warn!(
-                %error,
-                expires_on = %token.expires_on,
-                "could not renew the Entra token; using the current one until it expires"
-            );
+            tracing::warn!(%error, "could not renew the Entra token; using the current one until it expires");
         }
-        Some(token.token.clone())
     }
 }
 
@@ -240,6 +253,13 @@ impl TokenSource {
         let client_options = || {
             let mut options = ClientOptions {
                 transport: Some(Transport::new(Arc::new(http.clone()))),
+                // azure_core retries up to 8 times over a minute by default. A poll waits on
+                // the token, and polls retry anyway: give up within seconds and say why.
+                retry: RetryOptions::exponential(ExponentialRetryOptions {
+                    max_retries: 3,
+                    max_total_elapsed: time::Duration::seconds(10),
+                    ..ExponentialRetryOptions::default()
+                }),
                 ..Default::default()
             };
             if let Some(metrics) = &metrics {
@@ -273,7 +293,7 @@ impl TokenSource {
                     inner: Inner::Credential {
                         credential,
                         workload_identity: Some(wi.clone()),
-                        last_token: Arc::default(),
+                        current: Arc::default(),
                     },
                     identity: format!("workload-identity:{}", wi.client_id).into(),
                 })
@@ -289,7 +309,7 @@ impl TokenSource {
                     inner: Inner::Credential {
                         credential,
                         workload_identity: None,
-                        last_token: Arc::default(),
+                        current: Arc::default(),
                     },
                     identity: format!(
                         "managed-identity:{}",
@@ -328,20 +348,40 @@ impl TokenSource {
             Inner::Credential {
                 credential,
                 workload_identity,
-                last_token,
-            } => match credential.get_token(&[ADO_SCOPE], None).await {
-                Ok(token) => {
-                    last_token.remember(&token);
-                    Ok(token.token)
+                current,
+            } => {
+                let exchange = || {
+                    let (credential, current, wi) = (
+                        credential.clone(),
+                        current.clone(),
+                        workload_identity.clone(),
+                    );
+                    async move {
+                        let result = credential.get_token(&[ADO_SCOPE], None).await;
+                        result
+                            .inspect(|token| current.remember(token))
+                            .map(|token| token.token)
+                            .map_err(|e| {
+                                Error::Token(explain_token_error(&e.to_string(), wi.as_ref()))
+                            })
+                    }
+                };
+                match current.valid() {
+                    Some((token, due)) => {
+                        if due && !current.renewing.swap(true, Ordering::SeqCst) {
+                            let (renewal, current) = (exchange(), current.clone());
+                            tokio::spawn(async move {
+                                if let Err(error) = renewal.await {
+                                    current.renewal_failed(&error);
+                                }
+                                current.renewing.store(false, Ordering::SeqCst);
+                            });
+                        }
+                        Ok(token)
+                    }
+                    None => exchange().await,
                 }
-                Err(e) => {
-                    let error = Error::Token(explain_token_error(
-                        &e.to_string(),
-                        workload_identity.as_ref(),
-                    ));
-                    last_token.fallback(&error).ok_or(error)
-                }
-            },
+            }
             Inner::Pat(pat) => Ok(pat.clone()),
         }
     }
@@ -458,6 +498,26 @@ impl Policy for CountTokenRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_current_token_is_served_while_valid_and_renewed_in_its_last_five_minutes() {
+        let current = CurrentToken::default();
+        assert!(current.valid().is_none(), "no token yet");
+        let expiring_in = |seconds: i64| {
+            current.remember(&AccessToken {
+                token: Secret::new(format!("t{seconds}")),
+                expires_on: time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds),
+            });
+            current
+                .valid()
+                .map(|(token, due)| (token.secret().to_owned(), due))
+        };
+        assert_eq!(expiring_in(3600), Some(("t3600".into(), false)));
+        assert_eq!(expiring_in(310), Some(("t310".into(), false)));
+        assert_eq!(expiring_in(290), Some(("t290".into(), true)));
+        assert_eq!(expiring_in(11), Some(("t11".into(), true)));
+        assert_eq!(expiring_in(9), None, "too close to expiry to be sent");
+    }
 
     #[test]
     fn workload_identity_names_the_missing_variable() {

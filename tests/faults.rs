@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ado_scaler::{
     poller::PollerSettings,
-    sim::ado::{Endpoint, Fault},
+    sim::ado::{BodyFault, Endpoint, Fault},
 };
 use common::{Harness, eventually};
 use tonic::Code;
@@ -151,4 +151,303 @@ async fn a_silently_capped_answer_is_flagged_while_it_lasts() {
     );
     let (_, metrics) = h.http_get("/metrics").await;
     assert!(metrics.contains(&flag(0)), "{metrics}");
+}
+
+// ---- The fault matrix ----------------------------------------------------------------------
+//
+// Each case: one queued job and a good first poll, then the fault. KEDA keeps the last good
+// value (never another one) until `--max-staleness`, then gets UNAVAILABLE naming the failure;
+// `ado_scaler_poll_failures_total{reason}` counts it; once the fault clears, the value comes
+// back by itself.
+
+/// Poll 200 ms, stale after 1 s, `--max-body 256KiB`, and an HTTP client that gives up soon
+/// (connect 300 ms, 600 ms in all) so that timeouts fit in a test and end before the value goes
+/// stale; tokens live `token_lifetime`.
+async fn matrix_harness(token_lifetime: Duration) -> Harness {
+    let h = Harness::start_tuned(
+        PollerSettings {
+            interval: Duration::from_millis(200),
+            max_staleness: Duration::from_secs(1),
+            ..PollerSettings::default()
+        },
+        |sim, settings| {
+            sim.entra.set_token_lifetime(token_lifetime);
+            settings.max_body = 256 * 1024;
+            settings.http = reqwest::Client::builder()
+                .tls_certs_merge(
+                    reqwest::Certificate::from_pem_bundle(sim.ca_pem.as_bytes()).unwrap(),
+                )
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_millis(600))
+                .build()
+                .unwrap();
+        },
+    )
+    .await;
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    h
+}
+
+/// What KEDA saw from the fault's start: how long the last good value lasted, and the error.
+struct Outcome {
+    held: Duration,
+    error: tonic::Status,
+}
+
+/// Switches the fault on with `on`, checks what KEDA gets and what is counted, switches it off
+/// with `off` and waits for the value to come back.
+async fn fault_case(
+    h: &Harness,
+    on: impl FnOnce(),
+    off: impl FnOnce(),
+    reason: &str,
+    says: &str,
+) -> Outcome {
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    on();
+    let started = tokio::time::Instant::now();
+    let error = loop {
+        match h.metric(&sj).await {
+            Ok(value) => assert_eq!(value, 1, "{reason}: only the last good value, nothing else"),
+            Err(status) => break status,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{reason}: never went stale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let held = started.elapsed();
+    assert_eq!(error.code(), Code::Unavailable, "{reason}: {error:?}");
+    assert!(
+        error.message().contains(says),
+        "{reason}: {:?} does not say {says:?}",
+        error.message()
+    );
+    let counted = format!(
+        "ado_scaler_poll_failures_total{{org=\"{}\",pool=\"linux\",reason=\"{reason}\"}}",
+        h.sim.org_url
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            h.http_get("/metrics").await.1.contains(&counted)
+        })
+        .await,
+        "{counted} never counted"
+    );
+    off();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            h.metric(&sj).await.is_ok_and(|v| v == 1)
+        })
+        .await,
+        "{reason}: no recovery"
+    );
+    Outcome { held, error }
+}
+
+fn ado_fault(h: &Harness, fault: Fault) -> (impl FnOnce() + '_, impl FnOnce() + '_) {
+    (
+        move || h.sim.ado.add_fault(fault),
+        || h.sim.ado.clear_faults(),
+    )
+}
+
+#[tokio::test]
+async fn matrix_ado_server_errors() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    for status in [500, 502, 503] {
+        let (on, off) = ado_fault(&h, Fault::status(Endpoint::JobRequests, status));
+        fault_case(&h, on, off, "upstream_status", &format!("HTTP {status}")).await;
+    }
+}
+
+#[tokio::test]
+async fn matrix_ado_rate_limited() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    let (on, off) = ado_fault(&h, Fault::status(Endpoint::JobRequests, 429).retry_after(1));
+    fault_case(&h, on, off, "rate_limited", "HTTP 429").await;
+}
+
+#[tokio::test]
+async fn matrix_ado_unreachable_connect_timeout() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    let network = &h.sim.ado_network;
+    let outcome = fault_case(
+        &h,
+        || network.set_unreachable(true),
+        || network.set_unreachable(false),
+        "transport",
+        "timed out",
+    )
+    .await;
+    assert!(
+        outcome.error.message().contains("request to"),
+        "{:?}",
+        outcome.error
+    );
+}
+
+#[tokio::test]
+async fn matrix_ado_body_faults() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    let cases = [
+        (BodyFault::StallMidBody, "transport", "timed out"),
+        (BodyFault::ResetMidBody, "transport", "request to"),
+        (BodyFault::Truncated, "decode", "unexpected response"),
+        (
+            BodyFault::Oversized {
+                size: 1 << 20,
+                chunked: false,
+            },
+            "too_large",
+            "larger than --max-body (262144 bytes; it declared",
+        ),
+        (
+            BodyFault::Oversized {
+                size: 1 << 20,
+                chunked: true,
+            },
+            "too_large",
+            "larger than --max-body (262144 bytes)",
+        ),
+    ];
+    for (body, reason, says) in cases {
+        let (on, off) = ado_fault(&h, Fault::body(Endpoint::JobRequests, body));
+        fault_case(&h, on, off, reason, says).await;
+    }
+}
+
+#[tokio::test]
+async fn matrix_ado_refuses_the_identity() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    let ado = &h.sim.ado;
+    fault_case(
+        &h,
+        || ado.accept_tokens(false),
+        || ado.accept_tokens(true),
+        "not_accepted",
+        "HTTP 203, a sign-in page",
+    )
+    .await;
+    let (on, off) = ado_fault(&h, Fault::status(Endpoint::JobRequests, 401));
+    fault_case(&h, on, off, "not_accepted", "HTTP 401").await;
+    let (on, off) = ado_fault(&h, Fault::status(Endpoint::JobRequests, 403));
+    fault_case(&h, on, off, "forbidden", "HTTP 403").await;
+}
+
+/// Tokens live 14 s here, so azure_identity wants a new one at every poll (it renews five
+/// minutes before expiry) and the cached one is usable for 4 s more (10 s margin).
+const SHORT_TOKEN: Duration = Duration::from_secs(14);
+
+/// Entra down: polls go on with the current token until it expires. Then azure_core retries
+/// the token request with backoff, and KEDA is told the poll is waiting.
+#[tokio::test]
+async fn matrix_entra_down_uses_the_token_until_it_expires() {
+    let h = matrix_harness(SHORT_TOKEN).await;
+    let network = &h.sim.entra_network;
+    let outcome = fault_case(
+        &h,
+        || network.set_unreachable(true),
+        || network.set_unreachable(false),
+        "token",
+        "the current poll has been waiting",
+    )
+    .await;
+    // Without the cached token the value would be stale in about a second.
+    assert!(
+        outcome.held > Duration::from_millis(2500),
+        "{:?}",
+        outcome.held
+    );
+}
+
+#[tokio::test]
+async fn matrix_entra_aadsts_error() {
+    let h = matrix_harness(SHORT_TOKEN).await;
+    let entra = &h.sim.entra;
+    let outcome = fault_case(
+        &h,
+        || entra.refuse_assertions(true),
+        || entra.refuse_assertions(false),
+        "token",
+        "AADSTS700213",
+    )
+    .await;
+    assert!(
+        outcome.held > Duration::from_millis(2500),
+        "{:?}",
+        outcome.held
+    );
+}
+
+/// The federated token file is read at every exchange: a rotated file's new content is what
+/// Entra gets (the simulated Entra accepts only the file's current content), and a missing
+/// file is named.
+#[tokio::test]
+async fn matrix_federated_token_file_rotated_or_missing() {
+    let h = matrix_harness(SHORT_TOKEN).await;
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    let issued = h.sim.entra.issued();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated = ado_scaler::sim::entra::service_account_token(
+        ado_scaler::sim::SIM_ISSUER,
+        ado_scaler::sim::SIM_SUBJECT,
+    );
+    let previous = std::fs::read_to_string(&h.sim.token_file).unwrap();
+    assert_ne!(rotated, previous, "a new token (new iat)");
+    std::fs::write(&h.sim.token_file, &rotated).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(h.metric(&sj).await.unwrap(), 1, "the rotated token is used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(h.sim.entra.issued() > issued + 3, "tokens keep coming");
+
+    let file = h.sim.token_file.clone();
+    fault_case(
+        &h,
+        || std::fs::remove_file(&file).unwrap(),
+        || std::fs::write(&file, &rotated).unwrap(),
+        "token",
+        "failed to read federated token from file",
+    )
+    .await;
+}
+
+/// A low budget in `X-RateLimit-Remaining`: the pool is polled at half the rate while it
+/// lasts, the interval gauge says so, and values keep coming.
+#[tokio::test]
+async fn matrix_low_rate_budget_slows_polls() {
+    let h = matrix_harness(Duration::from_secs(3599)).await;
+    let sj = h.scaled_job("agents", &[]);
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    let gauge = |seconds: &str| {
+        format!(
+            "ado_scaler_poll_interval_seconds{{org=\"{}\",pool=\"linux\"}} {seconds}",
+            h.sim.org_url
+        )
+    };
+    h.sim.ado.set_rate_limit_remaining(Some(10));
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            h.http_get("/metrics").await.1.contains(&gauge("0.4"))
+        })
+        .await
+    );
+    let before = h.sim.ado.requests(Endpoint::JobRequests);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let slowed = h.sim.ado.requests(Endpoint::JobRequests) - before;
+    assert!((4..=6).contains(&slowed), "{slowed} polls in 2 s at 0.4 s");
+    assert_eq!(h.metric(&sj).await.unwrap(), 1);
+    h.sim.ado.set_rate_limit_remaining(None);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            h.http_get("/metrics").await.1.contains(&gauge("0.2"))
+        })
+        .await
+    );
 }

@@ -98,9 +98,11 @@ impl Throttle {
     /// Whether optional work (cleaning the pool) should yield to polls: blocked by a 429, or
     /// less than a fifth of the budget left in the current window.
     pub fn should_yield(&self, now: Instant) -> bool {
-        if self.blocked_until.is_some_and(|until| now < until) {
-            return true;
-        }
+        self.blocked_until.is_some_and(|until| now < until) || self.budget_low(now)
+    }
+
+    /// Less than a fifth of the budget left, as last read within ADO's window: polls slow down.
+    pub fn budget_low(&self, now: Instant) -> bool {
         match self.last {
             Some((rate, at)) if now.duration_since(at) < Self::WINDOW => {
                 matches!((rate.remaining, rate.limit), (Some(left), Some(limit)) if left * 5 < limit)
@@ -522,11 +524,18 @@ impl AdoClient {
         headers: &header::HeaderMap,
     ) {
         let blocked = status == StatusCode::TOO_MANY_REQUESTS;
-        if !blocked && *rate == RateLimit::default() {
-            return;
-        }
         let now = Instant::now();
         let mut throttles = self.throttles.lock().expect("throttles poisoned");
+        if !blocked && *rate == RateLimit::default() {
+            // ADO sends rate-limit headers only near or over the limit: none on a success
+            // means the identity is no longer short of budget.
+            if status.is_success()
+                && let Some(throttle) = throttles.get_mut(org)
+            {
+                throttle.last = None;
+            }
+            return;
+        }
         let throttle = throttles.entry(org.clone()).or_default();
         if blocked {
             throttle.blocked_until = Some(now + retry_after(headers));

@@ -4,8 +4,9 @@
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Registry, Unit},
 };
+use std::sync::atomic::AtomicU64;
 
 use crate::{error::Error, telemetry::PoolLabels};
 
@@ -20,6 +21,7 @@ pub struct PollFailureLabels {
 pub struct PollMetrics {
     pub failures: Family<PollFailureLabels, Counter>,
     pub possibly_truncated: Family<PoolLabels, Gauge>,
+    pub interval: Family<PoolLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl PollMetrics {
@@ -38,6 +40,13 @@ impl PollMetrics {
             "1 when the pool's last answer had exactly 200 rows and no continuation token: ADO \
              may have capped it (KEDA issue 6819)",
             metrics.possibly_truncated.clone(),
+        );
+        poll.register_with_unit(
+            "interval",
+            "Wait before the pool's next poll: the interval, doubled while ADO reports a low \
+             budget, or the backoff after failures",
+            Unit::Seconds,
+            metrics.interval.clone(),
         );
         std::sync::Arc::new(metrics)
     }

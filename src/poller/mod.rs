@@ -65,6 +65,8 @@ pub struct PoolKey {
 pub struct PoolState {
     pub snapshot: Option<Arc<Snapshot>>,
     pub error: Option<Error>,
+    /// When the poll now waiting for ADO (or Entra) started; `None` between polls.
+    pub polling_since: Option<Instant>,
 }
 
 impl PoolState {
@@ -83,9 +85,16 @@ impl PoolState {
                 pool: format!("{} #{}", key.org, key.pool_id),
                 age: now.saturating_duration_since(s.fetched_at),
                 limit: max_staleness,
-                last_error: err
-                    .as_ref()
-                    .map_or_else(|| "none".into(), ToString::to_string),
+                last_error: match (err, self.polling_since) {
+                    (Some(err), _) => err.to_string(),
+                    // A poll that hangs (an unreachable host, a stalled answer) has no error
+                    // yet: say where the time goes.
+                    (None, Some(since)) => format!(
+                        "none yet; the current poll has been waiting {:.1?} for an answer",
+                        now.saturating_duration_since(since)
+                    ),
+                    (None, None) => "none".into(),
+                },
             })),
             (None, Some(err)) => Some(Err(err.clone())),
             (None, None) => None,
@@ -250,6 +259,11 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
     let mut failures: u32 = 0;
     let mut truncated_before = false;
     loop {
+        // Recorded without waking anyone: it matters only to a caller that finds the value stale.
+        watcher.state.send_if_modified(|s| {
+            s.polling_since = Some(Instant::now());
+            false
+        });
         let result = inner.ado.job_requests(&key.org, key.pool_id).await;
         let now = Instant::now();
         let delay = match result {
@@ -286,8 +300,13 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 watcher.state.send_replace(PoolState {
                     snapshot: Some(Arc::new(snapshot)),
                     error: None,
+                    polling_since: None,
                 });
-                settings.interval
+                if inner.ado.throttle(&key.org).budget_low(now) {
+                    slowed_interval(&settings)
+                } else {
+                    settings.interval
+                }
             }
             Err(err @ Error::NotFound(_)) => {
                 // The pool is gone (or never existed): no snapshot of it is right any more.
@@ -298,6 +317,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 watcher.state.send_replace(PoolState {
                     snapshot: None,
                     error: Some(err),
+                    polling_since: None,
                 });
                 if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
                     watchers.remove(&key);
@@ -312,10 +332,19 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 };
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, retry_in = ?delay, "poll failed");
                 inner.metrics.poll.failed(&watcher.labels, &err);
-                watcher.state.send_modify(|s| s.error = Some(err));
+                watcher.state.send_modify(|s| {
+                    s.error = Some(err);
+                    s.polling_since = None;
+                });
                 delay
             }
         };
+        inner
+            .metrics
+            .poll
+            .interval
+            .get_or_create(&watcher.labels)
+            .set(delay.as_secs_f64());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = inner.shutdown.cancelled() => return,
@@ -397,6 +426,17 @@ fn publish_poll_metrics(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snaps
     }
 }
 
+/// The poll interval while ADO reports less than a fifth of the identity's budget left:
+/// doubled, so the scaler's share of the budget halves, but never past half of
+/// `max_staleness`, so callers keep getting values.
+pub fn slowed_interval(settings: &PollerSettings) -> Duration {
+    settings
+        .interval
+        .saturating_mul(2)
+        .min(settings.max_staleness / 2)
+        .max(settings.interval)
+}
+
 /// The wait before the next attempt after `failures` failed polls in a row: `interval ·
 /// 2^(failures-1)`, capped by `max_backoff` and by a quarter of `max_staleness`, then jittered
 /// into its upper half by `jitter` (uniform in [0, 1)).
@@ -476,5 +516,20 @@ mod tests {
             1.25,
             "even below the interval"
         );
+    }
+
+    #[test]
+    fn a_low_budget_doubles_the_interval_within_half_the_staleness() {
+        let slowed = |interval, max_staleness| {
+            slowed_interval(&PollerSettings {
+                interval: Duration::from_secs(interval),
+                max_staleness: Duration::from_secs(max_staleness),
+                ..PollerSettings::default()
+            })
+            .as_secs()
+        };
+        assert_eq!(slowed(5, 60), 10);
+        assert_eq!(slowed(5, 16), 8, "half the staleness bound");
+        assert_eq!(slowed(5, 5), 5, "never faster than the interval");
     }
 }

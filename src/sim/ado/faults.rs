@@ -86,11 +86,10 @@ pub enum BodyFault {
     /// The first half of the answer as a complete body (its own Content-Length): JSON that
     /// ends early, as from a proxy that cut it.
     Truncated,
-    /// Sent chunked, without a Content-Length, so the size is known only while reading.
-    Chunked,
     /// The answer padded with matched agents (as a pool with many agents has) to at least
-    /// this many bytes; unchanged when it lists no job.
-    PaddedTo(usize),
+    /// `size` bytes (unchanged when it lists no job); `chunked`: sent without a
+    /// Content-Length, so the size is known only while reading.
+    Oversized { size: usize, chunked: bool },
     /// Half the answer, then silence on an open connection.
     StallMidBody,
     /// Half the answer, then the connection is dropped.
@@ -103,8 +102,8 @@ impl BodyFault {
         let half = Bytes::copy_from_slice(&json[..json.len() / 2]);
         let body = match self {
             BodyFault::Truncated => Body::from(half),
-            BodyFault::PaddedTo(_) => Body::from(json),
-            BodyFault::Chunked => {
+            BodyFault::Oversized { chunked: false, .. } => Body::from(json),
+            BodyFault::Oversized { chunked: true, .. } => {
                 let chunks: Vec<Result<Bytes, std::io::Error>> = json
                     .chunks(16 * 1024)
                     .map(|c| Ok(Bytes::copy_from_slice(c)))

@@ -283,7 +283,7 @@ async fn list_job_requests(
     if let Some(cap) = paging.silent_cap {
         requests.truncate(cap);
     }
-    if let Some(BodyFault::PaddedTo(size)) = body_fault {
+    if let Some(BodyFault::Oversized { size, .. }) = body_fault {
         pad_matched_agents(&mut requests, size);
     }
     let mut response = match body_fault {
