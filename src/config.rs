@@ -92,6 +92,27 @@ pub struct CheckArgs {
     pub gc: GcArgs,
 }
 
+/// gRPC over TLS for KEDA's `enableTLS` / `caCert`, and mTLS for `tlsClientCert`/`tlsClientKey`
+/// (README: "Security").
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain served on the gRPC port (with --tls-key); re-read when it changes.
+    #[arg(long = "tls-cert", env = "ADO_SCALER_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "ADO_SCALER_TLS_KEY")]
+    pub key: Option<PathBuf>,
+
+    /// PEM CA bundle: gRPC clients must present a certificate it signed (mTLS).
+    #[arg(long = "tls-client-ca", env = "ADO_SCALER_TLS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a change (cert-manager rotates them in place).
+    #[arg(long = "tls-reload-interval", env = "ADO_SCALER_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub reload_interval: Duration,
+}
+
 /// How to authenticate to Azure DevOps.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
@@ -141,6 +162,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     #[command(flatten)]
     pub gc: GcArgs,

@@ -117,7 +117,32 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         auth: auth::AuthSettings::from_env(args.auth.auth, args.auth.pat_file.clone())?,
         http: auth::http_client(ca.as_deref())?,
         max_body: args.max_body.as_u64(),
+        grpc_tls: grpc_tls_settings(&args.tls)?,
     })
+}
+
+/// `--tls-*`: both the certificate and its key, or neither; a client CA only with them.
+fn grpc_tls_settings(args: &config::TlsArgs) -> Result<Option<scaler::tls::TlsSettings>> {
+    if args.reload_interval < Duration::from_secs(1) {
+        return Err(Error::Config(
+            "--tls-reload-interval must be at least 1s".into(),
+        ));
+    }
+    match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Ok(Some(scaler::tls::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+            reload_interval: args.reload_interval,
+        })),
+        (None, None) if args.client_ca.is_some() => Err(Error::Config(
+            "--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)"
+                .into(),
+        )),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(Error::Config("--tls-cert needs --tls-key".into())),
+        (None, Some(_)) => Err(Error::Config("--tls-key needs --tls-cert".into())),
+    }
 }
 
 /// Validates the `--gc-*` flags against the allowlist; `None` when the collector is off.

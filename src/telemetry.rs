@@ -129,6 +129,7 @@ pub struct Metrics {
     pub claims: Arc<crate::claims::ClaimMetrics>,
     pub gc: Arc<crate::gc::GcMetrics>,
     pub poll: Arc<crate::poller::PollMetrics>,
+    pub tls: Arc<crate::scaler::tls::TlsMetrics>,
 }
 
 impl Default for Metrics {
@@ -230,6 +231,7 @@ impl Metrics {
         let claims = crate::claims::ClaimMetrics::register(registry);
         let gc = crate::gc::GcMetrics::register(registry);
         let poll = crate::poller::PollMetrics::register(registry);
+        let tls = crate::scaler::tls::TlsMetrics::register(registry);
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
@@ -284,6 +286,7 @@ impl Metrics {
             claims,
             gc,
             poll,
+            tls,
         }
     }
 

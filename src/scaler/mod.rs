@@ -3,6 +3,7 @@
 pub mod allowlist;
 pub mod metadata;
 pub mod server;
+pub mod tls;
 
 /// Generated from `proto/externalscaler.proto`.
 pub mod proto {

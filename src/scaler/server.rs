@@ -23,7 +23,10 @@ use crate::{
     placeholder::{PlaceholderSettings, Placeholders},
     poller::{Poller, PollerSettings},
     scaler::{
-        ScalerService, allowlist::OrgAllowlist, proto::external_scaler_server::ExternalScalerServer,
+        ScalerService,
+        allowlist::OrgAllowlist,
+        proto::external_scaler_server::ExternalScalerServer,
+        tls::{ReloadingConfig, TlsSettings},
     },
     telemetry::Metrics,
 };
@@ -41,6 +44,8 @@ pub struct ServeSettings {
     pub http: reqwest::Client,
     /// `--max-body`: the largest ADO answer read.
     pub max_body: u64,
+    /// gRPC over TLS (and mTLS); `None`: plaintext.
+    pub grpc_tls: Option<TlsSettings>,
 }
 
 #[derive(Clone)]
@@ -58,6 +63,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let grpc_tls = settings
+        .grpc_tls
+        .clone()
+        .map(|tls| ReloadingConfig::load(tls, metrics.tls.clone()))
+        .transpose()?;
     let token = TokenSource::new(&settings.auth, &settings.http, Some(metrics.clone()))?;
     if matches!(settings.auth, AuthSettings::Pat { .. }) {
         tracing::warn!(
@@ -144,13 +154,29 @@ pub async fn serve(
         async move { stop.cancelled().await }
     });
 
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ExternalScalerServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        });
+        .add_service(ExternalScalerServer::new(service));
+    let grpc_stopped = {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let grpc_server = async {
+        match grpc_tls {
+            Some(tls) => {
+                tokio::spawn(tls.clone().watch(stop.clone()));
+                let incoming = crate::scaler::tls::incoming(grpc, tls, stop.clone());
+                grpc_router
+                    .serve_with_incoming_shutdown(incoming, grpc_stopped)
+                    .await
+            }
+            None => {
+                grpc_router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stopped)
+                    .await
+            }
+        }
+    };
 
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     stop_polling.cancel();

@@ -95,6 +95,7 @@ impl Harness {
             auth: sim.auth_settings(),
             http: sim.http_client().unwrap(),
             max_body: ado_scaler::ado::DEFAULT_MAX_BODY,
+            grpc_tls: None,
         };
         tune(&sim, &mut settings);
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -104,12 +105,11 @@ impl Harness {
         let server = tokio::spawn(serve(settings, grpc, http, async move {
             let _ = stopped.await;
         }));
-        // The listener is bound already, so connecting cannot race the server's start.
+        // The listener is bound already, so connecting cannot race the server's start. Lazily:
+        // a TLS scaler refuses this plaintext channel, and its tests make their own.
         let channel = Channel::from_shared(format!("http://{grpc_addr}"))
             .unwrap()
-            .connect()
-            .await
-            .unwrap();
+            .connect_lazy();
         Self {
             sim,
             pool_id,

@@ -1,0 +1,302 @@
+//! gRPC over TLS and mTLS as KEDA uses it (`enableTLS`, `caCert`, `tlsClientCert`,
+//! `tlsClientKey`), and certificates rotated in place without a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use ado_scaler::{
+    poller::PollerSettings,
+    scaler::{
+        proto::{GetMetricsRequest, external_scaler_client::ExternalScalerClient},
+        tls::TlsSettings,
+    },
+};
+use common::{Harness, eventually};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tokio_stream::StreamExt as _;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA that signs servers and clients, in PEM.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, in PEM.
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![usage];
+        Leaf {
+            cert: params.signed_by(&key, &self.issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// The scaler's certificate, for the name KEDA dials (`scalerAddress`).
+    fn server(&self) -> Leaf {
+        self.leaf(
+            &["ado-scaler.ado-scaler.svc", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client(&self) -> Leaf {
+        self.leaf(&["keda-operator"], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// The files `--tls-cert`, `--tls-key`, `--tls-client-ca` point at, in a folder of the test.
+struct Files {
+    dir: std::path::PathBuf,
+}
+
+impl Files {
+    fn new(server: &Leaf, client_ca: Option<&Ca>) -> Self {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ado-scaler-tls-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = Self { dir };
+        files.write_server(server);
+        if let Some(ca) = client_ca {
+            std::fs::write(files.path("client-ca.crt"), &ca.pem).unwrap();
+        }
+        files
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// As kubelet updates a Secret volume: the new files appear at once (a rename).
+    fn write_server(&self, server: &Leaf) {
+        for (name, content) in [("tls.crt", &server.cert), ("tls.key", &server.key)] {
+            let staged = self.path(&format!(".{name}.new"));
+            std::fs::write(&staged, content).unwrap();
+            std::fs::rename(staged, self.path(name)).unwrap();
+        }
+    }
+
+    fn settings(&self, mtls: bool) -> TlsSettings {
+        TlsSettings {
+            cert: self.path("tls.crt"),
+            key: self.path("tls.key"),
+            client_ca: mtls.then(|| self.path("client-ca.crt")),
+            reload_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn tls_harness(files: &Files, mtls: bool) -> Harness {
+    let settings = files.settings(mtls);
+    Harness::start_tuned(
+        PollerSettings {
+            interval: Duration::from_millis(200),
+            ..PollerSettings::default()
+        },
+        move |_, serve| serve.grpc_tls = Some(settings),
+    )
+    .await
+}
+
+/// A client as KEDA builds it: trusting `ca` (`caCert`), with `identity` for mTLS, dialing
+/// the name in `scalerAddress`.
+async fn keda_client(
+    h: &Harness,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+) -> Result<ExternalScalerClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.pem))
+        .domain_name("ado-scaler.ado-scaler.svc");
+    if let Some(leaf) = identity {
+        tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
+    }
+    let channel = Channel::from_shared(format!("https://{}", h.grpc_addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(ExternalScalerClient::new(channel))
+}
+
+async fn metric(
+    h: &Harness,
+    client: &mut ExternalScalerClient<Channel>,
+) -> Result<i64, tonic::Status> {
+    let sj = h.scaled_job("agents", &[("enableTLS", "true")]);
+    let response = client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(sj),
+            metric_name: "ado-pool-linux".into(),
+        })
+        .await?;
+    Ok(response.into_inner().metric_values[0].metric_value)
+}
+
+fn counter(metrics: &str, name: &str, result: &str) -> u64 {
+    let prefix = format!("ado_scaler_tls_{name}_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tls_serves_keda_and_refuses_plaintext() {
+    let ca = Ca::new("scaler CA");
+    let files = Files::new(&ca.server(), None);
+    let h = tls_harness(&files, false).await;
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let mut client = keda_client(&h, &ca, None).await.unwrap();
+    assert_eq!(metric(&h, &mut client).await.unwrap(), 1);
+    // The plaintext channel KEDA uses without enableTLS gets nothing.
+    assert!(h.metric(&h.scaled_job("agents", &[])).await.is_err());
+    // A client that trusts another CA does not accept the scaler.
+    assert!(keda_client(&h, &Ca::new("other CA"), None).await.is_err());
+}
+
+#[tokio::test]
+async fn mtls_takes_clients_of_its_ca_only() {
+    let ca = Ca::new("scaler CA");
+    let files = Files::new(&ca.server(), Some(&ca));
+    let h = tls_harness(&files, true).await;
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let mut client = keda_client(&h, &ca, Some(&ca.client())).await.unwrap();
+    assert_eq!(metric(&h, &mut client).await.unwrap(), 1);
+
+    // No client certificate: the handshake (or the first call) fails.
+    let refused = match keda_client(&h, &ca, None).await {
+        Err(_) => true,
+        Ok(mut client) => metric(&h, &mut client).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+    // A certificate from another CA: refused too.
+    let stranger = Ca::new("stranger CA").client();
+    let refused = match keda_client(&h, &ca, Some(&stranger)).await {
+        Err(_) => true,
+        Ok(mut client) => metric(&h, &mut client).await.is_err(),
+    };
+    assert!(refused, "a client of another CA was served");
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(counter(&metrics, "handshakes", "error") >= 2, "{metrics}");
+    assert!(counter(&metrics, "handshakes", "success") >= 1, "{metrics}");
+}
+
+/// cert-manager renews the certificate in place: new connections get the new one within the
+/// reload interval, the open stream goes on, and a half-written change keeps the old one.
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let old_ca = Ca::new("old CA");
+    let files = Files::new(&old_ca.server(), None);
+    let h = tls_harness(&files, false).await;
+    let mut old_client = keda_client(&h, &old_ca, None).await.unwrap();
+    let sj = h.scaled_job("agents", &[("enableTLS", "true"), ("teardownWindow", "0s")]);
+    let mut stream = old_client.stream_is_active(sj).await.unwrap().into_inner();
+    assert!(!stream.next().await.unwrap().unwrap().result);
+
+    let new_ca = Ca::new("new CA");
+    assert!(keda_client(&h, &new_ca, None).await.is_err(), "not yet");
+    files.write_server(&new_ca.server());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            keda_client(&h, &new_ca, None).await.is_ok()
+        })
+        .await,
+        "the new certificate was not served"
+    );
+    // The stream opened before the rotation is still pushing.
+    h.sim.ado.enqueue(h.pool_id, &[]);
+    let pushed = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+    assert!(
+        pushed
+            .expect("the open stream still pushes")
+            .unwrap()
+            .unwrap()
+            .result
+    );
+
+    // A key that does not match its certificate (a rotation caught half way) is refused and
+    // the current certificate stays.
+    std::fs::write(
+        files.path("tls.key"),
+        KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counter(&h.http_get("/metrics").await.1, "reloads", "error") >= 1
+        })
+        .await
+    );
+    let mut client = keda_client(&h, &new_ca, None).await.unwrap();
+    assert_eq!(metric(&h, &mut client).await.unwrap(), 1);
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert_eq!(counter(&metrics, "reloads", "success"), 1, "{metrics}");
+}
+
+/// Bad files fail `serve` at start, naming the flag.
+#[test]
+fn bad_tls_files_fail_at_start_naming_the_flag() {
+    let ca = Ca::new("scaler CA");
+    let files = Files::new(&ca.server(), Some(&ca));
+    let metrics = std::sync::Arc::new(ado_scaler::scaler::tls::TlsMetrics::default());
+    let load = |settings: TlsSettings| {
+        ado_scaler::scaler::tls::ReloadingConfig::load(settings, metrics.clone())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(load(files.settings(true)), "");
+    let mut missing = files.settings(false);
+    missing.cert = files.path("nope.crt");
+    assert!(load(missing).starts_with("configuration: --tls-cert "));
+    std::fs::write(files.path("garbage.pem"), "not a key").unwrap();
+    let mut garbage_key = files.settings(false);
+    garbage_key.key = files.path("garbage.pem");
+    assert!(load(garbage_key).contains("--tls-key"));
+    let mut garbage_ca = files.settings(true);
+    garbage_ca.client_ca = Some(files.path("garbage.pem"));
+    assert!(load(garbage_ca).contains("--tls-client-ca: no certificate"));
+    let other_key = files.path("other.key");
+    std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let mut mismatch = files.settings(false);
+    mismatch.key = other_key;
+    assert!(load(mismatch).contains("--tls-cert/--tls-key"));
+}
