@@ -591,19 +591,7 @@ fn each_setting_changes_exactly_its_targets() {
         ),
     ];
     for (from, to, targets) in cases {
-        let tree = std::env::temp_dir().join(format!(
-            "ado-scaler-deploy-{}-{}",
-            std::process::id(),
-            to.split('=').next().unwrap()
-        ));
-        let _ = std::fs::remove_dir_all(&tree);
-        for dir in ["deploy", "dashboards"] {
-            copy_dir(&root().join(dir), &tree.join(dir));
-        }
-        let kustomization = tree.join("deploy/kustomization.yaml");
-        let text = std::fs::read_to_string(&kustomization).unwrap();
-        assert_eq!(text.matches(from).count(), 1, "{from}");
-        std::fs::write(&kustomization, text.replace(from, to)).unwrap();
+        let tree = edited_copy(to.split('=').next().unwrap(), &[(from, to)]);
         let changed = all_leaves(&tools::rendered_in(&tree));
         let value = to.split('=').nth(1).unwrap();
         let gone: Vec<&String> = original.difference(&changed).collect();
@@ -617,6 +605,25 @@ fn each_setting_changes_exactly_its_targets() {
         assert_eq!(gone.len(), targets.len(), "{to}: {gone:?}");
         let _ = std::fs::remove_dir_all(&tree);
     }
+}
+
+/// A copy of deploy/ and dashboards/ in a temporary folder, with each `(from, to)` replaced in
+/// deploy/kustomization.yaml (each `from` must be there exactly once).
+fn edited_copy(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let tree =
+        std::env::temp_dir().join(format!("ado-scaler-deploy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tree);
+    for dir in ["deploy", "dashboards"] {
+        copy_dir(&root().join(dir), &tree.join(dir));
+    }
+    let kustomization = tree.join("deploy/kustomization.yaml");
+    let mut text = std::fs::read_to_string(&kustomization).unwrap();
+    for (from, to) in edits {
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&kustomization, text).unwrap();
+    tree
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -730,9 +737,11 @@ fn validate_custom(docs: &[Value], name: &str) -> (bool, String) {
 }
 
 fn is_custom(doc: &Value) -> bool {
-    doc["apiVersion"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("keda.sh/") || v.starts_with("monitoring.coreos.com/"))
+    doc["apiVersion"].as_str().is_some_and(|v| {
+        ["keda.sh/", "monitoring.coreos.com/", "cert-manager.io/"]
+            .iter()
+            .any(|group| v.starts_with(group))
+    })
 }
 
 /// The ScaledJob against KEDA's models (and its Job template against the Kubernetes 1.33
@@ -796,4 +805,172 @@ fn rendered_custom_resources_match_their_projects_schemas() {
         assert!(out.contains(path), "{path} not reported:\n{out}");
     }
     assert!(out.contains("ok PrometheusRule/ado-scaler"), "{out}");
+}
+
+/// The mtls component, switched on in a copy of deploy/: the scaler serves the certificate
+/// cert-manager issues for the name KEDA dials and requires clients of the same CA; KEDA's
+/// trigger gets that CA and its own client certificate through a TriggerAuthentication of its
+/// namespace; probes no longer use gRPC; and every object passes its schema.
+#[test]
+fn the_mtls_component_wires_the_scaler_keda_and_cert_manager() {
+    let base = rendered();
+    let scaler_env = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment", "ado-scaler")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        !scaler_env(&base)
+            .iter()
+            .any(|n| n.starts_with("ADO_SCALER_TLS"))
+    );
+
+    let tree = edited_copy(
+        "mtls",
+        &[
+            ("# components:\n#   - mtls\n", "components:\n  - mtls\n"),
+            (
+                "certManagerNamespace=cert-manager",
+                "certManagerNamespace=certs",
+            ),
+        ],
+    );
+    let docs = tools::rendered_in(&tree);
+    let env = scaler_env(&docs);
+    for name in scaler_env(&base) {
+        assert!(env.contains(&name), "{name} lost");
+    }
+
+    // The scaler: its files from the server certificate's Secret.
+    let deployment = find(&docs, "Deployment", "ado-scaler");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let value = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} not set"))
+            .to_owned()
+    };
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "grpc-tls")
+        .unwrap();
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(mount["readOnly"], true);
+    for (variable, file) in [
+        ("ADO_SCALER_TLS_CERT", "tls.crt"),
+        ("ADO_SCALER_TLS_KEY", "tls.key"),
+        ("ADO_SCALER_TLS_CLIENT_CA", "ca.crt"),
+    ] {
+        assert_eq!(value(variable), format!("{dir}/{file}"));
+    }
+    let secret = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "grpc-tls")
+        .unwrap()["secret"]["secretName"]
+        .as_str()
+        .unwrap();
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(container[probe]["grpc"].is_null(), "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
+    }
+
+    // The server certificate: in that Secret, for the host KEDA dials, from the CA issuer.
+    let certificates: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Certificate").collect();
+    let issued_into = |namespace: &str, secret: &str| {
+        *certificates
+            .iter()
+            .find(|c| c["metadata"]["namespace"] == namespace && c["spec"]["secretName"] == secret)
+            .unwrap_or_else(|| panic!("no Certificate for {namespace}/{secret}"))
+    };
+    let server = issued_into("ado-scaler", secret);
+    let scaled_job = find(&docs, "ScaledJob", "ado-agent");
+    let trigger = &scaled_job["spec"]["triggers"][0];
+    let host = trigger["metadata"]["scalerAddress"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0;
+    assert!(
+        server["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == host),
+        "{host} not in {server}"
+    );
+    assert!(
+        server["spec"]["usages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == "server auth")
+    );
+    let issuer = server["spec"]["issuerRef"]["name"].as_str().unwrap();
+    let ca_issuer = find(&docs, "ClusterIssuer", issuer);
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"].as_str().unwrap();
+    let ca = issued_into("certs", ca_secret);
+    assert_eq!(
+        ca["spec"]["isCA"], true,
+        "the CA lives in certManagerNamespace"
+    );
+
+    // KEDA: TLS on, the TriggerAuthentication of its namespace, fed from its own certificate.
+    assert_eq!(trigger["metadata"]["enableTLS"], "true");
+    let auth_name = trigger["authenticationRef"]["name"].as_str().unwrap();
+    let auth = find(&docs, "TriggerAuthentication", auth_name);
+    let namespace = scaled_job["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(auth["metadata"]["namespace"], namespace);
+    let refs = auth["spec"]["secretTargetRef"].as_array().unwrap();
+    let mut parameters: Vec<(String, String)> = Vec::new();
+    for r in refs {
+        let client = issued_into(namespace, r["name"].as_str().unwrap());
+        assert_eq!(client["spec"]["issuerRef"]["name"], issuer, "the same CA");
+        assert!(
+            client["spec"]["usages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u == "client auth")
+        );
+        parameters.push((
+            r["parameter"].as_str().unwrap().into(),
+            r["key"].as_str().unwrap().into(),
+        ));
+    }
+    parameters.sort();
+    assert_eq!(
+        parameters,
+        [
+            ("caCert".to_owned(), "ca.crt".to_owned()),
+            ("tlsClientCert".into(), "tls.crt".into()),
+            ("tlsClientKey".into(), "tls.key".into()),
+        ]
+    );
+
+    // Every object against its schema.
+    let yaml = run("kubectl", &["kustomize", "deploy/"], &tree);
+    let (ok, out) = validate_core(&yaml, "mtls.yaml");
+    assert!(ok, "{out}");
+    let custom: Vec<Value> = docs.into_iter().filter(is_custom).collect();
+    let (ok, out) = validate_custom(&custom, "mtls.json");
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        custom.len(),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&tree);
 }

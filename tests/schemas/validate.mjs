@@ -1,4 +1,4 @@
-// Validates rendered custom resources (KEDA, prometheus-operator) against the models their
+// Validates rendered custom resources (KEDA, prometheus-operator, cert-manager) against the models their
 // projects' schemas are published as on npm, with unknown fields rejected.
 //
 // Two checks per document, because neither alone is strict:
@@ -23,6 +23,12 @@ const MODELS = {
   "keda.sh/v1alpha1 ScaledObject": "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject",
   "keda.sh/v1alpha1 TriggerAuthentication":
     "@kubernetes-models/keda/keda.sh/v1alpha1/TriggerAuthentication",
+  "keda.sh/v1alpha1 ClusterTriggerAuthentication":
+    "@kubernetes-models/keda/keda.sh/v1alpha1/ClusterTriggerAuthentication",
+  "cert-manager.io/v1 Certificate": "@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate",
+  "cert-manager.io/v1 Issuer": "@kubernetes-models/cert-manager/cert-manager.io/v1/Issuer",
+  "cert-manager.io/v1 ClusterIssuer":
+    "@kubernetes-models/cert-manager/cert-manager.io/v1/ClusterIssuer",
   "monitoring.coreos.com/v1 ServiceMonitor":
     "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor",
   "monitoring.coreos.com/v1 PodMonitor":
@@ -50,7 +56,12 @@ try {
 }
 if (!Array.isArray(documents)) usage(`${input}: expected a JSON array of objects`);
 
-const versions = ["@kubernetes-models/keda", "@kubernetes-models/prometheus-operator", "typescript"]
+const versions = [
+  "@kubernetes-models/keda",
+  "@kubernetes-models/prometheus-operator",
+  "@kubernetes-models/cert-manager",
+  "typescript",
+]
   .map((name) => `${name} ${JSON.parse(readFileSync(join(modules, name, "package.json"))).version}`);
 console.log(`validators: ${versions.join(", ")}`);
 
