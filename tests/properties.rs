@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use ado_scaler::{
-    ado::models::{JobRequest, List},
+    ado::models::decode_job_requests,
     count::{Capabilities, Demand, Filter, Requirement},
     error::Error,
     poller::Snapshot,
@@ -67,7 +67,10 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn huge_text() -> impl Strategy<Value = String> {
-    (0usize..200_000, prop::sample::select(vec!["x", "é", "-", " ", "\u{0}"]))
+    (
+        0usize..200_000,
+        prop::sample::select(vec!["x", "é", "-", " ", "\u{0}"]),
+    )
         .prop_map(|(n, unit)| unit.repeat(n))
 }
 
@@ -95,7 +98,8 @@ fn metadata_map() -> impl Strategy<Value = HashMap<String, String>> {
         // Most maps name an allowed organisation and a pool, so the parser gets past them.
         map.entry("organizationURL".into())
             .or_insert_with(|| "https://dev.azure.com/contoso".into());
-        map.entry("poolName".into()).or_insert_with(|| "linux".into());
+        map.entry("poolName".into())
+            .or_insert_with(|| "linux".into());
         map
     })
 }
@@ -174,10 +178,24 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Flip(at, b)),
         (any::<usize>(), 1usize..50).prop_map(|(at, n)| Mutation::Delete(at, n)),
-        (any::<usize>(), prop::sample::select(vec![
-            "null", "-1", "1e400", "\"\"", "[]", "{}", "\"\\ud800\"", "18446744073709551616",
-            ",", "\"requestId\":", "true", "\"2026-13-45T99:99:99Z\"",
-        ])).prop_map(|(at, s)| Mutation::Insert(at, s.to_owned())),
+        (
+            any::<usize>(),
+            prop::sample::select(vec![
+                "null",
+                "-1",
+                "1e400",
+                "\"\"",
+                "[]",
+                "{}",
+                "\"\\ud800\"",
+                "18446744073709551616",
+                ",",
+                "\"requestId\":",
+                "true",
+                "\"2026-13-45T99:99:99Z\"",
+            ])
+        )
+            .prop_map(|(at, s)| Mutation::Insert(at, s.to_owned())),
         any::<usize>().prop_map(Mutation::Truncate),
     ]
 }
@@ -248,7 +266,7 @@ proptest! {
         for m in &mutations {
             apply(&mut body, m);
         }
-        let Ok(list) = serde_json::from_slice::<List<JobRequest>>(&body) else {
+        let Ok(list) = decode_job_requests(&body) else {
             return Ok(());
         };
         let unfinished = list

@@ -45,8 +45,12 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
         .env("ADO_SCALER_GC_POOLS", format!("{}=linux", sim.org_url))
         .env("ADO_SCALER_GC_LEASE_IDENTITY", "ado-scaler-7d9f-x2")
         .env("KUBECONFIG", &sim.kubeconfig)
-        // Debug level everywhere, so that any secret in any crate's logs would show.
-        .env("RUST_LOG", "debug")
+        // Every level of ours and of the clients that carry secrets (the transport layers
+        // log frames, not payloads), so that any secret in their logs would show.
+        .env(
+            "RUST_LOG",
+            "trace,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info,tonic=info,axum=info,mio=info",
+        )
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

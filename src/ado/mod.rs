@@ -226,10 +226,16 @@ impl AdoClient {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned);
-            let (list, size): (List<JobRequest>, u64) = self
-                .read_json_within(org, "jobrequests", response, budget)
+            let body = self
+                .read_body_within(org, "jobrequests", response, budget)
                 .await?;
-            budget -= size;
+            budget -= body.len() as u64;
+            let list = models::decode_job_requests(&body).map_err(|e| Error::Decode {
+                org: org.to_string(),
+                endpoint: "jobrequests",
+                reason: e.to_string(),
+            })?;
+            drop(body);
             let rows = list.value.len();
             requests.extend(list.value);
             match next {
@@ -394,19 +400,24 @@ impl AdoClient {
         endpoint: &'static str,
         response: reqwest::Response,
     ) -> Result<T> {
-        self.read_json_within(org, endpoint, response, self.max_body)
-            .await
-            .map(|(value, _)| value)
+        let body = self
+            .read_body_within(org, endpoint, response, self.max_body)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode {
+            org: org.to_string(),
+            endpoint,
+            reason: e.to_string(),
+        })
     }
 
-    /// Reads a JSON answer of at most `limit` bytes; also returns its size.
-    async fn read_json_within<T: DeserializeOwned>(
+    /// Reads a JSON answer's bytes, at most `limit` of them.
+    async fn read_body_within(
         &self,
         org: &OrgUrl,
         endpoint: &'static str,
         response: reqwest::Response,
         limit: u64,
-    ) -> Result<(T, u64)> {
+    ) -> Result<Vec<u8>> {
         let org_label = org.to_string();
         let is_json = response
             .headers()
@@ -421,7 +432,7 @@ impl AdoClient {
                 what: "a sign-in page instead of JSON",
             });
         }
-        let bytes = read_body(response, limit).await.map_err(|e| match e {
+        read_body(response, limit).await.map_err(|e| match e {
             BodyError::TooLarge { declared } => Error::TooLarge {
                 org: org_label.clone(),
                 endpoint,
@@ -432,13 +443,7 @@ impl AdoClient {
                 org: org_label.clone(),
                 reason: describe_transport_error(&e),
             },
-        })?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
-            org: org_label,
-            endpoint,
-            reason: e.to_string(),
-        })?;
-        Ok((value, bytes.len() as u64))
+        })
     }
 
     /// Sends one authorised request; counts it, records rate limits, maps error statuses.

@@ -14,6 +14,12 @@ pub struct List<T> {
     pub value: Vec<T>,
 }
 
+/// Decodes a jobrequests answer: the one decoder the client, the fuzz target
+/// (`fuzz/fuzz_targets/job_requests.rs`) and the property tests share.
+pub fn decode_job_requests(body: &[u8]) -> serde_json::Result<List<JobRequest>> {
+    serde_json::from_slice(body)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pool {

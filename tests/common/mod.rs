@@ -1,6 +1,8 @@
 //! Shared harness: simulated Entra + ADO over TLS, the real scaler on `127.0.0.1:0`, a tonic client.
 #![allow(dead_code)]
 
+pub mod hygiene;
+
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use ado_scaler::{
@@ -36,6 +38,11 @@ pub struct Harness {
     pub http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<ado_scaler::Result<()>>>,
+    /// For the hygiene check when the harness ends: the settings' `Debug` print, the
+    /// federated assertion as first written, and every gRPC error the test received.
+    settings_debug: String,
+    assertion: String,
+    errors: std::sync::Mutex<Vec<String>>,
 }
 
 impl Harness {
@@ -81,6 +88,7 @@ impl Harness {
         gc: impl FnOnce(&SimCloud) -> Option<GcSettings>,
         tune: impl FnOnce(&SimCloud, &mut ServeSettings),
     ) -> Self {
+        hygiene::capture();
         let sim = SimCloud::start().await.expect("simulators start");
         let pool_id = sim.ado.add_pool(POOL);
         // An offline registration offering every demand the tests queue, so that ADO queues
@@ -98,6 +106,8 @@ impl Harness {
             grpc_tls: None,
         };
         tune(&sim, &mut settings);
+        let settings_debug = format!("{settings:?}");
+        let assertion = std::fs::read_to_string(&sim.token_file).unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
@@ -119,6 +129,9 @@ impl Harness {
             http_addr,
             stop: Some(stop),
             server: Some(server),
+            settings_debug,
+            assertion,
+            errors: std::sync::Mutex::default(),
         }
     }
 
@@ -146,7 +159,13 @@ impl Harness {
                 scaled_object_ref: Some(r.clone()),
                 metric_name: "ado-pool-linux".into(),
             })
-            .await?
+            .await
+            .inspect_err(|status| {
+                self.errors
+                    .lock()
+                    .unwrap()
+                    .push(format!("{status:?} {}", status.message()));
+            })?
             .into_inner();
         let value = &response.metric_values[0];
         assert_eq!(value.metric_name, "ado-pool-linux");
@@ -167,6 +186,36 @@ impl Harness {
             let _ = stop.send(());
         }
         self.server.take().unwrap().await.unwrap()
+    }
+}
+
+impl Harness {
+    /// Every secret of this harness's simulators: issued tokens, the federated assertion (and
+    /// its signature alone), the Kubernetes API token.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = self.sim.issued_tokens();
+        secrets.push(self.assertion.trim().to_owned());
+        secrets.push(self.assertion.trim().rsplit('.').next().unwrap().to_owned());
+        if let Ok(now) = std::fs::read_to_string(&self.sim.token_file) {
+            secrets.push(now.trim().to_owned());
+        }
+        secrets.push(self.sim.kube.token().to_owned());
+        secrets
+    }
+}
+
+impl Drop for Harness {
+    /// The hygiene check (see [`hygiene`]); skipped when the test already failed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let secrets = self.secrets();
+        let leaks = hygiene::capture().leaks(&secrets).len();
+        assert_eq!(leaks, 0, "{leaks} secret(s) in the captured logs");
+        hygiene::assert_clean("the settings' Debug print", &self.settings_debug, &secrets);
+        let errors = self.errors.lock().unwrap().join("\n");
+        hygiene::assert_clean("gRPC errors", &errors, &secrets);
     }
 }
 
