@@ -435,6 +435,41 @@ async fn shutdown_drains_in_flight_calls() {
     );
 }
 
+/// A stream that never ends by itself (a health Watch, as a mesh or a monitor opens) does
+/// not hold the process: it sees NOT_SERVING, and the drain ends at its deadline.
+#[tokio::test]
+async fn an_endless_stream_does_not_hold_shutdown_past_the_drain_deadline() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut h = Harness::start(FAST).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "externalscaler.ExternalScaler".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), h.shutdown())
+        .await
+        .expect("the drain deadline ends the wait");
+    result.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= ado_scaler::scaler::server::DRAIN_DEADLINE && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32,
+        "the watcher was told first"
+    );
+}
+
 #[tokio::test]
 async fn metrics_and_health_endpoints() {
     let h = Harness::start(FAST).await;

@@ -31,6 +31,10 @@ use crate::{
     telemetry::Metrics,
 };
 
+/// How long calls still open at shutdown may run: within Kubernetes' default grace period,
+/// and short enough that a rolling update is not held up.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Everything `serve` needs, already parsed.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -178,7 +182,20 @@ pub async fn serve(
         }
     };
 
-    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    // Calls in flight finish; a stream that never ends by itself (a health Watch) must not
+    // hold the process until the kubelet's SIGKILL.
+    let drained = async {
+        let deadline = async {
+            stop.cancelled().await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+            tracing::warn!(deadline = ?DRAIN_DEADLINE, "drain deadline passed; closing the calls still open");
+        };
+        tokio::select! {
+            results = async { tokio::join!(grpc_server, http_server) } => results,
+            () = deadline => (Ok(()), Ok(())),
+        }
+    };
+    let (grpc_result, http_result) = drained.await;
     stop_polling.cancel();
     if let Some(collector) = collector
         && let Err(e) = collector.await
