@@ -4,6 +4,7 @@
 //! the demo drive, per-endpoint request counters and switchable faults.
 
 mod faults;
+pub mod generate;
 mod routes;
 
 pub use faults::{BodyFault, Endpoint, Fault};

@@ -1,0 +1,3 @@
+module keda-anchor
+
+go 1.19

@@ -1,0 +1,119 @@
+//! Decode-and-count harness for big pools (scripts/bench-decode.sh runs it beside the
+//! KEDA-shaped Go decoder on the same file):
+//!
+//! cargo run --release --example decode -- write body.json [queued running finished agents]
+//! cargo run --release --example decode -- run body.json ITERATIONS TRIGGERS
+//!
+//! `run` decodes the file with the client's decoder, builds the snapshot and counts it for
+//! TRIGGERS triggers with different demands, ITERATIONS times; it prints the median CPU time
+//! of one round and the process's peak resident memory.
+
+use std::time::Duration;
+
+use ado_scaler::{
+    ado::models::decode_job_requests,
+    count::{DemandRule, Filter, parse_demands},
+    poller::Snapshot,
+    sim::ado::generate::{BodySpec, job_requests_body},
+};
+
+/// User plus system CPU time of this process.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // CLK_TCK is 100 on Linux x86_64; resolution 10 ms, so rounds are timed in batches.
+    Duration::from_millis(ticks * 10)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn filters(n: usize) -> Vec<Filter> {
+    (0..n)
+        .map(|i| Filter {
+            demands: parse_demands([format!("team-{}", i % 8).as_str()]),
+            rule: if i % 2 == 0 {
+                DemandRule::JobSubsetOfTrigger
+            } else {
+                DemandRule::TriggerSubsetOfJob
+            },
+            ..Filter::default()
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    let number = |i: usize, default: usize| arg(i).parse().unwrap_or(default);
+    match arg(0) {
+        "write" => {
+            let spec = BodySpec {
+                queued: number(2, BodySpec::BIG_POOL.queued),
+                running: number(3, BodySpec::BIG_POOL.running),
+                finished: number(4, BodySpec::BIG_POOL.finished),
+                matched_agents: number(5, BodySpec::BIG_POOL.matched_agents),
+                ..BodySpec::BIG_POOL
+            };
+            let body = job_requests_body(&spec);
+            std::fs::write(arg(1), &body).unwrap();
+            println!("{} requests, {} bytes", spec.requests(), body.len());
+        }
+        "run" => {
+            let body = std::fs::read(arg(1)).unwrap();
+            let iterations = number(2, 20);
+            let triggers = filters(number(3, 1));
+            let mut rounds = Vec::with_capacity(iterations);
+            let mut counted = 0;
+            for _ in 0..iterations {
+                let before = cpu();
+                let started = std::time::Instant::now();
+                let list = decode_job_requests(&body).expect("a valid body");
+                let now = tokio::time::Instant::now();
+                let snapshot =
+                    Snapshot::next(None, &list.value, now, time::OffsetDateTime::now_utc());
+                drop(list);
+                counted = triggers
+                    .iter()
+                    .map(|f| f.count(&snapshot.jobs, &snapshot.departed, now).total())
+                    .sum::<u64>();
+                rounds.push((started.elapsed(), cpu() - before));
+            }
+            rounds.sort();
+            let (wall, _) = rounds[rounds.len() / 2];
+            let total_cpu: Duration = rounds.iter().map(|(_, c)| *c).sum();
+            println!(
+                "ado-scaler      {} bytes, {} iterations, {} trigger(s): median {:.1} ms wall ({:.0} MB/s), mean {:.1} ms CPU, {counted} counted, peak RSS {:.1} MiB",
+                body.len(),
+                iterations,
+                triggers.len(),
+                wall.as_secs_f64() * 1000.0,
+                body.len() as f64 / wall.as_secs_f64() / 1e6,
+                total_cpu.as_secs_f64() * 1000.0 / iterations as f64,
+                peak_rss_mib()
+            );
+        }
+        _ => {
+            eprintln!(
+                "usage: decode write FILE [queued running finished agents] | decode run FILE ITERATIONS TRIGGERS"
+            );
+            std::process::exit(2);
+        }
+    }
+}
