@@ -229,9 +229,11 @@ async fn list_job_requests(
         None => 0,
         Some(Ok(id)) => id,
         Some(Err(_)) => {
+            // What ADO answers to a token it did not issue is not known (REALITY.md): a plain
+            // 400, no invented error code. The scaler only ever sends tokens ADO gave it.
             return (
                 StatusCode::BAD_REQUEST,
-                Json(json!({ "message": "VS403513: the continuation token is not valid." })),
+                Json(json!({ "message": "the continuation token is not valid" })),
             )
                 .into_response();
         }
