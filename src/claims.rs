@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     count::{Claim, Filter, claims},
-    poller::{Poller, PoolKey},
+    poller::{Poller, PoolKey, Snapshot},
     telemetry::PoolLabels,
 };
 
@@ -123,7 +123,7 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
 /// Recounts the pool's claims after each poll, until no trigger asked recently, the pool is
 /// gone, or the server stops.
 async fn follow(inner: &Inner, key: &PoolKey, labels: &PoolLabels) {
-    let mut state = inner.poller.subscribe(key, &labels.pool);
+    let mut state = inner.poller.subscribe(key, &labels.pool, None);
     // Never keep an unused pool's watcher alive longer than the poller would.
     let recent = RECENT.min(inner.poller.settings().idle_timeout);
     loop {
@@ -152,33 +152,51 @@ async fn follow(inner: &Inner, key: &PoolKey, labels: &PoolLabels) {
                 .map(|(n, (f, _))| (n.clone(), f.clone()))
                 .collect();
             named.sort_by(|a, b| a.0.cmp(&b.0));
-            let found = claims(&snapshot.jobs, &named);
-            let unclaimed = found.iter().filter(|c| c.is_unclaimed()).count();
-            let multiclaimed = found.iter().filter(|c| c.is_multiclaimed()).count();
-            inner
-                .metrics
-                .unclaimed
-                .get_or_create(labels)
-                .set(unclaimed as i64);
-            inner
-                .metrics
-                .multiclaimed
-                .get_or_create(labels)
-                .set(multiclaimed as i64);
-            let queued: HashSet<u64> = found.iter().map(|c| c.job.request_id).collect();
-            pool.logged.retain(|id| queued.contains(id));
-            for claim in found
+            // A `parent` trigger newer than the snapshot would refuse every job: wait for the
+            // poll its evaluation asked for.
+            let covered = named
                 .iter()
-                .filter(|c| c.is_unclaimed() || c.is_multiclaimed())
-            {
-                if pool.logged.insert(claim.job.request_id) {
-                    log_claim(labels, claim);
-                }
+                .all(|(_, f)| snapshot.covers(f.parent.as_deref()));
+            if covered {
+                recount(inner, labels, pool, &snapshot, &named);
             }
         }
         tokio::select! {
             changed = state.changed() => if changed.is_err() { return },
             () = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Publishes the pool's claims in `snapshot` and logs each newly unclaimed or multiclaimed job.
+fn recount(
+    inner: &Inner,
+    labels: &PoolLabels,
+    pool: &mut PoolClaims,
+    snapshot: &Snapshot,
+    named: &[(String, Filter)],
+) {
+    let found = claims(&snapshot.jobs, named);
+    let unclaimed = found.iter().filter(|c| c.is_unclaimed()).count();
+    let multiclaimed = found.iter().filter(|c| c.is_multiclaimed()).count();
+    inner
+        .metrics
+        .unclaimed
+        .get_or_create(labels)
+        .set(unclaimed as i64);
+    inner
+        .metrics
+        .multiclaimed
+        .get_or_create(labels)
+        .set(multiclaimed as i64);
+    let queued: HashSet<u64> = found.iter().map(|c| c.job.request_id).collect();
+    pool.logged.retain(|id| queued.contains(id));
+    for claim in found
+        .iter()
+        .filter(|c| c.is_unclaimed() || c.is_multiclaimed())
+    {
+        if pool.logged.insert(claim.job.request_id) {
+            log_claim(labels, claim);
         }
     }
 }

@@ -9,10 +9,13 @@
 use std::collections::HashMap;
 
 use ado_scaler::{
-    ado::models::decode_job_requests,
+    ado::{
+        models::{JobRequest, List},
+        stream::decode_chunked,
+    },
     count::{Capabilities, Demand, Filter, Requirement},
     error::Error,
-    poller::Snapshot,
+    poller::{Answer, Snapshot},
     scaler::{allowlist::OrgAllowlist, metadata},
     standby::Standby,
 };
@@ -258,6 +261,7 @@ proptest! {
     fn job_request_bodies_decode_or_fail_and_counts_stay_within_the_unfinished(
         requests in realistic_requests(),
         mutations in prop::collection::vec(mutation(), 0..4),
+        chunk in 1usize..2048,
     ) {
         let mut body = serde_json::to_vec(&serde_json::json!({
             "count": requests.len(),
@@ -266,16 +270,32 @@ proptest! {
         for m in &mutations {
             apply(&mut body, m);
         }
-        let Ok(list) = decode_job_requests(&body) else {
+        // The incremental decoder, fed as the network would, against serde_json's typed
+        // whole-body decode: never stricter, and the same requests when both accept.
+        let mut answer = Answer::default();
+        let streamed = decode_chunked(&body, chunk, &mut answer);
+        let whole: Result<List<JobRequest>, _> = serde_json::from_slice(&body);
+        if let Ok(list) = &whole {
+            prop_assert_eq!(streamed.as_ref().ok(), Some(&list.value.len()), "{:?}", streamed);
+            let unfinished: Vec<u64> = list
+                .value
+                .iter()
+                .filter(|r| r.result.is_none() && r.finish_time.is_none())
+                .map(|r| r.request_id)
+                .collect();
+            let decoded: Vec<u64> = answer.jobs.iter().map(|j| j.request_id).collect();
+            prop_assert_eq!(decoded, unfinished);
+        }
+        // Chunking never changes the outcome.
+        let mut at_once = Answer::default();
+        prop_assert_eq!(decode_chunked(&body, body.len(), &mut at_once), streamed.clone());
+        prop_assert_eq!(&at_once.jobs, &answer.jobs);
+        if streamed.is_err() {
             return Ok(());
-        };
-        let unfinished = list
-            .value
-            .iter()
-            .filter(|r| r.result.is_none() && r.finish_time.is_none())
-            .count() as u64;
+        }
+        let unfinished = answer.jobs.len() as u64;
         let now = tokio::time::Instant::now();
-        let snapshot = Snapshot::next(None, &list.value, now, time::OffsetDateTime::now_utc());
+        let snapshot = Snapshot::next(None, answer, now, time::OffsetDateTime::now_utc());
         prop_assert!(snapshot.jobs.len() as u64 <= unfinished);
         for filter in trigger_filters() {
             let counted = filter.count(&snapshot.jobs, &snapshot.departed, now);

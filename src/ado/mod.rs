@@ -1,6 +1,7 @@
 //! Azure DevOps REST client: the few distributed-task endpoints the scaler and agent use.
 
 pub mod models;
+pub mod stream;
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,8 @@ use crate::{
     error::{Error, Result},
     telemetry::{AdoRequestLabels, EndpointLabels, Metrics, OrgLabels},
 };
-use models::{Agent, AgentPackage, JobRequest, List, Pool};
+use models::{Agent, AgentPackage, JobRequestView, List, Pool};
+use stream::{ListDecoder, Sink};
 
 /// An organisation URL, normalised: lower-case host, no trailing slash, no query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,10 +124,10 @@ pub const ADO_ROW_CAP: usize = 200;
 /// A bound on pages followed, against a server that never stops handing out tokens.
 const MAX_PAGES: usize = 1000;
 
-/// A pool's unfinished job requests, with how they came.
-#[derive(Debug, Clone, Default)]
-pub struct JobRequests {
-    pub requests: Vec<JobRequest>,
+/// How a pool's job requests came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pages {
+    pub rows: usize,
     pub pages: usize,
     /// The last page had exactly [`ADO_ROW_CAP`] rows and no continuation token.
     pub possibly_truncated: bool,
@@ -194,19 +196,27 @@ impl AdoClient {
         }
     }
 
-    /// Unfinished job requests of a pool, every page of them. No `$top` (it drops
-    /// `matchedAgents` and caps at 200) and no api-version, as KEDA's scaler calls it.
+    /// Unfinished job requests of a pool, every page of them, each put into `sink` as soon
+    /// as its bytes are in. No `$top` (it drops `matchedAgents` and caps at 200) and no
+    /// api-version, as KEDA's scaler calls it.
+    ///
+    /// The answer is decoded from the response stream ([`stream::ListDecoder`]): a big pool's
+    /// answer of tens of MB costs about a MiB of buffer, not its size. An answer that fails
+    /// half-way has handed out some requests already; the caller keeps them only on `Ok`.
     ///
     /// An answer with an `x-ms-continuationtoken` header is followed with
     /// `continuationToken=<token>` until none comes back; `--max-body` bounds all pages
     /// together.
-    pub async fn job_requests(&self, org: &OrgUrl, pool_id: u32) -> Result<JobRequests> {
-        let mut requests = Vec::new();
+    pub async fn job_requests<S>(&self, org: &OrgUrl, pool_id: u32, sink: &mut S) -> Result<Pages>
+    where
+        S: for<'de> Sink<Element<'de> = JobRequestView<'de>>,
+    {
+        const ENDPOINT: &str = "jobrequests";
         let mut token: Option<String> = None;
         let mut budget = self.max_body;
-        let mut page = 0;
+        let mut pages = Pages::default();
         loop {
-            page += 1;
+            pages.pages += 1;
             let mut url = org.join(&format!(
                 "_apis/distributedtask/pools/{pool_id}/jobrequests"
             ));
@@ -217,7 +227,7 @@ impl AdoClient {
                     .append_pair("continuationToken", token);
             }
             let response = self
-                .send(org, "jobrequests", reqwest::Method::GET, url, None)
+                .send(org, ENDPOINT, reqwest::Method::GET, url, None)
                 .await?;
             let next = response
                 .headers()
@@ -226,33 +236,31 @@ impl AdoClient {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned);
-            let body = self
-                .read_body_within(org, "jobrequests", response, budget)
+            let mut decoder = ListDecoder::new();
+            let read = self
+                .read_body_within(org, ENDPOINT, response, budget, |chunk| {
+                    decoder.push(chunk, sink).map_err(|e| Error::Decode {
+                        org: org.to_string(),
+                        endpoint: ENDPOINT,
+                        reason: e.to_string(),
+                    })
+                })
                 .await?;
-            budget -= body.len() as u64;
-            let list = models::decode_job_requests(&body).map_err(|e| Error::Decode {
-                org: org.to_string(),
-                endpoint: "jobrequests",
-                reason: e.to_string(),
-            })?;
-            drop(body);
-            let rows = list.value.len();
-            requests.extend(list.value);
+            budget -= read;
+            let rows = decoder.elements();
+            pages.rows += rows;
             match next {
                 None => {
-                    return Ok(JobRequests {
-                        requests,
-                        pages: page,
-                        possibly_truncated: rows == ADO_ROW_CAP,
-                    });
+                    pages.possibly_truncated = rows == ADO_ROW_CAP;
+                    return Ok(pages);
                 }
-                Some(next) if token.as_ref() == Some(&next) || page >= MAX_PAGES => {
+                Some(next) if token.as_ref() == Some(&next) || pages.pages >= MAX_PAGES => {
                     return Err(Error::Decode {
                         org: org.to_string(),
-                        endpoint: "jobrequests",
+                        endpoint: ENDPOINT,
                         reason: format!(
-                            "continuation tokens did not end after {page} pages of {} rows",
-                            requests.len()
+                            "continuation tokens did not end after {} pages of {} rows",
+                            pages.pages, pages.rows
                         ),
                     });
                 }
@@ -400,9 +408,12 @@ impl AdoClient {
         endpoint: &'static str,
         response: reqwest::Response,
     ) -> Result<T> {
-        let body = self
-            .read_body_within(org, endpoint, response, self.max_body)
-            .await?;
+        let mut body = Vec::new();
+        self.read_body_within(org, endpoint, response, self.max_body, |chunk| {
+            body.extend_from_slice(chunk.unwrap_or_default());
+            Ok(())
+        })
+        .await?;
         serde_json::from_slice(&body).map_err(|e| Error::Decode {
             org: org.to_string(),
             endpoint,
@@ -410,15 +421,19 @@ impl AdoClient {
         })
     }
 
-    /// Reads a JSON answer's bytes, at most `limit` of them.
+    /// Reads a JSON answer's bytes, at most `limit` of them, handing each chunk to `each`
+    /// as it comes and then `None` at the end; the number of bytes read.
+    ///
+    /// A declared length over the limit is refused before reading; an undeclared one is read
+    /// until it passes the limit.
     async fn read_body_within(
         &self,
         org: &OrgUrl,
         endpoint: &'static str,
-        response: reqwest::Response,
+        mut response: reqwest::Response,
         limit: u64,
-    ) -> Result<Vec<u8>> {
-        let org_label = org.to_string();
+        mut each: impl FnMut(Option<&[u8]>) -> Result<()>,
+    ) -> Result<u64> {
         let is_json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -427,23 +442,37 @@ impl AdoClient {
         if !is_json {
             // ADO's answer to an identity it does not know: 203 + an HTML sign-in page.
             return Err(Error::NotAccepted {
-                org: org_label,
+                org: org.to_string(),
                 status: response.status().as_u16(),
                 what: "a sign-in page instead of JSON",
             });
         }
-        read_body(response, limit).await.map_err(|e| match e {
-            BodyError::TooLarge { declared } => Error::TooLarge {
-                org: org_label.clone(),
-                endpoint,
-                limit: self.max_body,
-                declared,
-            },
-            BodyError::Transport(e) => Error::Transport {
-                org: org_label.clone(),
+        let declared = response.content_length();
+        let too_large = || Error::TooLarge {
+            org: org.to_string(),
+            endpoint,
+            limit: self.max_body,
+            declared,
+        };
+        if declared.is_some_and(|len| len > limit) {
+            return Err(too_large());
+        }
+        let mut read: u64 = 0;
+        loop {
+            let chunk = response.chunk().await.map_err(|e| Error::Transport {
+                org: org.to_string(),
                 reason: describe_transport_error(&e),
-            },
-        })
+            })?;
+            let Some(chunk) = chunk else {
+                each(None)?;
+                return Ok(read);
+            };
+            read += chunk.len() as u64;
+            if read > limit {
+                return Err(too_large());
+            }
+            each(Some(&chunk))?;
+        }
     }
 
     /// Sends one authorised request; counts it, records rate limits, maps error statuses.
@@ -549,38 +578,6 @@ impl AdoClient {
             throttle.last = Some((*rate, now));
         }
     }
-}
-
-enum BodyError {
-    /// `declared`: the Content-Length, when the answer gave one.
-    TooLarge {
-        declared: Option<u64>,
-    },
-    Transport(reqwest::Error),
-}
-
-/// Reads a body of at most `limit` bytes. A declared length over the limit is refused before
-/// reading; an undeclared one is read until it passes the limit. The buffer never grows past
-/// `limit` bytes of capacity, whatever the answer says or sends.
-async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
-    let declared = response.content_length();
-    if declared.is_some_and(|len| len > limit) {
-        return Err(BodyError::TooLarge { declared });
-    }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut body = Vec::with_capacity(declared.map_or(0, |len| len as usize).min(limit));
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
-        let needed = body.len().saturating_add(chunk.len());
-        if needed > limit {
-            return Err(BodyError::TooLarge { declared });
-        }
-        if needed > body.capacity() {
-            let target = body.capacity().saturating_mul(2).max(needed).min(limit);
-            body.reserve_exact(target - body.len());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 fn status_error(

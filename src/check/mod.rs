@@ -9,9 +9,10 @@ use crate::{
     ado::{AdoClient, OrgUrl},
     auth::{self, AssertionClaims, AuthMode, AuthSettings, TokenSource, WorkloadIdentity},
     config::{CheckArgs, CheckAs},
-    count::{Capabilities, DemandRule, Filter, Job, claims, parse_demands},
+    count::{Capabilities, DemandRule, Filter, claims, parse_demands},
     error::{Error, Result},
     placeholder::{self, DEFAULT_AGENT_VERSION, PlaceholderSpec},
+    poller::Answer,
     telemetry::Metrics,
 };
 
@@ -234,8 +235,10 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         }
     };
 
-    let requests = match ado.job_requests(&org, pool.id).await {
-        Ok(r) => r,
+    // `check` has no `parent` triggers: no matched agent names are kept.
+    let mut answer = Answer::default();
+    match ado.job_requests(&org, pool.id, &mut answer).await {
+        Ok(_) => {}
         Err(e) => {
             let fix = match &e {
                 Error::Forbidden { .. } | Error::NotAccepted { .. } => {
@@ -250,11 +253,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             return report;
         }
     };
-    let jobs: Vec<Job> = requests
-        .requests
-        .iter()
-        .filter_map(Job::from_request)
-        .collect();
+    let jobs = answer.jobs;
     let queued = jobs.iter().filter(|j| j.is_queued()).count();
     report.pass(
         JOBS_READABLE,

@@ -6,25 +6,37 @@
 
 pub mod demand;
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 pub use demand::{Capabilities, Demand, Requirement, parse_demands};
 
 use tokio::time::Instant;
 
-use crate::ado::models::JobRequest;
+use crate::ado::models::JobRequestView;
+
+/// Agent names a pool's `parent` triggers ask about.
+pub type AgentNames = BTreeSet<String>;
 
 /// The part of a job request that counting needs, extracted once per poll.
+///
+/// Compact because a snapshot of a big pool holds hundreds: the parsed demands are shared
+/// by every job with the same list ([`DemandSets`]), and of the agents ADO matched only the
+/// names a `parent` trigger asks about are kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub request_id: u64,
     /// KEDA-normalised demands without `Agent.Version`, for `demands` triggers.
-    pub demands: Vec<Demand>,
+    pub demands: Arc<[Demand]>,
     /// Every demand as ADO evaluates it, for `capabilities` triggers.
-    pub requirements: Vec<Requirement>,
+    pub requirements: Arc<[Requirement]>,
     /// The pipeline's name, for logs.
     pub definition: Option<String>,
     pub matches_all_agents: bool,
+    /// The matched agents among the names the job was read for (see [`Job::from_view`]).
     pub matched_agents: Vec<String>,
     /// The agent the job is assigned to; `None` while it is queued.
     pub reserved_agent: Option<String>,
@@ -32,29 +44,70 @@ pub struct Job {
     pub assign_time: Option<time::OffsetDateTime>,
 }
 
+/// Parsed demand lists of one poll, shared between the jobs that have the same list: a pool's
+/// jobs come from a handful of pipelines, so a few lists cover hundreds of jobs.
+#[derive(Debug, Default)]
+pub struct DemandSets {
+    sets: HashMap<Vec<String>, (Arc<[Demand]>, Arc<[Requirement]>)>,
+}
+
+impl DemandSets {
+    /// The parsed forms of `raw`, parsed once per distinct list.
+    pub fn get<S: AsRef<str>>(&mut self, raw: &[S]) -> (Arc<[Demand]>, Arc<[Requirement]>) {
+        let key: Vec<String> = raw.iter().map(|d| d.as_ref().to_owned()).collect();
+        let (demands, requirements) = self.sets.entry(key).or_insert_with_key(|raw| {
+            (
+                parse_demands(raw.iter().map(String::as_str)).into(),
+                raw.iter().map(|d| Requirement::parse(d)).collect(),
+            )
+        });
+        (demands.clone(), requirements.clone())
+    }
+
+    /// Distinct demand lists seen.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+}
+
 impl Job {
-    /// `None` for a finished request (ADO sometimes lists them despite `completedRequestCount=0`).
-    pub fn from_request(req: &JobRequest) -> Option<Self> {
-        if req.result.is_some() || req.finish_time.is_some() {
+    /// `None` for a finished request. Of the matched agents, only those `wanted` (the
+    /// `parent` names of the pool's triggers) are kept.
+    pub fn from_view(
+        req: &JobRequestView<'_>,
+        wanted: &AgentNames,
+        demand_sets: &mut DemandSets,
+    ) -> Option<Self> {
+        if req.is_finished() {
             return None;
         }
         let assigned = req.assign_time.is_some() || req.reserved_agent.is_some();
-        Some(Self {
-            request_id: req.request_id,
-            demands: parse_demands(req.demands.iter().map(String::as_str)),
-            requirements: req.demands.iter().map(|d| Requirement::parse(d)).collect(),
-            definition: req.definition.as_ref().map(|d| d.name.clone()),
-            matches_all_agents: req.matches_all_agents_in_pool,
-            matched_agents: req
+        let (demands, requirements) = demand_sets.get(&req.demands);
+        let matched_agents = match wanted.is_empty() {
+            true => Vec::new(),
+            false => req
                 .matched_agents
                 .iter()
                 .flatten()
-                .map(|a| a.name.clone())
+                .filter(|a| wanted.contains(a.name.as_ref()))
+                .map(|a| a.name.clone().into_owned())
                 .collect(),
+        };
+        Some(Self {
+            request_id: req.request_id,
+            demands,
+            requirements,
+            definition: req.definition.as_ref().map(|d| d.name.clone().into_owned()),
+            matches_all_agents: req.matches_all_agents_in_pool,
+            matched_agents,
             reserved_agent: assigned.then(|| {
                 req.reserved_agent
                     .as_ref()
-                    .map(|a| a.name.clone())
+                    .map(|a| a.name.clone().into_owned())
                     .unwrap_or_default()
             }),
             queue_time: req.queue_time,
@@ -278,7 +331,7 @@ mod tests {
     fn job(id: u64, demands: &[&str], agent: Option<&str>) -> Job {
         Job {
             request_id: id,
-            demands: parse_demands(demands.iter().copied()),
+            demands: parse_demands(demands.iter().copied()).into(),
             requirements: demands.iter().map(|d| Requirement::parse(d)).collect(),
             definition: None,
             matches_all_agents: false,
@@ -630,30 +683,67 @@ mod tests {
         );
     }
 
+    /// A view of `json`, turned into a job that wants `parents`.
+    fn from_json(json: &str, parents: &[&str]) -> Option<Job> {
+        let view: JobRequestView = serde_json::from_str(json).unwrap();
+        let wanted = parents.iter().map(|p| p.to_string()).collect();
+        Job::from_view(&view, &wanted, &mut DemandSets::default())
+    }
+
     #[test]
     fn finished_requests_are_not_jobs() {
-        let mut req: JobRequest = serde_json::from_value(serde_json::json!({
-            "requestId": 1, "demands": ["maven"], "queueTime": "2026-01-01T00:00:00Z"
-        }))
-        .unwrap();
-        let j = Job::from_request(&req).unwrap();
-        assert!(j.is_queued());
-        req.assign_time = req.queue_time;
-        req.reserved_agent = Some(crate::ado::models::AgentRef {
-            id: 1,
-            name: "a1".into(),
-            version: None,
-            status: None,
-            enabled: None,
-        });
+        let queued = r#"{"requestId":1,"demands":["maven"],"queueTime":"2026-01-01T00:00:00Z"}"#;
+        assert!(from_json(queued, &[]).unwrap().is_queued());
+        let assigned = r#"{"requestId":1,"assignTime":"2026-01-01T00:00:01Z","reservedAgent":{"id":1,"name":"a1"}}"#;
         assert_eq!(
-            Job::from_request(&req).unwrap().reserved_agent.as_deref(),
+            from_json(assigned, &[]).unwrap().reserved_agent.as_deref(),
             Some("a1")
         );
-        req.result = Some("succeeded".into());
-        assert!(Job::from_request(&req).is_none());
-        req.result = None;
-        req.finish_time = req.queue_time;
-        assert!(Job::from_request(&req).is_none());
+        let assigned_unnamed = r#"{"requestId":1,"assignTime":"2026-01-01T00:00:01Z"}"#;
+        assert_eq!(
+            from_json(assigned_unnamed, &[])
+                .unwrap()
+                .reserved_agent
+                .as_deref(),
+            Some("")
+        );
+        let reserved_only = r#"{"requestId":1,"reservedAgent":{"id":1,"name":"a2"}}"#;
+        assert!(!from_json(reserved_only, &[]).unwrap().is_queued());
+        for finished in [
+            r#"{"requestId":1,"result":"succeeded"}"#,
+            r#"{"requestId":1,"finishTime":"2026-01-01T00:00:02Z"}"#,
+        ] {
+            assert!(from_json(finished, &[]).is_none(), "{finished}");
+        }
+        assert!(from_json(r#"{"requestId":1,"result":null}"#, &[]).is_some());
+    }
+
+    #[test]
+    fn only_wanted_matched_agents_are_kept() {
+        let json = r#"{"requestId":1,"matchesAllAgentsInPool":true,"definition":{"id":2,"name":"ci"},
+            "matchedAgents":[{"id":1,"name":"tmpl","status":"offline"},{"id":2,"name":"other"},{"id":3,"name":"t\u006dpl2"}]}"#;
+        let none = from_json(json, &[]).unwrap();
+        assert!(none.matched_agents.is_empty());
+        assert!(none.matches_all_agents);
+        assert_eq!(none.definition.as_deref(), Some("ci"));
+        let some = from_json(json, &["tmpl", "tmpl2", "absent"]).unwrap();
+        assert_eq!(some.matched_agents, ["tmpl", "tmpl2"]);
+    }
+
+    #[test]
+    fn jobs_with_the_same_demands_share_one_parsed_list() {
+        let mut sets = DemandSets::default();
+        assert!(sets.is_empty());
+        let (a, ra) = sets.get(&["maven", "Agent.Version -gtVersion 3.0"]);
+        let (b, rb) = sets.get(&[
+            "maven".to_owned(),
+            "Agent.Version -gtVersion 3.0".to_owned(),
+        ]);
+        let (c, _) = sets.get(&["gpu"]);
+        assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&ra, &rb));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(sets.len(), 2);
+        assert_eq!(a.len(), 1, "Agent.Version is not a KEDA demand");
+        assert_eq!(ra.len(), 2, "but ADO evaluates it");
     }
 }

@@ -5,7 +5,7 @@ mod metrics;
 mod snapshot;
 
 pub use metrics::{PollFailureLabels, PollMetrics};
-pub use snapshot::Snapshot;
+pub use snapshot::{Answer, FinishedRecord, Snapshot};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,14 +15,14 @@ use std::{
 
 use time::OffsetDateTime;
 use tokio::{
-    sync::{OnceCell, watch},
+    sync::{Notify, OnceCell, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     ado::{AdoClient, OrgUrl},
-    count::Job,
+    count::{AgentNames, Job},
     error::{Error, Result},
     telemetry::{Metrics, PoolLabels, QueueLabels},
 };
@@ -71,15 +71,23 @@ pub struct PoolState {
 
 impl PoolState {
     /// The snapshot if it is fresh enough, the reason if not, `None` before the first poll ends.
+    ///
+    /// A trigger with a `parent` also waits (`None`) for a snapshot that was read for its
+    /// parent: until then, no job says whether it matched the parent.
     pub fn usable(
         &self,
         key: &PoolKey,
         max_staleness: Duration,
         now: Instant,
+        parent: Option<&str>,
     ) -> Option<Result<Arc<Snapshot>>> {
         match (&self.snapshot, &self.error) {
-            (Some(s), _) if now.saturating_duration_since(s.fetched_at) <= max_staleness => {
-                Some(Ok(s.clone()))
+            (Some(s), err) if now.saturating_duration_since(s.fetched_at) <= max_staleness => {
+                match (s.covers(parent), err) {
+                    (true, _) => Some(Ok(s.clone())),
+                    (false, None) => None,
+                    (false, Some(err)) => Some(Err(err.clone())),
+                }
             }
             (Some(s), err) => Some(Err(Error::Stale {
                 pool: format!("{} #{}", key.org, key.pool_id),
@@ -106,6 +114,11 @@ struct Watcher {
     state: watch::Sender<PoolState>,
     last_used: Mutex<Instant>,
     labels: PoolLabels,
+    /// The `parent` names the pool's triggers asked about; the next poll reads matches for
+    /// them. Replaced, not changed, so that a poll reads one consistent set.
+    parents: Mutex<Arc<AgentNames>>,
+    /// Poll now rather than at the end of the interval: a new `parent` is waiting.
+    poll_now: Notify,
 }
 
 /// Cheap to clone; all clones share the watchers.
@@ -194,13 +207,19 @@ impl Poller {
 
     /// The current snapshot of a pool, starting its watcher if needed. A cold pool's first
     /// callers all wait for the same first poll.
-    pub async fn snapshot(&self, key: &PoolKey, pool_label: &str) -> Result<Arc<Snapshot>> {
-        let mut rx = self.subscribe(key, pool_label);
+    pub async fn snapshot(
+        &self,
+        key: &PoolKey,
+        pool_label: &str,
+        parent: Option<&str>,
+    ) -> Result<Arc<Snapshot>> {
+        let mut rx = self.subscribe(key, pool_label, parent);
         loop {
             if let Some(result) = rx.borrow_and_update().usable(
                 key,
                 self.inner.settings.max_staleness,
                 Instant::now(),
+                parent,
             ) {
                 return result;
             }
@@ -209,13 +228,30 @@ impl Poller {
     }
 
     /// A receiver that sees every poll of the pool; while it lives the watcher keeps polling.
-    pub fn subscribe(&self, key: &PoolKey, pool_label: &str) -> watch::Receiver<PoolState> {
+    ///
+    /// A `parent` the pool's polls do not read matches for yet is added, and the pool is
+    /// polled at once rather than at the end of its interval.
+    pub fn subscribe(
+        &self,
+        key: &PoolKey,
+        pool_label: &str,
+        parent: Option<&str>,
+    ) -> watch::Receiver<PoolState> {
         let mut watchers = self.inner.watchers.lock().expect("watchers poisoned");
         let watcher = watchers
             .entry(key.clone())
             .or_insert_with(|| self.spawn_watcher(key.clone(), pool_label))
             .clone();
         *watcher.last_used.lock().expect("last_used poisoned") = Instant::now();
+        if let Some(parent) = parent {
+            let mut parents = watcher.parents.lock().expect("parents poisoned");
+            if !parents.contains(parent) {
+                let mut more = AgentNames::clone(&parents);
+                more.insert(parent.to_owned());
+                *parents = Arc::new(more);
+                watcher.poll_now.notify_one();
+            }
+        }
         watcher.state.subscribe()
     }
 
@@ -247,6 +283,8 @@ impl Poller {
                 org: key.org.to_string(),
                 pool: pool_label.to_owned(),
             },
+            parents: Mutex::default(),
+            poll_now: Notify::new(),
         });
         tracing::info!(org = %key.org, pool = pool_label, "start polling pool");
         tokio::spawn(poll_loop(self.inner.clone(), key, watcher.clone()));
@@ -264,17 +302,22 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             s.polling_since = Some(Instant::now());
             false
         });
-        let result = inner.ado.job_requests(&key.org, key.pool_id).await;
+        let read_for = watcher.parents.lock().expect("parents poisoned").clone();
+        let mut answer = Answer::new(read_for.clone());
+        let result = inner
+            .ado
+            .job_requests(&key.org, key.pool_id, &mut answer)
+            .await;
         let now = Instant::now();
         let delay = match result {
-            Ok(answer) => {
+            Ok(pages) => {
                 failures = 0;
-                let truncated = answer.possibly_truncated;
+                let truncated = pages.possibly_truncated;
                 if truncated && !truncated_before {
                     tracing::warn!(
                         org = %key.org,
                         pool = %watcher.labels.pool,
-                        rows = answer.requests.len(),
+                        rows = pages.rows,
                         "the job-requests answer had exactly {} rows and no continuation token: \
                          ADO may have capped it, and jobs past it are not counted",
                         crate::ado::ADO_ROW_CAP
@@ -287,14 +330,9 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     .possibly_truncated
                     .get_or_create(&watcher.labels)
                     .set(i64::from(truncated));
-                let requests = answer.requests;
                 let previous = watcher.state.borrow().snapshot.clone();
-                let snapshot = Snapshot::next(
-                    previous.as_deref(),
-                    &requests,
-                    now,
-                    OffsetDateTime::now_utc(),
-                );
+                let snapshot =
+                    Snapshot::next(previous.as_deref(), answer, now, OffsetDateTime::now_utc());
                 publish_poll_metrics(&inner.metrics, &watcher.labels, &snapshot);
                 log_unknown_demands(&inner, &watcher.labels, &snapshot);
                 watcher.state.send_replace(PoolState {
@@ -345,9 +383,19 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
             .interval
             .get_or_create(&watcher.labels)
             .set(delay.as_secs_f64());
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = inner.shutdown.cancelled() => return,
+        let wake_at = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at) => break,
+                () = watcher.poll_now.notified() => {
+                    // A wake-up left from before this poll started is not a new parent.
+                    let current = watcher.parents.lock().expect("parents poisoned").clone();
+                    if !Arc::ptr_eq(&current, &read_for) {
+                        break;
+                    }
+                }
+                () = inner.shutdown.cancelled() => return,
+            }
         }
         let mut watchers = inner.watchers.lock().expect("watchers poisoned");
         let idle = watcher
@@ -467,7 +515,7 @@ mod tests {
                 "demands": demands,
             }))
             .unwrap();
-            Job::from_request(&r).unwrap()
+            snapshot::answer_of(&[r]).jobs.remove(0)
         };
         let jobs = [
             job(1, &["docker", "docker -exists"]),

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -10,9 +11,66 @@ use tokio::time::Instant;
 
 use super::MAX_TEARDOWN_WINDOW;
 use crate::{
-    ado::models::JobRequest,
-    count::{Departed, Job},
+    ado::{models::JobRequestView, stream::Sink},
+    count::{AgentNames, DemandSets, Departed, Job},
 };
+
+/// One poll's answer as the poller keeps it, built element by element while the answer
+/// is still arriving (see [`crate::ado::stream`]).
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The `parent` names the matched agents were read for.
+    pub parents: Arc<AgentNames>,
+    pub jobs: Vec<Job>,
+    /// Finished requests ADO still listed, for the departures of the jobs they were.
+    pub finished: HashMap<u64, FinishedRecord>,
+    demand_sets: DemandSets,
+}
+
+/// What a finished request tells about the job it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedRecord {
+    pub reserved_agent: Option<String>,
+    pub assign_time: Option<OffsetDateTime>,
+    pub finish_time: Option<OffsetDateTime>,
+}
+
+impl Answer {
+    pub fn new(parents: Arc<AgentNames>) -> Self {
+        Self {
+            parents,
+            ..Self::default()
+        }
+    }
+
+    pub fn add(&mut self, req: JobRequestView<'_>) {
+        match Job::from_view(&req, &self.parents, &mut self.demand_sets) {
+            Some(job) => self.jobs.push(job),
+            None => {
+                self.finished.insert(
+                    req.request_id,
+                    FinishedRecord {
+                        reserved_agent: req.reserved_agent.map(|a| a.name.into_owned()),
+                        assign_time: req.assign_time,
+                        finish_time: req.finish_time,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Distinct demand lists among the jobs.
+    pub fn demand_lists(&self) -> usize {
+        self.demand_sets.len()
+    }
+}
+
+impl Sink for Answer {
+    type Element<'de> = JobRequestView<'de>;
+    fn push(&mut self, element: JobRequestView<'_>) {
+        self.add(element);
+    }
+}
 
 /// One successful poll, parsed once.
 #[derive(Debug, Clone)]
@@ -27,6 +85,8 @@ pub struct Snapshot {
     pub started: Vec<Option<Duration>>,
     /// Since the previous poll: assigned jobs that finished or vanished.
     pub finished: usize,
+    /// The `parent` names whose matches the jobs carry.
+    pub parents: Arc<AgentNames>,
 }
 
 impl Snapshot {
@@ -39,11 +99,16 @@ impl Snapshot {
     /// poll interval and start agents for nothing.
     pub fn next(
         previous: Option<&Snapshot>,
-        requests: &[JobRequest],
+        answer: Answer,
         now: Instant,
         now_utc: OffsetDateTime,
     ) -> Self {
-        let jobs: Vec<Job> = requests.iter().filter_map(Job::from_request).collect();
+        let Answer {
+            parents,
+            jobs,
+            finished: finished_here,
+            ..
+        } = answer;
         let mut departed = Vec::new();
         let mut started = Vec::new();
         let mut finished = 0;
@@ -66,11 +131,6 @@ impl Snapshot {
                 }
             }
             let unfinished: HashSet<u64> = jobs.iter().map(|j| j.request_id).collect();
-            let finished_here: HashMap<u64, &JobRequest> = requests
-                .iter()
-                .filter(|r| r.result.is_some() || r.finish_time.is_some())
-                .map(|r| (r.request_id, r))
-                .collect();
             for old in prev
                 .jobs
                 .iter()
@@ -79,11 +139,10 @@ impl Snapshot {
                 // A queued job that finished between two polls still had an agent; ADO's
                 // finished record names it. One that vanished while queued was cancelled.
                 let record = finished_here.get(&old.request_id);
-                let agent = old.reserved_agent.clone().or_else(|| {
-                    record
-                        .and_then(|r| r.reserved_agent.as_ref())
-                        .map(|a| a.name.clone())
-                });
+                let agent = old
+                    .reserved_agent
+                    .clone()
+                    .or_else(|| record.and_then(|r| r.reserved_agent.clone()));
                 let Some(agent) = agent else { continue };
                 if old.is_queued() {
                     let mut seen = old.clone();
@@ -108,11 +167,17 @@ impl Snapshot {
             departed,
             started,
             finished,
+            parents,
         }
     }
 
     pub fn queued(&self) -> usize {
         self.jobs.iter().filter(|j| j.is_queued()).count()
+    }
+
+    /// Whether the jobs say which are matched to `parent` (always, without one).
+    pub fn covers(&self, parent: Option<&str>) -> bool {
+        parent.is_none_or(|p| self.parents.contains(p))
     }
 }
 
@@ -122,9 +187,21 @@ fn wait(job: &Job) -> Option<Duration> {
     Duration::try_from(assigned - queued).ok()
 }
 
+/// The answer a poll would build from `requests`, through their JSON as ADO sends it.
+#[cfg(test)]
+pub(crate) fn answer_of(requests: &[crate::ado::models::JobRequest]) -> Answer {
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "count": requests.len(), "value": requests }))
+            .expect("requests serialise");
+    let mut answer = Answer::default();
+    crate::ado::stream::decode_chunked(&body, 4096, &mut answer).expect("requests decode");
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ado::models::JobRequest;
 
     const UTC0: OffsetDateTime = time::macros::datetime!(2026-01-01 00:00:00 UTC);
 
@@ -156,13 +233,13 @@ mod tests {
         let utc = |secs: i64| UTC0 + time::Duration::seconds(secs);
         let s0 = Snapshot::next(
             None,
-            &[
+            answer_of(&[
                 request(1, None, None),
                 request(2, Some("a"), None),
                 request(3, None, None),
                 request(4, None, None),
                 request(5, Some("c"), None),
-            ],
+            ]),
             t0,
             utc(0),
         );
@@ -178,11 +255,11 @@ mod tests {
         // 5: listed finished with a clock-skewed finishTime before the previous poll.
         let s1 = Snapshot::next(
             Some(&s0),
-            &[
+            answer_of(&[
                 request(1, Some("b"), Some(3)),
                 request(4, None, None),
                 request(5, Some("c"), Some(-30)),
-            ],
+            ]),
             t1,
             utc(4),
         );
@@ -211,11 +288,16 @@ mod tests {
         );
         assert_eq!(s1.jobs.len(), 1);
         // Departed jobs survive later polls until MAX_TEARDOWN_WINDOW.
-        let s2 = Snapshot::next(Some(&s1), &[], t1 + Duration::from_secs(1), utc(5));
+        let s2 = Snapshot::next(
+            Some(&s1),
+            answer_of(&[]),
+            t1 + Duration::from_secs(1),
+            utc(5),
+        );
         assert_eq!(s2.departed.len(), 3);
         let s3 = Snapshot::next(
             Some(&s2),
-            &[],
+            answer_of(&[]),
             t0 + MAX_TEARDOWN_WINDOW + Duration::from_secs(3),
             utc(700),
         );
@@ -226,6 +308,7 @@ mod tests {
 #[cfg(test)]
 mod transition_tests {
     use super::*;
+    use crate::ado::models::JobRequest;
 
     fn req(id: u64, queued_s: i64, assigned_s: Option<i64>) -> JobRequest {
         let base = time::macros::datetime!(2026-01-01 00:00:00 UTC);
@@ -249,19 +332,24 @@ mod transition_tests {
     fn started_jobs_carry_their_queue_wait_once() {
         let t0 = Instant::now();
         let utc = OffsetDateTime::now_utc();
-        let s0 = Snapshot::next(None, &[req(1, 0, None), req(2, 0, Some(3))], t0, utc);
+        let s0 = Snapshot::next(
+            None,
+            answer_of(&[req(1, 0, None), req(2, 0, Some(3))]),
+            t0,
+            utc,
+        );
         // 1 gets assigned after 12 s; 3 appears already assigned (picked up within one interval).
         let running = [req(1, 0, Some(12)), req(2, 0, Some(3)), req(3, 5, Some(6))];
-        let s1 = Snapshot::next(Some(&s0), &running, t0, utc);
+        let s1 = Snapshot::next(Some(&s0), answer_of(&running), t0, utc);
         let mut waits: Vec<u64> = s1.started.iter().map(|w| w.unwrap().as_secs()).collect();
         waits.sort();
         assert_eq!(waits, [1, 12]);
         assert_eq!(s1.finished, 0);
         // The same jobs seen again are not started again.
-        let s2 = Snapshot::next(Some(&s1), &running, t0, utc);
+        let s2 = Snapshot::next(Some(&s1), answer_of(&running), t0, utc);
         assert!(s2.started.is_empty());
         // Two finish (vanish); one is still running.
-        let s3 = Snapshot::next(Some(&s2), &[req(3, 5, Some(6))], t0, utc);
+        let s3 = Snapshot::next(Some(&s2), answer_of(&[req(3, 5, Some(6))]), t0, utc);
         assert_eq!((s3.started.len(), s3.finished), (0, 2));
     }
 }

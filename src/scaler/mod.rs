@@ -113,7 +113,12 @@ impl ScalerService {
         let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
         let key = self.pool_key(&trigger).await?;
         self.noticed(r, &trigger, &key);
-        let snapshot = match self.poller.snapshot(&key, &trigger.pool.label()).await {
+        let parent = trigger.filter.parent.as_deref();
+        let snapshot = match self
+            .poller
+            .snapshot(&key, &trigger.pool.label(), parent)
+            .await
+        {
             Err(Error::NotFound(what)) => {
                 if let PoolRef::Name(name) = &trigger.pool {
                     self.poller.forget_pool_name(&trigger.org, name);
@@ -245,13 +250,15 @@ impl ExternalScaler for ScalerService {
         let this = self.clone();
         tokio::spawn(async move {
             let _guard = StreamGuard::new(&this.metrics);
-            let mut state = this.poller.subscribe(&key, &trigger.pool.label());
+            let parent = trigger.filter.parent.as_deref();
+            let mut state = this.poller.subscribe(&key, &trigger.pool.label(), parent);
             let max_staleness = this.poller.settings().max_staleness;
             let mut last_sent: Option<bool> = None;
             loop {
-                let usable = state
-                    .borrow_and_update()
-                    .usable(&key, max_staleness, Instant::now());
+                let usable =
+                    state
+                        .borrow_and_update()
+                        .usable(&key, max_staleness, Instant::now(), parent);
                 match usable {
                     Some(Ok(snapshot)) => {
                         let (counted, standby) = value_now(&trigger, &snapshot);

@@ -178,7 +178,13 @@ pub fn job_requests_body(spec: &BodySpec) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ado::models::decode_job_requests, count::Job};
+    use crate::{
+        ado::{
+            models::{JobRequest, List},
+            stream::decode_chunked,
+        },
+        poller::Answer,
+    };
 
     #[test]
     fn bodies_decode_with_the_states_asked_for_and_are_deterministic() {
@@ -192,10 +198,13 @@ mod tests {
         };
         let body = job_requests_body(&spec);
         assert_eq!(body, job_requests_body(&spec), "same seed, same bytes");
-        let list = decode_job_requests(&body).unwrap();
+        let list: List<JobRequest> = serde_json::from_slice(&body).unwrap();
         assert_eq!((list.count, list.value.len()), (10, 10));
-        let jobs: Vec<Job> = list.value.iter().filter_map(Job::from_request).collect();
+        let mut answer = Answer::default();
+        assert_eq!(decode_chunked(&body, 1000, &mut answer), Ok(10));
+        let jobs = answer.jobs;
         assert_eq!(jobs.len(), 8, "finished ones are not jobs");
+        assert_eq!(answer.finished.len(), 2);
         assert_eq!(jobs.iter().filter(|j| j.is_queued()).count(), 5);
         assert!(
             list.value

@@ -53,6 +53,8 @@ struct Store {
     rejected_no_agent: u64,
     /// `(agent id, when)` of every registration deleted through the REST API.
     deletions: Vec<(u32, std::time::Instant)>,
+    /// Job-request answers given as they are: see `record_job_requests_answer`.
+    recorded_answers: HashMap<u32, axum::body::Bytes>,
 }
 
 impl Store {
@@ -460,6 +462,16 @@ impl AdoSim {
     /// `x-ms-continuationtoken` header; `None`: one answer.
     pub fn page_job_requests(&self, rows: Option<usize>) {
         self.state.paging.lock().expect("paging").page_size = rows;
+    }
+
+    /// Answers the pool's job requests with `body` as it is, whatever the pool holds (`None`:
+    /// from the pool again). For benchmarks of big pools, with bodies from [`generate`].
+    pub fn record_job_requests_answer(&self, pool_id: u32, body: Option<Vec<u8>>) {
+        let mut store = self.state.store.lock().expect("store");
+        match body {
+            Some(body) => store.recorded_answers.insert(pool_id, body.into()),
+            None => store.recorded_answers.remove(&pool_id),
+        };
     }
 
     /// Job-request answers cut at `rows` rows with nothing to say so, as ADO does with `$top`.
