@@ -184,13 +184,14 @@ async fn main() {
             let _ = lines_tx.send(line);
         }
     });
-    let grpc_addr = loop {
+    let (grpc_addr, http_addr) = loop {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("startup line");
         let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if event["message"] == "ado-scaler serving" {
-            break event["grpc_addr"].as_str().unwrap().to_owned();
+            let addr = |key: &str| event[key].as_str().unwrap().to_owned();
+            break (addr("grpc_addr"), addr("http_addr"));
         }
     };
     let idle_rss = rss_kib(pid);
@@ -331,6 +332,7 @@ async fn main() {
     let peak_rss = status_kib(pid, "VmHWM:");
     let polls = sim.ado.requests(Endpoint::JobRequests) - polls_before;
     let all_requests = sim.ado.total_requests();
+    let within_1ms = served_within_1ms(&http_addr).await;
     let calls = ok.load(Ordering::Relaxed);
     let serving_errors = errors.load(Ordering::Relaxed) + stream_errors.load(Ordering::Relaxed);
 
@@ -432,6 +434,10 @@ async fn main() {
         "stream updates    {}",
         stream_updates.load(Ordering::Relaxed)
     );
+    println!(
+        "GetMetrics served {:.2}% within 1 ms by the scaler (its own histogram, from receiving the call to answering)",
+        within_1ms * 100.0
+    );
     println!("errors            {serving_errors} while serving");
     println!(
         "scaler RSS        idle {:.1} MiB, load start {:.1} MiB, end {:.1} MiB, max {:.1} MiB",
@@ -453,7 +459,7 @@ async fn main() {
     );
     if let Some(detected) = detected {
         println!(
-            "detection         queued → GetMetrics in {detected:.0?} (poll {:?})",
+            "detection         queued → GetMetrics in {detected:.2?} (poll {:?})",
             args.poll
         );
     }
@@ -470,8 +476,8 @@ async fn main() {
     if args.rate == 0 && rate < 10_000.0 {
         missed.push("under 10k GetMetrics/s");
     }
-    if args.rate > 0 && pct(0.99) > 1000 {
-        missed.push("p99 over 1 ms at a steady rate");
+    if args.rate > 0 && within_1ms < 0.99 {
+        missed.push("the scaler's p99 over 1 ms at a steady rate");
     }
     if detected.is_some_and(|d| d > args.poll + Duration::from_millis(100)) {
         missed.push("a queued job took longer than a poll + 100 ms to be seen");
@@ -539,4 +545,29 @@ async fn detect(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     queued.elapsed()
+}
+
+/// The share of GetMetrics calls the scaler answered within 1 ms, from its
+/// `ado_scaler_grpc_request_duration_seconds` histogram (first bucket: 1 ms).
+async fn served_within_1ms(http_addr: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http_addr}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("the scaler's /metrics")
+        .text()
+        .await
+        .expect("a metrics body");
+    let sample = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let family = "ado_scaler_grpc_request_duration_seconds";
+    let within = sample(&format!(
+        r#"{family}_bucket{{le="0.001",method="GetMetrics"}}"#
+    ));
+    let count = sample(&format!(r#"{family}_count{{method="GetMetrics"}}"#));
+    if count == 0.0 { 0.0 } else { within / count }
 }

@@ -135,6 +135,53 @@ async fn ten_triggers_share_one_poll_and_one_token() {
     assert_eq!(h.sim.entra.requests(), 1, "one token for every poll");
 }
 
+/// Matched agent names are read only for `parent` triggers (a big pool's answer is mostly
+/// `matchedAgents`). A parent trigger that arrives after the pool is polled must not get a
+/// count from a snapshot read without its name: its first call polls at once.
+#[tokio::test]
+async fn a_new_parent_trigger_polls_at_once_and_counts_what_ado_matched_to_it() {
+    // Only the immediate poll for a new parent can bring a second snapshot within the test.
+    let h = Harness::start(Duration::from_secs(600)).await;
+    let ado = &h.sim.ado;
+    ado.register_offline_agent(h.pool_id, "maven-box", &common::capabilities(&["maven"]));
+    ado.register_offline_agent(h.pool_id, "gpu-box", &common::capabilities(&["gpu"]));
+    ado.enqueue(h.pool_id, &["maven"]);
+    ado.enqueue(h.pool_id, &["maven"]);
+    ado.enqueue(h.pool_id, &["gpu"]);
+    let all = h.scaled_job("all", &[("placeholder", "false")]);
+    assert_eq!(h.metric(&all).await.unwrap(), 3);
+    assert_eq!(ado.requests(Endpoint::JobRequests), 1);
+
+    let maven = h.scaled_job("maven", &[("parent", "maven-box")]);
+    assert_eq!(
+        h.metric(&maven).await.unwrap(),
+        2,
+        "the gpu job is not matched to it"
+    );
+    assert_eq!(
+        ado.requests(Endpoint::JobRequests),
+        2,
+        "one poll more, at once"
+    );
+    assert_eq!(h.metric(&maven).await.unwrap(), 2);
+    assert_eq!(
+        ado.requests(Endpoint::JobRequests),
+        2,
+        "a known parent waits for nothing"
+    );
+
+    let gpu = h.scaled_job("gpu", &[("parent", "gpu-box")]);
+    let absent = h.scaled_job("absent", &[("parent", "no-such-agent")]);
+    let (gpu, absent) = tokio::join!(h.metric(&gpu), h.metric(&absent));
+    assert_eq!((gpu.unwrap(), absent.unwrap()), (1, 0));
+    assert!(
+        ado.requests(Endpoint::JobRequests) <= 4,
+        "new parents asking together share polls"
+    );
+    // The earlier parent is still read for: its count stands.
+    assert_eq!(h.metric(&maven).await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn sign_in_page_is_a_clear_error() {
     let h = Harness::start(FAST).await;

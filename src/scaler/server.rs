@@ -11,7 +11,6 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -175,8 +174,12 @@ pub async fn serve(
                     .await
             }
             None => {
+                // No Nagle: a small gRPC answer must not wait for the client's delayed ACK
+                // (40 ms stalls at the tail).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
                 grpc_router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stopped)
+                    .serve_with_incoming_shutdown(incoming, grpc_stopped)
                     .await
             }
         }

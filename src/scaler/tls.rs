@@ -231,6 +231,10 @@ pub fn incoming(
                 },
                 () = stop.cancelled() => return,
             };
+            // No Nagle: a small gRPC answer must not wait for the client's delayed ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
                 let acceptor = TlsAcceptor::from(tls.config());
