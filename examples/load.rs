@@ -377,13 +377,15 @@ async fn main() {
             }
         }
     });
+    // The time is taken before the signal goes: a call counts as sent before the signal only
+    // if it certainly was.
+    let signalled = Instant::now();
+    *sigterm_at.lock().unwrap() = Some(signalled);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let signalled = Instant::now();
-    *sigterm_at.lock().unwrap() = Some(signalled);
     let exited_at = loop {
         if let Ok(Some(_)) = child.try_wait() {
             break signalled.elapsed();
