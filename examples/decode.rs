@@ -85,6 +85,7 @@ fn main() {
             let triggers = filters(number(3, 1));
             let mut rounds = Vec::with_capacity(iterations);
             let mut counted = 0;
+            let mut overhead = (0, 0);
             for _ in 0..iterations {
                 let before = cpu();
                 let started = std::time::Instant::now();
@@ -99,6 +100,7 @@ fn main() {
                         break;
                     }
                 }
+                overhead = decoder.overhead();
                 let now = tokio::time::Instant::now();
                 let snapshot = Snapshot::next(None, answer, now, time::OffsetDateTime::now_utc());
                 counted = triggers
@@ -110,6 +112,10 @@ fn main() {
             rounds.sort();
             let (wall, _) = rounds[rounds.len() / 2];
             let total_cpu: Duration = rounds.iter().map(|(_, c)| *c).sum();
+            println!(
+                "ado-scaler      decoder overhead: {} bytes parsed twice, {} moved",
+                overhead.0, overhead.1
+            );
             println!(
                 "ado-scaler      {} bytes, {} iterations, {} trigger(s): median {:.1} ms wall ({:.0} MB/s), mean {:.1} ms CPU, {counted} counted, peak RSS {:.1} MiB",
                 size,

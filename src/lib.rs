@@ -4,7 +4,8 @@
 //!
 //! - [`scaler`]: KEDA's external-scaler gRPC service; parses trigger metadata, answers from
 //! - [`poller`]: one background poll per pool, shared by every trigger on it, using
-//! - [`ado`]: the Azure DevOps REST client and its serde models; each trigger's value comes from
+//! - [`ado`]: the Azure DevOps REST client and its serde models (big answers decoded as they
+//!   arrive, in bounded memory); each trigger's value comes from
 //! - [`count`]: the pure rules of which job requests count (demands, capabilities, states,
 //!   teardown), and [`standby`]: idle agents to keep ready, by schedule.
 //!

@@ -48,12 +48,15 @@ pub struct Job {
 /// jobs come from a handful of pipelines, so a few lists cover hundreds of jobs.
 #[derive(Debug, Default)]
 pub struct DemandSets {
-    sets: HashMap<Vec<String>, (Arc<[Demand]>, Arc<[Requirement]>)>,
+    sets: HashMap<Vec<String>, ParsedDemands>,
 }
+
+/// One demand list parsed both ways: for `demands` triggers and for `capabilities` ones.
+pub type ParsedDemands = (Arc<[Demand]>, Arc<[Requirement]>);
 
 impl DemandSets {
     /// The parsed forms of `raw`, parsed once per distinct list.
-    pub fn get<S: AsRef<str>>(&mut self, raw: &[S]) -> (Arc<[Demand]>, Arc<[Requirement]>) {
+    pub fn get<S: AsRef<str>>(&mut self, raw: &[S]) -> ParsedDemands {
         let key: Vec<String> = raw.iter().map(|d| d.as_ref().to_owned()).collect();
         let (demands, requirements) = self.sets.entry(key).or_insert_with_key(|raw| {
             (
@@ -265,7 +268,8 @@ impl Filter {
     /// `teardown_window` ago.
     pub fn count(&self, jobs: &[Job], departed: &[Departed], now: Instant) -> Counted {
         let mut counted = Counted::default();
-        for job in jobs.iter().filter(|j| self.matches(j)) {
+        let mut memo = MatchMemo::default();
+        for job in jobs.iter().filter(|j| memo.matches(self, j)) {
             if job.is_queued() {
                 counted.queued += 1;
             } else if self.scale_on_in_flight && self.on_our_agent(job) {
@@ -280,6 +284,39 @@ impl Filter {
                 .count() as u64;
         }
         counted
+    }
+}
+
+/// Remembers, within one count, whether the filter matches each shared demand list: without
+/// `parent`, a job's match depends on its demands alone, and a big pool's hundreds of jobs
+/// share a few lists ([`DemandSets`]). Counting is then a pass over the jobs, not hundreds of
+/// demand comparisons, on every KEDA call.
+#[derive(Default)]
+struct MatchMemo {
+    lists: Vec<(*const [Demand], *const [Requirement], bool)>,
+}
+
+impl MatchMemo {
+    /// Past this many distinct lists, matching is not remembered (nor the memo searched).
+    const MAX_LISTS: usize = 16;
+
+    fn matches(&mut self, filter: &Filter, job: &Job) -> bool {
+        if filter.parent.is_some() {
+            return filter.matches(job);
+        }
+        let (demands, requirements) = (Arc::as_ptr(&job.demands), Arc::as_ptr(&job.requirements));
+        let known = self
+            .lists
+            .iter()
+            .find(|(d, r, _)| std::ptr::eq(*d, demands) && std::ptr::eq(*r, requirements));
+        if let Some(&(_, _, matched)) = known {
+            return matched;
+        }
+        let matched = filter.matches(job);
+        if self.lists.len() < Self::MAX_LISTS {
+            self.lists.push((demands, requirements, matched));
+        }
+        matched
     }
 }
 
@@ -731,6 +768,62 @@ mod tests {
     }
 
     #[test]
+    fn counting_remembers_matches_per_shared_demand_list_only() {
+        let now = Instant::now();
+        let mut sets = DemandSets::default();
+        // 40 queued jobs on 20 lists (past the memo's bound), each list shared by two jobs
+        // whose matched agents differ; and one job with list 1's content in a list of its own.
+        let mut jobs: Vec<Job> = (0..40)
+            .map(|i| {
+                let (demands, requirements) =
+                    sets.get(&[format!("team-{}", i % 20), "maven".into()]);
+                Job {
+                    demands,
+                    requirements,
+                    matched_agents: if i % 3 == 0 {
+                        vec!["template".into()]
+                    } else {
+                        vec![]
+                    },
+                    ..job(i, &[], None)
+                }
+            })
+            .collect();
+        jobs.push(job(100, &["team-1", "maven"], None));
+        let parent = Filter {
+            parent: Some("template".into()),
+            ..Filter::default()
+        };
+        let capabilities = Filter {
+            capabilities: Some(Capabilities::parse("team-1,maven,Agent.Version=4.0.0").unwrap()),
+            ..Filter::default()
+        };
+        let cases = [
+            (
+                filter(&["team-1", "maven"], DemandRule::JobSubsetOfTrigger, false),
+                3,
+            ),
+            (
+                filter(&["TEAM-19"], DemandRule::TriggerSubsetOfJob, true),
+                2,
+            ),
+            (
+                filter(&["team-19"], DemandRule::TriggerSubsetOfJob, false),
+                2,
+            ),
+            (filter(&["maven"], DemandRule::Equal, false), 0),
+            (parent, 14),
+            (capabilities, 3),
+            (Filter::default(), 41),
+        ];
+        for (f, want) in cases {
+            let one_by_one = jobs.iter().filter(|j| f.matches(j)).count() as u64;
+            assert_eq!(one_by_one, want, "{f:?}");
+            assert_eq!(f.count(&jobs, &[], now).queued, want, "{f:?}");
+        }
+    }
+
+    #[test]
     fn jobs_with_the_same_demands_share_one_parsed_list() {
         let mut sets = DemandSets::default();
         assert!(sets.is_empty());
@@ -743,6 +836,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&ra, &rb));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(sets.len(), 2);
+        assert!(!sets.is_empty());
         assert_eq!(a.len(), 1, "Agent.Version is not a KEDA demand");
         assert_eq!(ra.len(), 2, "but ADO evaluates it");
     }

@@ -533,6 +533,78 @@ mod tests {
     }
 
     #[test]
+    fn callers_get_a_fresh_snapshot_read_for_their_parent_else_the_reason_or_a_wait() {
+        let key = PoolKey {
+            org: OrgUrl::parse("https://dev.azure.com/org").unwrap(),
+            pool_id: 7,
+            identity: "id".into(),
+        };
+        let limit = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let snapshot = |parents: &[&str]| {
+            let answer = Answer::new(Arc::new(parents.iter().map(|p| p.to_string()).collect()));
+            Some(Arc::new(Snapshot::next(
+                None,
+                answer,
+                t0,
+                OffsetDateTime::now_utc(),
+            )))
+        };
+        let failed = || {
+            Some(Error::Transport {
+                org: "https://dev.azure.com/org".into(),
+                reason: "connection reset".into(),
+            })
+        };
+        let state = |snapshot, error| PoolState {
+            snapshot,
+            error,
+            polling_since: None,
+        };
+        let outcome = |s: &PoolState, age: u64, parent: Option<&str>| match s.usable(
+            &key,
+            limit,
+            t0 + Duration::from_secs(age),
+            parent,
+        ) {
+            None => "wait".to_owned(),
+            Some(Ok(_)) => "snapshot".to_owned(),
+            Some(Err(e)) => e.reason().to_owned(),
+        };
+        let read_for_a = state(snapshot(&["a"]), None);
+        assert_eq!(outcome(&read_for_a, 0, None), "snapshot");
+        assert_eq!(
+            outcome(&read_for_a, 60, Some("a")),
+            "snapshot",
+            "at the limit"
+        );
+        assert_eq!(outcome(&read_for_a, 61, None), "stale");
+        assert_eq!(outcome(&read_for_a, 61, Some("b")), "stale");
+        assert_eq!(
+            outcome(&read_for_a, 0, Some("b")),
+            "wait",
+            "for the poll read for b"
+        );
+        let failing = state(snapshot(&["a"]), failed());
+        assert_eq!(
+            outcome(&failing, 10, Some("a")),
+            "snapshot",
+            "the last good one stands"
+        );
+        assert_eq!(
+            outcome(&failing, 10, Some("b")),
+            "transport",
+            "no poll is coming soon"
+        );
+        assert_eq!(outcome(&state(None, failed()), 0, None), "transport");
+        assert_eq!(
+            outcome(&state(None, None), 0, None),
+            "wait",
+            "the first poll"
+        );
+    }
+
+    #[test]
     fn retry_delay_doubles_caps_and_jitters_within_a_quarter_of_the_staleness() {
         let settings = |interval, max_staleness, max_backoff| PollerSettings {
             interval: Duration::from_secs(interval),

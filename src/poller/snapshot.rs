@@ -58,11 +58,6 @@ impl Answer {
             }
         }
     }
-
-    /// Distinct demand lists among the jobs.
-    pub fn demand_lists(&self) -> usize {
-        self.demand_sets.len()
-    }
 }
 
 impl Sink for Answer {
@@ -225,6 +220,17 @@ mod tests {
             req.finish_time = Some(UTC0 + time::Duration::seconds(secs));
         }
         req
+    }
+
+    #[test]
+    fn a_snapshot_covers_the_parents_it_was_read_for() {
+        let parents = Arc::new(["tmpl".to_owned()].into_iter().collect());
+        let s = Snapshot::next(None, Answer::new(parents), Instant::now(), UTC0);
+        assert!(s.covers(None));
+        assert!(s.covers(Some("tmpl")));
+        assert!(!s.covers(Some("other")));
+        let none = Snapshot::next(None, Answer::default(), Instant::now(), UTC0);
+        assert!(!none.covers(Some("tmpl")));
     }
 
     #[test]
