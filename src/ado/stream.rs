@@ -142,10 +142,15 @@ impl ListDecoder {
             Some(bytes) => self.feed(bytes),
             None => self.finish(),
         }
+        let ended = self.ended;
         loop {
             match self.next::<S::Element<'_>>()? {
                 Next::Element(element) => sink.push(element),
-                // After the end, `next` has either failed or finished.
+                // After the end, `next` has either failed or finished; never take an
+                // answer that stopped short for a whole one.
+                Next::NeedMore if ended => {
+                    return Err(DecodeError::Truncated("before it was complete"));
+                }
                 Next::NeedMore | Next::Done => return Ok(()),
             }
         }
@@ -328,11 +333,12 @@ fn syntax(e: &serde_json::Error, at: u64) -> DecodeError {
 /// reach logs and KEDA, and an answer's strings are not ours to repeat.
 fn without_values(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    match (message.find('"'), message.rfind('"')) {
-        (Some(first), Some(last)) if first < last => {
-            format!("{}\"…\"{}", &message[..first], &message[last + 1..])
-        }
-        _ => message,
+    let quoted = message
+        .split_once('"')
+        .and_then(|(head, rest)| Some((head, rest.rsplit_once('"')?.1)));
+    match quoted {
+        Some((head, tail)) => format!("{head}\"…\"{tail}"),
+        None => message,
     }
 }
 
@@ -430,6 +436,8 @@ mod tests {
                 "expected `[` (`value` must be an array), found '{' at byte 9",
             ),
             (r#"{"value":[1,2"#, "the answer ended inside `value`"),
+            (r#"{"value":[{"a":1"#, "the answer ended inside `value`"),
+            (r#"{"value":[{"a":"x"#, "the answer ended inside `value`"),
             (r#"{"value":[1,"#, "the answer ended inside `value`"),
             (
                 r#"{"value":[1 2]}"#,
