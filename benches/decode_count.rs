@@ -8,9 +8,8 @@ use std::{hint::black_box, time::Duration};
 
 use ado_scaler::{
     ado::stream::decode_chunked,
-    count::{DemandRule, Filter, parse_demands},
     poller::{Answer, Snapshot},
-    sim::ado::generate::{BodySpec, job_requests_body},
+    sim::ado::generate::{BodySpec, job_requests_body, triggers},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use time::OffsetDateTime;
@@ -32,21 +31,6 @@ fn bodies() -> Vec<(&'static str, BodySpec)> {
         ("200 jobs x 50 agents", pool(150, 50, 50)),
         ("600 jobs x 200 agents", BodySpec::BIG_POOL),
     ]
-}
-
-/// Ten triggers, each with its own demands and rule, as ten ScaledJobs on one pool.
-fn triggers(n: usize) -> Vec<Filter> {
-    (0..n)
-        .map(|i| Filter {
-            demands: parse_demands([format!("team-{}", i % 8).as_str()]),
-            rule: if i % 2 == 0 {
-                DemandRule::TriggerSubsetOfJob
-            } else {
-                DemandRule::JobSubsetOfTrigger
-            },
-            ..Filter::default()
-        })
-        .collect()
 }
 
 fn poll(body: &[u8], previous: Option<&Snapshot>) -> Snapshot {

@@ -14,50 +14,23 @@ use std::{io::Read, time::Duration};
 
 use ado_scaler::{
     ado::stream::ListDecoder,
-    count::{DemandRule, Filter, parse_demands},
     poller::{Answer, Snapshot},
-    sim::ado::generate::{BodySpec, job_requests_body},
+    sim::ado::generate::{BodySpec, job_requests_body, triggers},
 };
 
 /// User plus system CPU time of this process.
 fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    // CLK_TCK is 100 on Linux x86_64; resolution 10 ms, so rounds are timed in batches.
-    Duration::from_millis(ticks * 10)
+    let stat = procfs::process::Process::myself()
+        .and_then(|me| me.stat())
+        .expect("/proc/self/stat");
+    Duration::from_secs_f64((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn filters(n: usize) -> Vec<Filter> {
-    (0..n)
-        .map(|i| Filter {
-            demands: parse_demands([format!("team-{}", i % 8).as_str()]),
-            rule: if i % 2 == 0 {
-                DemandRule::TriggerSubsetOfJob
-            } else {
-                DemandRule::JobSubsetOfTrigger
-            },
-            ..Filter::default()
-        })
-        .collect()
+    let status = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .expect("/proc/self/status");
+    status.vmhwm.unwrap_or(0) as f64 / 1024.0
 }
 
 fn main() {
@@ -82,7 +55,7 @@ fn main() {
             let size = std::fs::metadata(path).expect("the body file").len();
             let mut chunk = vec![0; 64 << 10];
             let iterations = number(2, 20);
-            let triggers = filters(number(3, 1));
+            let triggers = triggers(number(3, 1));
             let mut rounds = Vec::with_capacity(iterations);
             let mut counted = 0;
             let mut overhead = (0, 0);

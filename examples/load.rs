@@ -92,33 +92,24 @@ fn args() -> Args {
     args
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+fn process(pid: u32) -> procfs::process::Process {
+    procfs::process::Process::new(pid as i32).expect("the scaler's /proc entry")
+}
+
+/// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = process(pid).status().expect("/proc/PID/status");
+    (status.vmrss.unwrap_or(0), status.vmhwm.unwrap_or(0))
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
+    memory_kib(pid).0
 }
 
-/// User plus system CPU time of a process, in seconds (clock ticks of 10 ms).
+/// User plus system CPU time of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    ticks as f64 / 100.0
+    let stat = process(pid).stat().expect("/proc/PID/stat");
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
 fn trigger(sim: &SimCloud, pool: usize, name: usize) -> ScaledObjectRef {
@@ -329,7 +320,7 @@ async fn main() {
     let elapsed = started.elapsed();
     let cores = (cpu_seconds(pid) - start_cpu) / elapsed.as_secs_f64();
     let end_rss = rss_kib(pid);
-    let peak_rss = status_kib(pid, "VmHWM:");
+    let peak_rss = memory_kib(pid).1;
     let polls = sim.ado.requests(Endpoint::JobRequests) - polls_before;
     let all_requests = sim.ado.total_requests();
     let within_1ms = served_within_1ms(&http_addr).await;

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::count::{DemandRule, Filter, parse_demands};
+
 /// What to generate.
 #[derive(Debug, Clone, Copy)]
 pub struct BodySpec {
@@ -173,6 +175,22 @@ pub fn job_requests_body(spec: &BodySpec) -> Vec<u8> {
     }
     out.push_str("]}");
     out.into_bytes()
+}
+
+/// `n` triggers with different demands and rules over the generated demand lists (`team-N`),
+/// as `n` ScaledJobs on one pool: what the benchmarks count a generated answer for.
+pub fn triggers(n: usize) -> Vec<Filter> {
+    (0..n)
+        .map(|i| Filter {
+            demands: parse_demands([format!("team-{}", i % 8).as_str()]),
+            rule: if i % 2 == 0 {
+                DemandRule::TriggerSubsetOfJob
+            } else {
+                DemandRule::JobSubsetOfTrigger
+            },
+            ..Filter::default()
+        })
+        .collect()
 }
 
 #[cfg(test)]
