@@ -558,7 +558,7 @@ mod tests {
             reparsed > 0 && reparsed < size / 10,
             "{reparsed} of {size} parsed twice"
         );
-        assert!(moved < size / 10, "{moved} of {size} moved");
+        assert!(moved > 0 && moved < size / 10, "{moved} of {size} moved");
     }
 
     #[test]
