@@ -166,6 +166,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// ScaledJobs (NAMESPACE/NAME, comma list) to change whenever the TriggerAuthentication
+    /// or cert-manager Certificate their triggers' TLS comes from appears or is renewed: KEDA
+    /// reads those only when a ScaledJob changes (README: "mTLS and install order").
+    #[arg(long, env = "ADO_SCALER_REFRESH_SCALEDJOBS", value_delimiter = ',')]
+    pub refresh_scaledjobs: Vec<String>,
+
+    /// How often those are checked.
+    #[arg(long, env = "ADO_SCALER_REFRESH_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub refresh_interval: Duration,
+
     #[command(flatten)]
     pub gc: GcArgs,
 }

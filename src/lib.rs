@@ -12,7 +12,8 @@
 //! Beside the data path, `serve` keeps [`placeholder`] registrations so that ADO queues jobs
 //! for a pool scaled to zero, [`claims`] reports queued jobs no trigger (or several) counts,
 //! and [`gc`] deletes the registrations of agents that died without deregistering, on the
-//! one replica [`k8s`] elects.
+//! one replica [`k8s`] elects, and [`refresh`] changes ScaledJobs whose TLS material KEDA
+//! read before it existed or was renewed.
 //!
 //! The agent side: [`agent`] is the entrypoint of each ephemeral agent pod (token exchange,
 //! register, one job, deregister).
@@ -38,6 +39,7 @@ pub mod gc;
 pub mod k8s;
 pub mod placeholder;
 pub mod poller;
+pub mod refresh;
 pub mod scaler;
 pub mod sim;
 pub mod standby;
@@ -119,6 +121,7 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         http: auth::http_client(ca.as_deref())?,
         max_body: args.max_body.as_u64(),
         grpc_tls: grpc_tls_settings(&args.tls)?,
+        refresh: refresh_settings(args)?,
     })
 }
 
@@ -144,6 +147,25 @@ fn grpc_tls_settings(args: &config::TlsArgs) -> Result<Option<scaler::tls::TlsSe
         (Some(_), None) => Err(Error::Config("--tls-cert needs --tls-key".into())),
         (None, Some(_)) => Err(Error::Config("--tls-key needs --tls-cert".into())),
     }
+}
+
+/// `--refresh-scaledjobs`: `None` when no ScaledJob is named.
+fn refresh_settings(args: &ServeArgs) -> Result<Option<refresh::RefreshSettings>> {
+    let scaled_jobs = refresh::RefreshSettings::parse_scaled_jobs(&args.refresh_scaledjobs)
+        .map_err(Error::Config)?;
+    if scaled_jobs.is_empty() {
+        return Ok(None);
+    }
+    if args.refresh_interval < Duration::from_secs(1) {
+        return Err(Error::Config(
+            "--refresh-interval must be at least 1s".into(),
+        ));
+    }
+    Ok(Some(refresh::RefreshSettings {
+        scaled_jobs,
+        interval: args.refresh_interval,
+        kubeconfig: args.gc.kubeconfig.clone(),
+    }))
 }
 
 /// Validates the `--gc-*` flags against the allowlist; `None` when the collector is off.

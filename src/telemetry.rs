@@ -130,6 +130,7 @@ pub struct Metrics {
     pub gc: Arc<crate::gc::GcMetrics>,
     pub poll: Arc<crate::poller::PollMetrics>,
     pub tls: Arc<crate::scaler::tls::TlsMetrics>,
+    pub refresh: Arc<crate::refresh::RefreshMetrics>,
 }
 
 impl Default for Metrics {
@@ -232,6 +233,7 @@ impl Metrics {
         let gc = crate::gc::GcMetrics::register(registry);
         let poll = crate::poller::PollMetrics::register(registry);
         let tls = crate::scaler::tls::TlsMetrics::register(registry);
+        let refresh = crate::refresh::RefreshMetrics::register(registry);
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
@@ -287,6 +289,7 @@ impl Metrics {
             gc,
             poll,
             tls,
+            refresh,
         }
     }
 

@@ -2,6 +2,8 @@
 //! `tlsClientKey`), and certificates rotated in place without a restart.
 
 mod common;
+#[path = "common/tools.rs"]
+mod tools;
 
 use std::time::Duration;
 
@@ -12,10 +14,15 @@ use ado_scaler::{
         tls::TlsSettings,
     },
 };
+use ado_scaler::{
+    refresh::{RefreshSettings, plan::STAMP_ANNOTATION},
+    sim::{SIM_AGENT_NAMESPACE, SimCloud, kube::Grant},
+};
 use common::{Harness, eventually};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
+use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -190,6 +197,20 @@ async fn tls_serves_keda_and_refuses_plaintext() {
     assert!(h.metric(&h.scaled_job("agents", &[])).await.is_err());
     // A client that trusts another CA does not accept the scaler.
     assert!(keda_client(&h, &Ca::new("other CA"), None).await.is_err());
+    // Each refusal is counted under its own cause (the client's alert arrives just after
+    // its connect fails, so the count is awaited).
+    let counted = |result: &'static str| {
+        let h = &h;
+        async move { counter(&h.http_get("/metrics").await.1, "handshakes", result) >= 1 }
+    };
+    assert!(eventually(Duration::from_secs(5), || counted("not_tls")).await);
+    assert!(eventually(Duration::from_secs(5), || counted("rejected_by_client")).await);
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert_eq!(counter(&metrics, "handshakes", "no_client_certificate"), 0);
+    assert_eq!(counter(&metrics, "handshakes", "untrusted"), 0);
+    // Logged with what to do (once a minute: the unit tests of `RefusalLog`).
+    let logs = h.logs();
+    assert!(logs.contains("KEDA's caCert is missing"), "{logs}");
 }
 
 #[tokio::test]
@@ -215,8 +236,19 @@ async fn mtls_takes_clients_of_its_ca_only() {
     };
     assert!(refused, "a client of another CA was served");
     let (_, metrics) = h.http_get("/metrics").await;
-    assert!(counter(&metrics, "handshakes", "error") >= 2, "{metrics}");
+    assert!(
+        counter(&metrics, "handshakes", "no_client_certificate") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        counter(&metrics, "handshakes", "untrusted") >= 1,
+        "{metrics}"
+    );
+    assert_eq!(counter(&metrics, "handshakes", "error"), 0, "{metrics}");
     assert!(counter(&metrics, "handshakes", "success") >= 1, "{metrics}");
+    let logs = h.logs();
+    assert!(logs.contains("the client sent no certificate"), "{logs}");
+    assert!(logs.contains("is not signed by --tls-client-ca"), "{logs}");
 }
 
 /// cert-manager renews the certificate in place: new connections get the new one within the
@@ -299,4 +331,247 @@ fn bad_tls_files_fail_at_start_naming_the_flag() {
     let mut mismatch = files.settings(false);
     mismatch.key = other_key;
     assert!(load(mismatch).contains("--tls-cert/--tls-key"));
+}
+
+// --- KEDA reads the TriggerAuthentication again once its inputs exist (deploy/mtls) ---
+
+const KEDA: &str = "keda.sh";
+const CERT_MANAGER: &str = "cert-manager.io";
+
+/// The mtls component's ScaledJob, TriggerAuthentication and KEDA client Certificate, as
+/// rendered from deploy/.
+fn mtls_objects() -> (Value, Value, Value) {
+    let docs = tools::rendered_with_mtls();
+    let scaled_job = tools::find(&docs, "ScaledJob", "ado-agent").clone();
+    let auth_name = scaled_job["spec"]["triggers"][0]["authenticationRef"]["name"]
+        .as_str()
+        .unwrap();
+    let auth = tools::find(&docs, "TriggerAuthentication", auth_name).clone();
+    let secret = auth["spec"]["secretTargetRef"][0]["name"].as_str().unwrap();
+    let certificate = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == secret)
+        .unwrap()
+        .clone();
+    (scaled_job, auth, certificate)
+}
+
+/// The Certificate as cert-manager leaves it after writing revision `revision` of its Secret.
+fn issued(mut certificate: Value, revision: i64) -> Value {
+    certificate["status"] = json!({
+        "revision": revision,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}],
+    });
+    certificate
+}
+
+fn generation(sim: &SimCloud, name: &str) -> i64 {
+    sim.kube
+        .custom(KEDA, "scaledjobs", SIM_AGENT_NAMESPACE, name)
+        .unwrap()["metadata"]["generation"]
+        .as_i64()
+        .unwrap()
+}
+
+fn refresh_settings(sim: &SimCloud, scaled_jobs: &[&str]) -> RefreshSettings {
+    RefreshSettings {
+        scaled_jobs: scaled_jobs
+            .iter()
+            .map(|n| (SIM_AGENT_NAMESPACE.to_owned(), (*n).to_owned()))
+            .collect(),
+        interval: Duration::from_millis(100),
+        kubeconfig: Some(sim.kubeconfig.clone()),
+    }
+}
+
+fn refreshes(metrics: &str, name: &str, result: &str) -> u64 {
+    let prefix = format!(
+        "ado_scaler_scaledjob_refreshes_total{{namespace=\"{SIM_AGENT_NAMESPACE}\",scaledjob=\"{name}\",result=\"{result}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// The install order that left KEDA without its certificate for good (issue 19): the
+/// ScaledJob first, its TriggerAuthentication later, cert-manager's Secret last. Nothing is
+/// changed until every input exists; then the ScaledJob changes once (KEDA builds its scalers
+/// again, reading the Secret), not again while nothing changes, and once more on renewal. All
+/// under exactly the rights deploy/mtls gives the scaler, and no Secret is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaledjob_changes_once_keda_can_read_its_certificate_and_on_each_renewal() {
+    let (scaled_job, auth, certificate) = mtls_objects();
+    let grants: Vec<Grant> = tools::role_rules(&tools::rendered_with_mtls(), "ado-scaler")
+        .into_iter()
+        .map(|r| Grant {
+            namespace: r.namespace,
+            api_group: r.api_group,
+            resource: r.resource,
+            verbs: r.verbs,
+            resource_names: r.resource_names,
+        })
+        .collect();
+    assert!(
+        !grants.iter().any(|g| g.resource == "secrets"),
+        "the refresher reads no Secret"
+    );
+    let name = scaled_job["metadata"]["name"].as_str().unwrap().to_owned();
+    let h = Harness::start_tuned(PollerSettings::default(), |sim, s| {
+        sim.kube.enforce_rbac(grants.clone());
+        sim.kube.put_custom(KEDA, "scaledjobs", scaled_job.clone());
+        s.refresh = Some(refresh_settings(sim, &[&name]));
+    })
+    .await;
+    let sim = &h.sim;
+    let waiting = || async { refreshes(&h.http_get("/metrics").await.1, &name, "waiting") };
+    let settle = |n: u64| {
+        let waiting = &waiting;
+        async move {
+            let seen = waiting().await;
+            assert!(
+                eventually(Duration::from_secs(5), || async {
+                    waiting().await >= seen + n
+                })
+                .await
+            );
+        }
+    };
+
+    // No TriggerAuthentication yet, then a Certificate not issued yet: nothing changes.
+    settle(2).await;
+    assert_eq!(generation(sim, &name), 1);
+    sim.kube
+        .put_custom(CERT_MANAGER, "certificates", certificate.clone());
+    sim.kube
+        .put_custom(KEDA, "triggerauthentications", auth.clone());
+    settle(2).await;
+    assert_eq!(generation(sim, &name), 1);
+    assert!(h.logs().contains("is not issued yet"));
+
+    // cert-manager writes the Secret: the ScaledJob changes, once.
+    sim.kube
+        .put_custom(CERT_MANAGER, "certificates", issued(certificate.clone(), 1));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            generation(sim, &name) == 2
+        })
+        .await
+    );
+    let stored = sim
+        .kube
+        .custom(KEDA, "scaledjobs", SIM_AGENT_NAMESPACE, &name)
+        .unwrap();
+    let stamp = stored["spec"]["jobTargetRef"]["template"]["metadata"]["annotations"]
+        [STAMP_ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stamp.ends_with("ado-agent-keda-client#1"), "{stamp}");
+    // The rest of the spec is as applied.
+    let mut without_stamp = stored["spec"].clone();
+    without_stamp["jobTargetRef"]["template"]["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(STAMP_ANNOTATION);
+    let mut applied = scaled_job["spec"].clone();
+    if applied["jobTargetRef"]["template"]["metadata"]["annotations"].is_null() {
+        applied["jobTargetRef"]["template"]["metadata"]["annotations"] = json!({});
+    }
+    assert_eq!(without_stamp, applied);
+    let unchanged = || async { refreshes(&h.http_get("/metrics").await.1, &name, "unchanged") };
+    assert!(eventually(Duration::from_secs(5), || async { unchanged().await >= 3 }).await);
+    assert_eq!(generation(sim, &name), 2, "changed again with nothing new");
+
+    // Renewal (cert-manager's revision 2): once more.
+    sim.kube
+        .put_custom(CERT_MANAGER, "certificates", issued(certificate.clone(), 2));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            generation(sim, &name) == 3
+        })
+        .await
+    );
+    // The TriggerAuthentication recreated (new uid): once more.
+    sim.kube.delete_custom(
+        KEDA,
+        "triggerauthentications",
+        SIM_AGENT_NAMESPACE,
+        "ado-scaler-grpc-client",
+    );
+    sim.kube.put_custom(KEDA, "triggerauthentications", auth);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            generation(sim, &name) == 4
+        })
+        .await
+    );
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert_eq!(refreshes(&metrics, &name, "refreshed"), 3, "{metrics}");
+    assert_eq!(refreshes(&metrics, &name, "error"), 0, "{metrics}");
+    assert_eq!(
+        sim.kube.forbidden(),
+        0,
+        "a request outside deploy/mtls's rights"
+    );
+}
+
+/// A ScaledJob whose rollout would delete running Jobs is never changed (a warning says
+/// why); one that does not exist is an error that names it; others are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaledjob_without_gradual_rollout_is_left_alone_and_said_so() {
+    let (scaled_job, auth, certificate) = mtls_objects();
+    let mut immediate = scaled_job.clone();
+    immediate["metadata"]["name"] = json!("immediate");
+    immediate["spec"]["rollout"] = json!({"strategy": "immediate"});
+    let h = Harness::start_tuned(PollerSettings::default(), |sim, s| {
+        sim.kube.put_custom(KEDA, "scaledjobs", immediate.clone());
+        sim.kube.put_custom(KEDA, "scaledjobs", scaled_job.clone());
+        sim.kube
+            .put_custom(KEDA, "triggerauthentications", auth.clone());
+        sim.kube
+            .put_custom(CERT_MANAGER, "certificates", issued(certificate.clone(), 1));
+        s.refresh = Some(refresh_settings(
+            sim,
+            &["missing", "immediate", "ado-agent"],
+        ));
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            generation(&h.sim, "ado-agent") == 2
+        })
+        .await
+    );
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(
+        refreshes(&metrics, "immediate", "not_gradual") >= 1,
+        "{metrics}"
+    );
+    assert!(refreshes(&metrics, "missing", "error") >= 1, "{metrics}");
+    assert_eq!(generation(&h.sim, "immediate"), 1);
+    let logs = h.logs();
+    assert!(
+        logs.contains("ScaledJob ado-agents/missing not found"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("set spec.rollout.strategy: gradual"),
+        "{logs}"
+    );
+    // Said once, not every tick.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            refreshes(&h.http_get("/metrics").await.1, "immediate", "not_gradual") >= 4
+        })
+        .await
+    );
+    assert_eq!(
+        h.logs()
+            .matches("scaledjob=immediate result=\"not_gradual\"")
+            .count(),
+        1
+    );
 }

@@ -239,6 +239,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         http: sim.http_client()?,
         max_body: crate::ado::DEFAULT_MAX_BODY,
         grpc_tls: None,
+        refresh: None,
     };
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(settings, grpc, http, async move {

@@ -21,6 +21,7 @@ use crate::{
     gc::GcSettings,
     placeholder::{PlaceholderSettings, Placeholders},
     poller::{Poller, PollerSettings},
+    refresh::RefreshSettings,
     scaler::{
         ScalerService,
         allowlist::OrgAllowlist,
@@ -49,6 +50,8 @@ pub struct ServeSettings {
     pub max_body: u64,
     /// gRPC over TLS (and mTLS); `None`: plaintext.
     pub grpc_tls: Option<TlsSettings>,
+    /// ScaledJobs kept refreshed for KEDA's trigger TLS; `None`: off.
+    pub refresh: Option<RefreshSettings>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,9 @@ pub async fn serve(
         }
         None => None,
     };
+    if let Some(refresh) = settings.refresh {
+        crate::refresh::start(refresh, metrics.refresh.clone(), stop.clone()).await?;
+    }
     let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
     let claims = ClaimTracker::new(poller.clone(), metrics.claims.clone(), stop_polling.clone());
     let streams_end = CancellationToken::new();

@@ -62,16 +62,156 @@ impl TlsMetrics {
         );
         tls.register(
             "handshakes",
-            "TLS handshakes on the gRPC port, by result (a refused client certificate is an error)",
+            "TLS handshakes on the gRPC port, by result: success, no_client_certificate, untrusted \
+             (a client certificate --tls-client-ca does not trust), rejected_by_client (the client \
+             does not trust ours), not_tls, timeout, error",
             metrics.handshakes.clone(),
         );
         for result in ["success", "error"] {
             let _ = metrics.reloads.get_or_create(&TlsResultLabels { result });
+        }
+        for result in std::iter::once("success").chain(Refusal::ALL.iter().map(|r| r.label())) {
             let _ = metrics
                 .handshakes
                 .get_or_create(&TlsResultLabels { result });
         }
         Arc::new(metrics)
+    }
+}
+
+/// Why a handshake on the gRPC port failed: each has its own label and its own advice, because
+/// each has a different fix (KEDA keeps a failed connection's settings until the ScaledJob
+/// changes; README: "mTLS and install order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// mTLS is on and the client sent no certificate.
+    NoClientCertificate,
+    /// The client's certificate is not signed by `--tls-client-ca`, or has expired.
+    Untrusted,
+    /// The client refused our certificate: it lacks (or has another) CA.
+    RejectedByClient,
+    /// The client spoke something other than TLS: a plaintext gRPC client.
+    NotTls,
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// Anything else (a reset connection, a protocol error).
+    Other,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NoClientCertificate,
+        Refusal::Untrusted,
+        Refusal::RejectedByClient,
+        Refusal::NotTls,
+        Refusal::Timeout,
+        Refusal::Other,
+    ];
+
+    /// The `result` label of `ado_scaler_tls_handshakes_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NoClientCertificate => "no_client_certificate",
+            Refusal::Untrusted => "untrusted",
+            Refusal::RejectedByClient => "rejected_by_client",
+            Refusal::NotTls => "not_tls",
+            Refusal::Timeout => "timeout",
+            Refusal::Other => "error",
+        }
+    }
+
+    /// What the operator should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Refusal::NoClientCertificate => {
+                "the client sent no certificate: KEDA's TriggerAuthentication gives no \
+                 tlsClientCert/tlsClientKey, or KEDA built its connection before that Secret \
+                 existed and keeps it until the ScaledJob changes (--refresh-scaledjobs does \
+                 that; README: mTLS and install order)"
+            }
+            Refusal::Untrusted => {
+                "the client's certificate is not signed by --tls-client-ca or has expired: \
+                 KEDA still holds an old certificate until the ScaledJob changes \
+                 (--refresh-scaledjobs), or the TriggerAuthentication names another CA's Secret"
+            }
+            Refusal::RejectedByClient => {
+                "the client refused this scaler's certificate: KEDA's caCert is missing or from \
+                 another CA (it was read before cert-manager wrote the Secret; \
+                 --refresh-scaledjobs makes KEDA read it again)"
+            }
+            Refusal::NotTls => {
+                "the client spoke plaintext to the TLS port: set enableTLS: \"true\" on the trigger"
+            }
+            Refusal::Timeout => "the client did not finish its handshake within 10s",
+            Refusal::Other => "the handshake failed; see the error",
+        }
+    }
+
+    /// Classifies the error `tokio_rustls` gave for a failed handshake.
+    pub fn classify(error: &std::io::Error) -> Self {
+        use rustls::{AlertDescription as Alert, Error as Tls};
+        match error.get_ref().and_then(|e| e.downcast_ref::<Tls>()) {
+            Some(Tls::NoCertificatesPresented) => Refusal::NoClientCertificate,
+            Some(Tls::InvalidCertificate(_)) => Refusal::Untrusted,
+            Some(Tls::AlertReceived(
+                Alert::UnknownCA
+                | Alert::BadCertificate
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::UnsupportedCertificate
+                | Alert::AccessDenied,
+            )) => Refusal::RejectedByClient,
+            Some(Tls::InvalidMessage(_)) => Refusal::NotTls,
+            _ => Refusal::Other,
+        }
+    }
+}
+
+/// Logs refused handshakes at most once a minute per kind, with how many were left unlogged:
+/// KEDA redials every few seconds, and a log line per dial would drown everything else.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    last: std::sync::Mutex<std::collections::HashMap<Refusal, (tokio::time::Instant, u64)>>,
+}
+
+/// The shortest time between two log lines about the same kind of refusal.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl RefusalLog {
+    /// `Some(n)` when this refusal is to be logged now, `n` being how many of its kind were
+    /// refused since the last line; `None` while the last line is under a minute old.
+    pub fn admit(&self, refusal: Refusal) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut last = self.last.lock().expect("refusal log poisoned");
+        match last.get_mut(&refusal) {
+            Some((at, unlogged)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *unlogged += 1;
+                None
+            }
+            Some((at, unlogged)) => {
+                let since = *unlogged;
+                *at = now;
+                *unlogged = 0;
+                Some(since)
+            }
+            None => {
+                last.insert(refusal, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    fn record(&self, refusal: Refusal, peer: std::net::SocketAddr, error: &str) {
+        if let Some(unlogged) = self.admit(refusal) {
+            tracing::warn!(
+                %peer,
+                %error,
+                result = refusal.label(),
+                refused_since_last_log = unlogged,
+                "gRPC TLS handshake refused: {}",
+                refusal.advice()
+            );
+        }
     }
 }
 
@@ -86,6 +226,7 @@ pub struct ReloadingConfig {
     settings: TlsSettings,
     current: RwLock<Loaded>,
     metrics: Arc<TlsMetrics>,
+    refusals: RefusalLog,
 }
 
 impl ReloadingConfig {
@@ -97,6 +238,7 @@ impl ReloadingConfig {
             settings,
             current: RwLock::new(Loaded { files, config }),
             metrics,
+            refusals: RefusalLog::default(),
         }))
     }
 
@@ -241,10 +383,13 @@ pub fn incoming(
                 let result =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => Ok(stream),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("handshake timed out".to_owned()),
+                        Ok(Err(e)) => Err((Refusal::classify(&e), e.to_string())),
+                        Err(_) => Err((Refusal::Timeout, "handshake timed out".to_owned())),
                     };
-                let label = if result.is_ok() { "success" } else { "error" };
+                let label = match &result {
+                    Ok(_) => "success",
+                    Err((refusal, _)) => refusal.label(),
+                };
                 tls.metrics
                     .handshakes
                     .get_or_create(&TlsResultLabels { result: label })
@@ -253,10 +398,95 @@ pub fn incoming(
                     Ok(stream) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Err(error) => tracing::info!(%peer, %error, "gRPC TLS handshake failed"),
+                    Err((refusal, error)) => tls.refusals.record(refusal, peer, &error),
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_kind_of_refusal_is_logged_at_most_once_a_minute_with_the_count_between() {
+        let log = RefusalLog::default();
+        assert_eq!(log.admit(Refusal::Untrusted), Some(0));
+        assert_eq!(log.admit(Refusal::Untrusted), None);
+        // Another kind has its own minute.
+        assert_eq!(log.admit(Refusal::NotTls), Some(0));
+        tokio::time::advance(REFUSAL_LOG_EVERY - Duration::from_millis(1)).await;
+        assert_eq!(log.admit(Refusal::Untrusted), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(log.admit(Refusal::Untrusted), Some(2), "two went unlogged");
+        assert_eq!(log.admit(Refusal::Untrusted), None);
+        tokio::time::advance(REFUSAL_LOG_EVERY).await;
+        assert_eq!(log.admit(Refusal::Untrusted), Some(1));
+        assert_eq!(log.admit(Refusal::NotTls), Some(0));
+    }
+
+    fn io(error: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error)
+    }
+
+    #[test]
+    fn handshake_errors_are_told_apart_by_what_fixes_them() {
+        use rustls::{AlertDescription as Alert, CertificateError, Error as Tls, InvalidMessage};
+        let cases = [
+            (Tls::NoCertificatesPresented, Refusal::NoClientCertificate),
+            (
+                Tls::InvalidCertificate(CertificateError::UnknownIssuer),
+                Refusal::Untrusted,
+            ),
+            (
+                Tls::InvalidCertificate(CertificateError::Expired),
+                Refusal::Untrusted,
+            ),
+            (
+                Tls::AlertReceived(Alert::UnknownCA),
+                Refusal::RejectedByClient,
+            ),
+            (
+                Tls::AlertReceived(Alert::BadCertificate),
+                Refusal::RejectedByClient,
+            ),
+            (
+                Tls::AlertReceived(Alert::CertificateUnknown),
+                Refusal::RejectedByClient,
+            ),
+            (
+                Tls::AlertReceived(Alert::CertificateExpired),
+                Refusal::RejectedByClient,
+            ),
+            (
+                Tls::AlertReceived(Alert::UnsupportedCertificate),
+                Refusal::RejectedByClient,
+            ),
+            (
+                Tls::AlertReceived(Alert::AccessDenied),
+                Refusal::RejectedByClient,
+            ),
+            (Tls::AlertReceived(Alert::HandshakeFailure), Refusal::Other),
+            (
+                Tls::InvalidMessage(InvalidMessage::InvalidContentType),
+                Refusal::NotTls,
+            ),
+            (Tls::DecryptError, Refusal::Other),
+        ];
+        for (error, expected) in cases {
+            let text = error.to_string();
+            assert_eq!(Refusal::classify(&io(error)), expected, "{text}");
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(Refusal::classify(&reset), Refusal::Other);
+        // Every label distinct, every kind with its own advice.
+        let labels: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        let advice: std::collections::HashSet<_> =
+            Refusal::ALL.iter().map(|r| r.advice()).collect();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+        assert_eq!(advice.len(), Refusal::ALL.len());
+        assert!(!labels.contains("success"));
+    }
 }

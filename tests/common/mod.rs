@@ -104,6 +104,7 @@ impl Harness {
             http: sim.http_client().unwrap(),
             max_body: ado_scaler::ado::DEFAULT_MAX_BODY,
             grpc_tls: None,
+            refresh: None,
         };
         tune(&sim, &mut settings);
         let settings_debug = format!("{settings:?}");
@@ -133,6 +134,11 @@ impl Harness {
             assertion,
             errors: std::sync::Mutex::default(),
         }
+    }
+
+    /// Everything logged in this test binary so far (every harness's scaler shares it).
+    pub fn logs(&self) -> String {
+        hygiene::capture().text()
     }
 
     /// A ScaledJob reference for the simulated pool, with extra metadata.

@@ -104,3 +104,46 @@ pub fn role_rules(docs: &[serde_json::Value], service_account: &str) -> Vec<Role
     }
     rules
 }
+
+/// A copy of deploy/ and dashboards/ in a temporary folder, with each `(from, to)` replaced in
+/// deploy/kustomization.yaml (each `from` must be there exactly once).
+pub fn edited_copy(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let tree =
+        std::env::temp_dir().join(format!("ado-scaler-deploy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tree);
+    for dir in ["deploy", "dashboards"] {
+        copy_dir(&root().join(dir), &tree.join(dir));
+    }
+    let kustomization = tree.join("deploy/kustomization.yaml");
+    let mut text = std::fs::read_to_string(&kustomization).unwrap();
+    for (from, to) in edits {
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&kustomization, text).unwrap();
+    tree
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// deploy/ rendered with the mtls component switched on, in a copy of the tree.
+pub fn rendered_with_mtls() -> Vec<serde_json::Value> {
+    let tree = edited_copy(
+        "mtls-rendered",
+        &[("# components:\n#   - mtls\n", "components:\n  - mtls\n")],
+    );
+    let docs = rendered_in(&tree);
+    let _ = std::fs::remove_dir_all(&tree);
+    docs
+}

@@ -31,6 +31,8 @@ const WATCH_HISTORY: usize = 1000;
 pub enum KubeEndpoint {
     Pods,
     Leases,
+    /// ScaledJobs, TriggerAuthentications and cert-manager Certificates.
+    Custom,
 }
 
 /// A scripted failure: the next `times` requests to `endpoint` (all, when `None`) get `status`.
@@ -88,6 +90,23 @@ impl<'a> Access<'a> {
         }
     }
 
+    fn custom(
+        verb: &'a str,
+        api_group: &'a str,
+        resource: &'a str,
+        namespace: &'a str,
+        name: Option<&'a str>,
+    ) -> Self {
+        Self {
+            endpoint: KubeEndpoint::Custom,
+            verb,
+            api_group,
+            resource,
+            namespace,
+            name,
+        }
+    }
+
     fn leases(verb: &'a str, namespace: &'a str, name: Option<&'a str>) -> Self {
         Self {
             endpoint: KubeEndpoint::Leases,
@@ -107,6 +126,8 @@ struct Store {
     leases: BTreeMap<(String, String), Lease>,
     /// `(revision, namespace, event)` of pod changes, oldest first.
     pod_events: VecDeque<(u64, String, Value)>,
+    /// Custom resources by `(group, plural, namespace, name)`, as JSON.
+    custom: BTreeMap<(String, String, String, String), Value>,
 }
 
 impl Store {
@@ -167,6 +188,70 @@ struct KubeState {
     events: broadcast::Sender<(u64, String, Value)>,
 }
 
+/// The custom resources served, as `(group, version, plural)`: what `ado-scaler serve` reads
+/// to keep KEDA's trigger TLS current.
+pub const CUSTOM_RESOURCES: [(&str, &str, &str); 3] = [
+    ("keda.sh", "v1alpha1", "scaledjobs"),
+    ("keda.sh", "v1alpha1", "triggerauthentications"),
+    ("cert-manager.io", "v1", "certificates"),
+];
+
+/// RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+impl Store {
+    /// Creates or replaces a custom resource as the API server would: uid and generation 1
+    /// when new; a changed `spec` bumps `metadata.generation`; any change bumps the
+    /// `resourceVersion`, and no change leaves the object as it was.
+    fn put_custom(&mut self, group: &str, plural: &str, mut object: Value) -> Value {
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .expect("namespace")
+            .to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_owned();
+        let key = (group.to_owned(), plural.to_owned(), namespace, name);
+        match self.custom.get(&key) {
+            Some(old) => {
+                for field in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
+                    object["metadata"][field] = old["metadata"][field].clone();
+                }
+                if *old == object {
+                    return object;
+                }
+                if old["spec"] != object["spec"] {
+                    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    object["metadata"]["generation"] = json!(generation + 1);
+                }
+            }
+            None => {
+                let revision = self.revision + 1;
+                object["metadata"]["uid"] = json!(format!("uid-{revision}"));
+                object["metadata"]["generation"] = json!(1);
+                object["metadata"]["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+            }
+        }
+        object["metadata"]["resourceVersion"] = json!(self.next_revision());
+        self.custom.insert(key, object.clone());
+        object
+    }
+}
+
 /// Handle to the simulated API server.
 #[derive(Debug, Clone)]
 pub struct KubeSim {
@@ -213,6 +298,26 @@ impl KubeSim {
             "current-context": "sim",
         })
         .to_string()
+    }
+
+    /// Creates or replaces a custom resource (`group` and `plural` from [`CUSTOM_RESOURCES`];
+    /// namespace and name from its metadata), as `kubectl apply` or a controller would.
+    pub fn put_custom(&self, group: &str, plural: &str, object: Value) -> Value {
+        self.store().put_custom(group, plural, object)
+    }
+
+    /// A custom resource as stored, if it exists.
+    pub fn custom(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.store()
+            .custom
+            .get(&(group.into(), plural.into(), namespace.into(), name.into()))
+            .cloned()
+    }
+
+    pub fn delete_custom(&self, group: &str, plural: &str, namespace: &str, name: &str) {
+        self.store()
+            .custom
+            .remove(&(group.into(), plural.into(), namespace.into(), name.into()));
     }
 
     /// Starts a pod (phase `Running`), as the Job controller would for an agent.

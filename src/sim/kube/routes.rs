@@ -30,6 +30,14 @@ pub(super) fn router(state: Arc<KubeState>) -> Router {
             "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
             get(get_lease).put(replace_lease),
         )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+            get(list_custom),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+            get(get_custom).patch(patch_custom),
+        )
         .fallback(|| async {
             status(
                 404,
@@ -452,4 +460,118 @@ async fn replace_lease(
     lease.metadata.resource_version = Some(revision);
     store.leases.insert(key, lease.clone());
     Json(lease).into_response()
+}
+
+/// The served custom resource at this path, if it is one.
+fn custom_resource(group: &str, version: &str, plural: &str) -> bool {
+    super::CUSTOM_RESOURCES.contains(&(group, version, plural))
+}
+
+fn no_such_resource() -> Response {
+    status(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+async fn list_custom(
+    State(state): State<Arc<KubeState>>,
+    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !custom_resource(&group, &version, &plural) {
+        return no_such_resource();
+    }
+    if let Some(r) = rejection(
+        &state,
+        &headers,
+        &Access::custom("list", &group, &plural, &ns, None),
+    ) {
+        return r;
+    }
+    let store = store(&state);
+    let items: Vec<&Value> = store
+        .custom
+        .iter()
+        .filter(|((g, p, n, _), _)| *g == group && *p == plural && *n == ns)
+        .map(|(_, object)| object)
+        .collect();
+    Json(json!({
+        "kind": "List",
+        "apiVersion": format!("{group}/{version}"),
+        "metadata": { "resourceVersion": store.revision.to_string() },
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn get_custom(
+    State(state): State<Arc<KubeState>>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !custom_resource(&group, &version, &plural) {
+        return no_such_resource();
+    }
+    if let Some(r) = rejection(
+        &state,
+        &headers,
+        &Access::custom("get", &group, &plural, &ns, Some(&name)),
+    ) {
+        return r;
+    }
+    match store(&state)
+        .custom
+        .get(&(group.clone(), plural.clone(), ns, name.clone()))
+    {
+        Some(object) => Json(object).into_response(),
+        None => not_found(&format!("{plural}.{group}"), &name),
+    }
+}
+
+/// Merge patches only (what the refresher sends); the others get the API server's 415.
+async fn patch_custom(
+    State(state): State<Arc<KubeState>>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !custom_resource(&group, &version, &plural) {
+        return no_such_resource();
+    }
+    if let Some(r) = rejection(
+        &state,
+        &headers,
+        &Access::custom("patch", &group, &plural, &ns, Some(&name)),
+    ) {
+        return r;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type != "application/merge-patch+json" {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json; got {content_type}"
+            ),
+        );
+    }
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(patch) => patch,
+        Err(e) => return status(400, "BadRequest", &e.to_string()),
+    };
+    let mut store = store(&state);
+    let Some(mut object) = store
+        .custom
+        .get(&(group.clone(), plural.clone(), ns, name.clone()))
+        .cloned()
+    else {
+        return not_found(&format!("{plural}.{group}"), &name);
+    };
+    super::merge_patch(&mut object, &patch);
+    Json(store.put_custom(&group, &plural, object)).into_response()
 }
