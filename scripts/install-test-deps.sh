@@ -3,7 +3,9 @@
 #   promtool + prometheus (alert unit tests, the dashboard checked against a real Prometheus),
 #   the shell linter shellcheck (deploy/azure/setup.sh), Node.js where the machine has none;
 # from PyPI, into a private virtualenv (.test-deps/venv, pinned):
-#   kubernetes-validate (the rendered manifests against the Kubernetes OpenAPI schemas);
+#   kubernetes-validate (the rendered manifests against the Kubernetes OpenAPI schemas),
+#   grpcio, grpcio-tools and h2 (KEDA's side of a scaler restart, with gRPC's own client and
+#   its standard reconnect backoff; the HTTP/2 GOAWAY at shutdown);
 # and from npm, by tests/schemas/package-lock.json (.test-deps/schemas):
 #   KEDA's and prometheus-operator's models and TypeScript (the rendered custom resources).
 # kubectl with built-in kustomize (v5) ships with this project's machine image; it is checked
@@ -42,6 +44,13 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETE
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
+GRPCIO_VERSION=1.85.1
+H2_VERSION=4.4.1
+if ! "$venv/bin/python" -c "import grpc, grpc_tools, h2, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION' or h2.__version__ != '$H2_VERSION')" 2>/dev/null; then
+  echo "installing grpcio $GRPCIO_VERSION, grpcio-tools and h2 $H2_VERSION into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" "h2==$H2_VERSION"
+fi
 
 # The custom resources' validators: exactly the lock file's packages, reinstalled when it changes.
 # (The models declare Node.js >= 22 but run on 20, this machine's; the warning is expected.)
@@ -60,4 +69,4 @@ if ! kubectl kustomize --help >/dev/null 2>&1; then
   echo "kubectl with built-in kustomize is required (it ships with this project's machine image)" >&2
   exit 1
 fi
-echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p); kubernetes-validate $("$venv/bin/kubernetes-validate" --version); node $(node --version)"
+echo "test dependencies: $(promtool --version 2>&1 | head -n1); $(shellcheck --version | sed -n 2p); kubectl $(kubectl version --client 2>/dev/null | sed -n 2p); kubernetes-validate $("$venv/bin/kubernetes-validate" --version); grpcio $("$venv/bin/python" -c 'import grpc; print(grpc.__version__)'); node $(node --version)"

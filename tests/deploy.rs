@@ -942,3 +942,81 @@ fn the_mtls_component_wires_the_scaler_keda_and_cert_manager() {
     );
     let _ = std::fs::remove_dir_all(&tree);
 }
+
+/// A rollout never leaves KEDA without a serving replica: one new replica first, none taken
+/// away before it is ready, and voluntary disruptions (a node drain) keep one.
+#[test]
+fn rollouts_and_drains_keep_a_replica_serving() {
+    let docs = rendered();
+    let deployment = find(&docs, "Deployment", "ado-scaler");
+    let spec = &deployment["spec"];
+    assert!(spec["replicas"].as_i64().unwrap() >= 2);
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &spec["template"]["spec"];
+    // The drain (4 s) fits in the grace period, with time for the process to start stopping.
+    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 10);
+    assert!(!pod["containers"][0]["readinessProbe"].is_null());
+    let pdb = find(&docs, "PodDisruptionBudget", "ado-scaler");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert!(labels_match(
+        &pdb["spec"]["selector"],
+        &spec["template"]["metadata"]["labels"]
+    ));
+}
+
+/// The mtls component lets the scaler refresh exactly the ScaledJob it renders, reading its
+/// TriggerAuthentication and the Certificates of its namespace, and nothing else there.
+#[test]
+fn the_mtls_component_lets_the_scaler_refresh_only_its_scaledjob() {
+    let docs = tools::rendered_with_mtls();
+    let scaled_job = find(&docs, "ScaledJob", "ado-agent");
+    let namespace = scaled_job["metadata"]["namespace"].as_str().unwrap();
+    let container =
+        &find(&docs, "Deployment", "ado-scaler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_of(container, "ADO_SCALER_REFRESH_SCALEDJOBS")["value"],
+        format!("{namespace}/ado-agent")
+    );
+    let auth = scaled_job["spec"]["triggers"][0]["authenticationRef"]["name"]
+        .as_str()
+        .unwrap();
+    let mut granted: Vec<(String, String, Vec<String>, Vec<String>)> =
+        tools::role_rules(&docs, "ado-scaler")
+            .into_iter()
+            .filter(|r| r.namespace == namespace && r.resource != "pods")
+            .map(|r| (r.api_group, r.resource, r.verbs, r.resource_names))
+            .collect();
+    granted.sort();
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        granted,
+        [
+            (
+                "cert-manager.io".to_owned(),
+                "certificates".to_owned(),
+                strings(&["list"]),
+                vec![]
+            ),
+            (
+                "keda.sh".into(),
+                "scaledjobs".into(),
+                strings(&["get", "patch"]),
+                strings(&["ado-agent"])
+            ),
+            (
+                "keda.sh".into(),
+                "triggerauthentications".into(),
+                strings(&["get"]),
+                strings(&[auth])
+            ),
+        ]
+    );
+    // Without the component, no such right.
+    assert!(
+        tools::role_rules(&rendered(), "ado-scaler")
+            .iter()
+            .all(|r| r.api_group != "keda.sh" && r.api_group != "cert-manager.io")
+    );
+}

@@ -50,10 +50,15 @@ def main():
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 
-    # KEDA's service config: round robin over every address the target resolves to.
+    # KEDA's service config: round robin over every address the target resolves to. KEDA
+    # dials a Service's DNS name, which is the :authority its calls carry; an ipv4: target
+    # with several addresses would send them all, comma-joined, which HTTP/2 refuses.
     channel = grpc.insecure_channel(
         args.target,
-        options=[("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))],
+        options=[
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+            ("grpc.default_authority", "ado-scaler.ado-scaler.svc:9090"),
+        ],
     )
     client = pb_grpc.ExternalScalerStub(channel)
     request = pb.GetMetricsRequest(
@@ -71,7 +76,7 @@ def main():
             client.GetMetrics(request, timeout=args.poll)
             print(json.dumps({"t": t, "ok": True, "code": "OK"}), flush=True)
         except grpc.RpcError as e:
-            print(json.dumps({"t": t, "ok": False, "code": e.code().name}), flush=True)
+            print(json.dumps({"t": t, "ok": False, "code": e.code().name, "details": e.details()}), flush=True)
         next_call += args.poll
         stop.wait(max(0.0, next_call - time.monotonic()))
     channel.close()
