@@ -83,6 +83,12 @@ pub struct CheckArgs {
     #[arg(long, env = "ADO_SCALER_CHECK_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
 
+    /// The running scaler's metrics (the Deployment sets http://127.0.0.1:8080/metrics, so
+    /// `check` in its pod reads its own replica): whether KEDA's calls arrive, refused TLS
+    /// handshakes by cause, and the state of each --refresh-scaledjobs ScaledJob.
+    #[arg(long, env = "ADO_SCALER_CHECK_SCALER_METRICS")]
+    pub scaler_metrics_url: Option<String>,
+
     #[command(flatten)]
     pub auth: AuthArgs,
 

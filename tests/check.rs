@@ -24,6 +24,7 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
         placeholder: true,
         as_: CheckAs::Scaler,
         service_account: None,
+        scaler_metrics_url: None,
         auth: AuthArgs {
             auth: AuthMode::WorkloadIdentity,
             pat_file: None,

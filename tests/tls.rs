@@ -249,6 +249,29 @@ async fn mtls_takes_clients_of_its_ca_only() {
     let logs = h.logs();
     assert!(logs.contains("the client sent no certificate"), "{logs}");
     assert!(logs.contains("is not signed by --tls-client-ca"), "{logs}");
+
+    // `check` in the scaler's pod reports them, beside the calls that were served.
+    let mut report = ado_scaler::check::Report::default();
+    let url = format!("http://{}/metrics", h.http_addr);
+    ado_scaler::check::check_clients(&url, &mut report).await;
+    let clients = report.item(ado_scaler::check::GRPC_CLIENTS).unwrap();
+    assert_eq!(clients.status, ado_scaler::check::Status::Info, "{report}");
+    assert!(clients.detail.contains("calls served over TLS"), "{report}");
+    assert!(
+        clients.detail.contains("no_client_certificate: "),
+        "{report}"
+    );
+    assert!(clients.detail.contains("untrusted: "), "{report}");
+    // No scaler there: said, not failed.
+    let mut report = ado_scaler::check::Report::default();
+    ado_scaler::check::check_clients("http://127.0.0.1:9/metrics", &mut report).await;
+    assert!(report.ok(), "{report}");
+    assert!(
+        report.items[0].detail.starts_with(
+            "not checked: the scaler's metrics at http://127.0.0.1:9/metrics could not be read"
+        ),
+        "{report}"
+    );
 }
 
 /// cert-manager renews the certificate in place: new connections get the new one within the

@@ -1,6 +1,7 @@
 //! `ado-scaler check`: runs the real auth and REST calls of the scaler (or an agent) and prints
 //! a checklist, ✔ or ✗ with the fix, so that a setup mistake explains itself.
 
+mod clients;
 mod collector;
 
 use std::{fmt, sync::Arc};
@@ -121,6 +122,7 @@ pub const POOL_FOUND: &str = "pool found";
 pub const JOBS_READABLE: &str = "job requests readable";
 pub const PLACEHOLDER: &str = "placeholder registration";
 pub const UNCLAIMED: &str = "unclaimed jobs";
+pub use clients::{GRPC_CLIENTS, REFRESH, check_clients};
 pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
@@ -133,6 +135,10 @@ pub async fn run(args: CheckArgs) -> Result<u8> {
 /// Runs every check it can; `env` reads the pod's environment.
 pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Report {
     let mut report = Report::default();
+    // First: it needs no identity, and the checks below may end early.
+    if let Some(url) = &args.scaler_metrics_url {
+        clients::check_clients(url, &mut report).await;
+    }
     let remote = [
         TOKEN_EXCHANGE,
         REACHABLE,
