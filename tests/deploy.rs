@@ -334,7 +334,7 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(alerts.len(), 11);
+    assert_eq!(alerts.len(), 13);
     let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
     let base = settings["runbookBaseURL"].as_str().unwrap();
     // GitHub's anchors: a heading, lower-cased.
@@ -961,7 +961,7 @@ fn rollouts_and_drains_keep_a_replica_serving() {
     let pdb = find(&docs, "PodDisruptionBudget", "ado-scaler");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert!(labels_match(
-        &pdb["spec"]["selector"],
+        &pdb["spec"]["selector"]["matchLabels"],
         &spec["template"]["metadata"]["labels"]
     ));
 }

@@ -2,7 +2,10 @@
 //! semantics for them. Pods: list (with the list's `resourceVersion`), get, and watch from a
 //! `resourceVersion` (410 Gone once it is compacted away). Leases: get, create (409
 //! `AlreadyExists`) and update with optimistic concurrency (409 `Conflict` for a stale
-//! `metadata.resourceVersion`; none means unconditional, as for a real Lease). One revision
+//! `metadata.resourceVersion`; none means unconditional, as for a real Lease). ScaledJobs,
+//! TriggerAuthentications and cert-manager Certificates: get, list, and JSON merge patch (a
+//! changed `spec` bumps `metadata.generation`, as for any resource with a status subresource;
+//! an unchanged object keeps its `resourceVersion`). One revision
 //! counter for every object, as etcd's. Errors are `Status` objects; a request without the
 //! kubeconfig's bearer token gets 401. Reached over HTTPS through a kubeconfig, as a cluster is.
 
