@@ -129,8 +129,6 @@ pub struct Metrics {
     pub claims: Arc<crate::claims::ClaimMetrics>,
     pub gc: Arc<crate::gc::GcMetrics>,
     pub poll: Arc<crate::poller::PollMetrics>,
-    pub tls: Arc<crate::scaler::tls::TlsMetrics>,
-    pub refresh: Arc<crate::refresh::RefreshMetrics>,
 }
 
 impl Default for Metrics {
@@ -232,8 +230,6 @@ impl Metrics {
         let claims = crate::claims::ClaimMetrics::register(registry);
         let gc = crate::gc::GcMetrics::register(registry);
         let poll = crate::poller::PollMetrics::register(registry);
-        let tls = crate::scaler::tls::TlsMetrics::register(registry);
-        let refresh = crate::refresh::RefreshMetrics::register(registry);
 
         let ado = registry.sub_registry_with_prefix("ado");
         let ado_requests = Family::default();
@@ -288,8 +284,6 @@ impl Metrics {
             claims,
             gc,
             poll,
-            tls,
-            refresh,
         }
     }
 
@@ -301,6 +295,12 @@ impl Metrics {
     }
 
     /// OpenMetrics text of every family.
+    /// Where a concern registers its own metrics, under `ado_scaler_`, before the registry is
+    /// shared: the concern names its families, this module names no concern.
+    pub fn registry_for_concern(&mut self) -> &mut Registry {
+        self.registry.sub_registry_with_prefix("ado_scaler")
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

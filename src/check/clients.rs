@@ -164,16 +164,12 @@ pub async fn check_clients(url: &str, report: &mut Report) {
     judge(&text, report);
 }
 
-async fn fetch(url: &str) -> std::result::Result<String, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await
+/// The scaler's metrics text, through the one HTTP client setup (no redirects, timeouts).
+async fn fetch(url: &str) -> std::result::Result<String, String> {
+    let http = crate::auth::http_client(None).map_err(|e| e.to_string())?;
+    let answer = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let answer = answer.error_for_status().map_err(|e| e.to_string())?;
+    answer.text().await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

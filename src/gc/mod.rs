@@ -312,7 +312,10 @@ pub async fn plan(
         let agents = ado.agents_with_assigned_requests(org, id).await?;
         views.push((org, name, id, agents));
     }
-    let pods = k8s::pod_names(client, &settings.namespace).await?;
+    let pods: rules::PodNames = k8s::pod_names(client, &settings.namespace)
+        .await?
+        .into_iter()
+        .collect();
     let now = OffsetDateTime::now_utc();
     let mut stale = Vec::new();
     for (org, pool, pool_id, agents) in views {

@@ -1,5 +1,5 @@
-//! The Kubernetes side of `serve`: which agent pods exist, and which replica collects
-//! ([`lease`]). Only the collector talks to the Kubernetes API.
+//! The Kubernetes side of `serve`: the API client, which agent pods exist, and which replica
+//! collects ([`lease`]). The collector and the ScaledJob refresher talk to the API.
 
 pub mod lease;
 
@@ -12,10 +12,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-use crate::{
-    error::{Error, Result},
-    gc::rules::PodNames,
-};
+use crate::error::{Error, Result};
 
 /// Longest wait for one API answer; the elector's deadlines are shorter than a lease anyway.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +40,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 
 /// Names of every pod in `namespace`, whatever its phase. Metadata only: agent pod specs are
 /// large and a busy namespace holds hundreds.
-pub async fn pod_names(client: &Client, namespace: &str) -> Result<PodNames> {
+pub async fn pod_names(client: &Client, namespace: &str) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list_metadata(&ListParams::default())
@@ -52,7 +49,7 @@ pub async fn pod_names(client: &Client, namespace: &str) -> Result<PodNames> {
     Ok(list
         .items
         .iter()
-        .filter_map(|p| p.metadata.name.as_deref())
+        .filter_map(|p| p.metadata.name.clone())
         .collect())
 }
 

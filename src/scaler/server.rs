@@ -21,12 +21,12 @@ use crate::{
     gc::GcSettings,
     placeholder::{PlaceholderSettings, Placeholders},
     poller::{Poller, PollerSettings},
-    refresh::RefreshSettings,
+    refresh::{RefreshMetrics, RefreshSettings},
     scaler::{
         ScalerService,
         allowlist::OrgAllowlist,
         proto::external_scaler_server::ExternalScalerServer,
-        tls::{ReloadingConfig, TlsSettings},
+        tls::{ReloadingConfig, TlsMetrics, TlsSettings},
     },
     telemetry::Metrics,
 };
@@ -68,11 +68,14 @@ pub async fn serve(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let tls_metrics = TlsMetrics::register(metrics.registry_for_concern());
+    let refresh_metrics = RefreshMetrics::register(metrics.registry_for_concern());
+    let metrics = Arc::new(metrics);
     let grpc_tls = settings
         .grpc_tls
         .clone()
-        .map(|tls| ReloadingConfig::load(tls, metrics.tls.clone()))
+        .map(|tls| ReloadingConfig::load(tls, tls_metrics))
         .transpose()?;
     let token = TokenSource::new(&settings.auth, &settings.http, Some(metrics.clone()))?;
     if matches!(settings.auth, AuthSettings::Pat { .. }) {
@@ -98,7 +101,7 @@ pub async fn serve(
         None => None,
     };
     if let Some(refresh) = settings.refresh {
-        crate::refresh::start(refresh, metrics.refresh.clone(), stop.clone()).await?;
+        crate::refresh::start(refresh, refresh_metrics, stop.clone()).await?;
     }
     let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
     let claims = ClaimTracker::new(poller.clone(), metrics.claims.clone(), stop_polling.clone());
