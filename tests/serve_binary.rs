@@ -460,8 +460,9 @@ fn calls(client: &PythonClient, ok: usize) -> Vec<(std::time::Instant, bool)> {
 }
 
 /// A graceful restart on the same address (SIGTERM, a new process on the port): KEDA's client
-/// loses at most one poll, and the first call after the new scaler listens is served within
-/// one poll (the client reconnects on the GOAWAY, not after a failed dial's backoff).
+/// loses at most one poll. On the GOAWAY its round-robin policy redials at once; when that dial
+/// falls in the few milliseconds before the new process listens, it backs off 1 s (±20 %),
+/// shorter than a poll, so at most one call fails and the next one is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_costs_keda_at_most_one_poll() {
     let sim = SimCloud::start().await.unwrap();
@@ -482,6 +483,11 @@ async fn a_graceful_restart_costs_keda_at_most_one_poll() {
     let after = calls(&client, 4);
     client.stop();
     let failed = after.iter().filter(|(_, ok)| !*ok).count();
+    let in_a_row = after
+        .split(|(_, ok)| *ok)
+        .map(<[_]>::len)
+        .max()
+        .unwrap_or(0);
     let first_ok = after.iter().find(|(_, ok)| *ok).unwrap().0;
     let reconnect = first_ok.saturating_duration_since(new.serving_at);
     eprintln!(
@@ -490,11 +496,15 @@ async fn a_graceful_restart_costs_keda_at_most_one_poll() {
         reconnect
     );
     assert!(
+        in_a_row <= 1,
+        "{in_a_row} calls in a row failed across a graceful restart"
+    );
+    assert!(
         failed <= 1,
         "{failed} calls failed across a graceful restart"
     );
     assert!(
-        reconnect <= CLIENT_POLL + Duration::from_millis(300),
+        reconnect <= 2 * CLIENT_POLL + Duration::from_millis(500),
         "the first call was served {reconnect:?} after the new scaler listened"
     );
     new.stop().await;

@@ -331,6 +331,10 @@ mod tests {
         let mut deprecated = scaled_job("", None, TA);
         deprecated["spec"]["rolloutStrategy"] = json!("gradual");
         assert!(is_gradual(&deprecated));
+        // An empty deprecated field is no setting (KEDA checks its length).
+        let mut empty = scaled_job("gradual", None, TA);
+        empty["spec"]["rolloutStrategy"] = json!("");
+        assert!(is_gradual(&empty));
         // The deprecated field wins over the new one, as in KEDA.
         let mut both = scaled_job("gradual", None, TA);
         both["spec"]["rolloutStrategy"] = json!("immediate");
