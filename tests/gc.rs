@@ -525,23 +525,9 @@ mod election {
     }
 }
 
-/// The rights deploy/ gives the scaler's service account, as the simulated API server's RBAC.
-fn rendered_grants() -> Vec<Grant> {
-    tools::role_rules(&tools::rendered(), "ado-scaler")
-        .into_iter()
-        .map(|r| Grant {
-            namespace: r.namespace,
-            api_group: r.api_group,
-            resource: r.resource,
-            verbs: r.verbs,
-            resource_names: r.resource_names,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collector_needs_no_more_than_the_rights_deploy_gives_it() {
-    let grants = rendered_grants();
+    let grants = tools::grants(&tools::rendered(), "ado-scaler");
     assert!(!grants.is_empty());
     let h = Harness::start_gc(|sim| {
         sim.kube.enforce_rbac(grants.clone());

@@ -16,7 +16,7 @@ use ado_scaler::{
 };
 use ado_scaler::{
     refresh::{RefreshSettings, plan::STAMP_ANNOTATION},
-    sim::{SIM_AGENT_NAMESPACE, SimCloud, kube::Grant},
+    sim::{SIM_AGENT_NAMESPACE, SimCloud},
 };
 use common::{Harness, eventually};
 use rcgen::{
@@ -427,16 +427,7 @@ fn refreshes(metrics: &str, name: &str, result: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scaledjob_changes_once_keda_can_read_its_certificate_and_on_each_renewal() {
     let (scaled_job, auth, certificate) = mtls_objects();
-    let grants: Vec<Grant> = tools::role_rules(&tools::rendered_with_mtls(), "ado-scaler")
-        .into_iter()
-        .map(|r| Grant {
-            namespace: r.namespace,
-            api_group: r.api_group,
-            resource: r.resource,
-            verbs: r.verbs,
-            resource_names: r.resource_names,
-        })
-        .collect();
+    let grants = tools::grants(&tools::rendered_with_mtls(), "ado-scaler");
     assert!(
         !grants.iter().any(|g| g.resource == "secrets"),
         "the refresher reads no Secret"

@@ -147,3 +147,20 @@ pub fn rendered_with_mtls() -> Vec<serde_json::Value> {
     let _ = std::fs::remove_dir_all(&tree);
     docs
 }
+
+/// The rules of the Roles bound to `service_account`, as the simulated API server's RBAC.
+pub fn grants(
+    docs: &[serde_json::Value],
+    service_account: &str,
+) -> Vec<ado_scaler::sim::kube::Grant> {
+    role_rules(docs, service_account)
+        .into_iter()
+        .map(|r| ado_scaler::sim::kube::Grant {
+            namespace: r.namespace,
+            api_group: r.api_group,
+            resource: r.resource,
+            verbs: r.verbs,
+            resource_names: r.resource_names,
+        })
+        .collect()
+}
