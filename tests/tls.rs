@@ -396,6 +396,17 @@ fn generation(sim: &SimCloud, name: &str) -> i64 {
         .unwrap()
 }
 
+/// Waits (at most 5 s) for the ScaledJob's generation to be `n`.
+async fn reaches_generation(sim: &SimCloud, name: &str, n: i64) {
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            generation(sim, name) == n
+        })
+        .await,
+        "{name} never reached generation {n}"
+    );
+}
+
 fn refresh_settings(sim: &SimCloud, scaled_jobs: &[&str]) -> RefreshSettings {
     RefreshSettings {
         scaled_jobs: scaled_jobs
@@ -468,12 +479,7 @@ async fn the_scaledjob_changes_once_keda_can_read_its_certificate_and_on_each_re
     // cert-manager writes the Secret: the ScaledJob changes, once.
     sim.kube
         .put_custom(CERT_MANAGER, "certificates", issued(certificate.clone(), 1));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            generation(sim, &name) == 2
-        })
-        .await
-    );
+    reaches_generation(sim, &name, 2).await;
     let stored = sim
         .kube
         .custom(KEDA, "scaledjobs", SIM_AGENT_NAMESPACE, &name)
@@ -502,12 +508,7 @@ async fn the_scaledjob_changes_once_keda_can_read_its_certificate_and_on_each_re
     // Renewal (cert-manager's revision 2): once more.
     sim.kube
         .put_custom(CERT_MANAGER, "certificates", issued(certificate.clone(), 2));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            generation(sim, &name) == 3
-        })
-        .await
-    );
+    reaches_generation(sim, &name, 3).await;
     // The TriggerAuthentication recreated (new uid): once more.
     sim.kube.delete_custom(
         KEDA,
@@ -516,12 +517,7 @@ async fn the_scaledjob_changes_once_keda_can_read_its_certificate_and_on_each_re
         "ado-scaler-grpc-client",
     );
     sim.kube.put_custom(KEDA, "triggerauthentications", auth);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            generation(sim, &name) == 4
-        })
-        .await
-    );
+    reaches_generation(sim, &name, 4).await;
     let (_, metrics) = h.http_get("/metrics").await;
     assert_eq!(refreshes(&metrics, &name, "refreshed"), 3, "{metrics}");
     assert_eq!(refreshes(&metrics, &name, "error"), 0, "{metrics}");
@@ -553,12 +549,7 @@ async fn a_scaledjob_without_gradual_rollout_is_left_alone_and_said_so() {
         ));
     })
     .await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            generation(&h.sim, "ado-agent") == 2
-        })
-        .await
-    );
+    reaches_generation(&h.sim, "ado-agent", 2).await;
     let (_, metrics) = h.http_get("/metrics").await;
     assert!(
         refreshes(&metrics, "immediate", "not_gradual") >= 1,

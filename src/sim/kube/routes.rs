@@ -467,11 +467,27 @@ fn custom_resource(group: &str, version: &str, plural: &str) -> bool {
     super::CUSTOM_RESOURCES.contains(&(group, version, plural))
 }
 
-fn no_such_resource() -> Response {
-    status(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
+/// What every custom-resource path checks first: a served resource, then the token, RBAC
+/// and faults; the answer that replaces the real one, if any.
+fn custom_rejection(
+    state: &KubeState,
+    headers: &HeaderMap,
+    verb: &str,
+    (group, version, plural): (&str, &str, &str),
+    ns: &str,
+    name: Option<&str>,
+) -> Option<Response> {
+    if !custom_resource(group, version, plural) {
+        return Some(status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    rejection(
+        state,
+        headers,
+        &Access::custom(verb, group, plural, ns, name),
     )
 }
 
@@ -480,14 +496,8 @@ async fn list_custom(
     Path((group, version, ns, plural)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !custom_resource(&group, &version, &plural) {
-        return no_such_resource();
-    }
-    if let Some(r) = rejection(
-        &state,
-        &headers,
-        &Access::custom("list", &group, &plural, &ns, None),
-    ) {
+    let resource = (group.as_str(), version.as_str(), plural.as_str());
+    if let Some(r) = custom_rejection(&state, &headers, "list", resource, &ns, None) {
         return r;
     }
     let store = store(&state);
@@ -511,14 +521,8 @@ async fn get_custom(
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !custom_resource(&group, &version, &plural) {
-        return no_such_resource();
-    }
-    if let Some(r) = rejection(
-        &state,
-        &headers,
-        &Access::custom("get", &group, &plural, &ns, Some(&name)),
-    ) {
+    let resource = (group.as_str(), version.as_str(), plural.as_str());
+    if let Some(r) = custom_rejection(&state, &headers, "get", resource, &ns, Some(name.as_str())) {
         return r;
     }
     match store(&state)
@@ -537,13 +541,14 @@ async fn patch_custom(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !custom_resource(&group, &version, &plural) {
-        return no_such_resource();
-    }
-    if let Some(r) = rejection(
+    let resource = (group.as_str(), version.as_str(), plural.as_str());
+    if let Some(r) = custom_rejection(
         &state,
         &headers,
-        &Access::custom("patch", &group, &plural, &ns, Some(&name)),
+        "patch",
+        resource,
+        &ns,
+        Some(name.as_str()),
     ) {
         return r;
     }
