@@ -11,7 +11,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --profile dist --locked --bin ado-scaler \
+    cargo build --profile dist --locked --package ado-scaler --bin ado-scaler \
  && install -D -m 0755 target/dist/ado-scaler /out/ado-scaler
 
 # ---- scaler: minimal runtime, non-root ---------------------------------------------------

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ado_scaler::sim::SimCloud;
+use ado_sim::SimCloud;
 
 const RUNS: usize = 30;
 

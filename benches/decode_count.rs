@@ -9,8 +9,8 @@ use std::{hint::black_box, time::Duration};
 use ado_scaler::{
     ado::stream::decode_chunked,
     poller::{Answer, Snapshot},
-    sim::ado::generate::{BodySpec, job_requests_body, triggers},
 };
+use ado_sim::ado::generate::{BodySpec, job_requests_body, triggers};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use time::OffsetDateTime;
 use tokio::time::Instant;

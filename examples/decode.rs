@@ -15,8 +15,8 @@ use std::{io::Read, time::Duration};
 use ado_scaler::{
     ado::stream::ListDecoder,
     poller::{Answer, Snapshot},
-    sim::ado::generate::{BodySpec, job_requests_body, triggers},
 };
+use ado_sim::ado::generate::{BodySpec, job_requests_body, triggers};
 
 /// User plus system CPU time of this process.
 fn cpu() -> Duration {

@@ -28,14 +28,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ado_scaler::{
-    scaler::proto::{
-        GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
-    },
-    sim::{
-        Endpoint, SimCloud,
-        ado::generate::{BodySpec, job_requests_body},
-    },
+use ado_scaler::scaler::proto::{
+    GetMetricsRequest, ScaledObjectRef, external_scaler_client::ExternalScalerClient,
+};
+use ado_sim::{
+    Endpoint, SimCloud,
+    ado::generate::{BodySpec, job_requests_body},
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{

@@ -25,10 +25,14 @@ use azure_identity::{
     ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use base64::Engine as _;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 
 use crate::{
     error::{Error, Result},
-    telemetry::Metrics,
+    telemetry::ResultLabels,
 };
 
 /// Entra resource id of Azure DevOps; `/.default` asks for the roles granted to the identity.
@@ -88,20 +92,71 @@ pub enum AuthSettings {
     },
 }
 
-impl AuthSettings {
-    /// Resolves `mode` from the process environment (the webhook's variables, `--pat-file`).
-    pub fn from_env(mode: AuthMode, pat_file: Option<PathBuf>) -> Result<Self> {
-        match mode {
-            AuthMode::WorkloadIdentity => Ok(Self::WorkloadIdentity(WorkloadIdentity::from_env()?)),
-            AuthMode::ManagedIdentity => Ok(Self::ManagedIdentity {
-                client_id: std::env::var("AZURE_CLIENT_ID")
-                    .ok()
-                    .filter(|v| !v.is_empty()),
-            }),
-            AuthMode::Pat => pat_file
-                .map(|file| Self::Pat { file })
-                .ok_or_else(|| Error::Config("--auth pat needs --pat-file".into())),
+/// How a command authenticates, as its flags say: `serve`, `agent` and `check` all build
+/// their credential and HTTP client from this, through [`CredentialSettings::resolve`] and
+/// [`CredentialSettings::http_client`].
+#[derive(Debug, Clone)]
+pub struct CredentialSettings {
+    pub mode: AuthMode,
+    /// The PAT file of `--auth pat`.
+    pub pat_file: Option<PathBuf>,
+    /// The flag that names it, for errors (`--pat-file`; the agent's `--token-file`).
+    pub pat_flag: &'static str,
+    /// `--ca-file`: extra PEM roots for ADO and Entra.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The identity and the one HTTP client every ADO and Entra call of a process shares.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub auth: AuthSettings,
+    pub http: reqwest::Client,
+}
+
+impl CredentialSettings {
+    /// Resolves the mode from an environment (`env`: the process's, or a test's): the
+    /// workload-identity webhook's variables, a managed identity's client id, the PAT file.
+    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<AuthSettings> {
+        if self.pat_file.is_some() && self.mode != AuthMode::Pat {
+            return Err(Error::Config(format!(
+                "{} is only used with --auth pat",
+                self.pat_flag
+            )));
         }
+        match self.mode {
+            AuthMode::WorkloadIdentity => Ok(AuthSettings::WorkloadIdentity(
+                WorkloadIdentity::from_lookup(env)?,
+            )),
+            AuthMode::ManagedIdentity => Ok(AuthSettings::ManagedIdentity {
+                client_id: env("AZURE_CLIENT_ID").filter(|v| !v.is_empty()),
+            }),
+            AuthMode::Pat => self
+                .pat_file
+                .clone()
+                .map(|file| AuthSettings::Pat { file })
+                .ok_or_else(|| Error::Config(format!("--auth pat needs {}", self.pat_flag))),
+        }
+    }
+
+    /// The HTTP client, trusting `--ca-file`'s roots besides the system's.
+    pub fn http_client(&self) -> Result<reqwest::Client> {
+        let ca = self
+            .ca_file
+            .as_deref()
+            .map(|path| {
+                std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("--ca-file {}: {e}", path.display())))
+            })
+            .transpose()?;
+        http_client(ca.as_deref())
+    }
+
+    /// Both, from the process environment.
+    pub fn connect(&self) -> Result<Connection> {
+        Ok(Connection {
+            auth: self.resolve(&|name| std::env::var(name).ok())?,
+            http: self.http_client()?,
+        })
     }
 }
 
@@ -129,11 +184,6 @@ pub fn http_client(extra_roots_pem: Option<&[u8]>) -> Result<reqwest::Client> {
     builder
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
-}
-
-/// Reads `--ca-file`, naming the path on failure.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Config(format!("--ca-file {}: {e}", path.display())))
 }
 
 /// Gives out `Authorization` header values for ADO.
@@ -248,7 +298,7 @@ impl TokenSource {
     pub fn new(
         settings: &AuthSettings,
         http: &reqwest::Client,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Option<Arc<TokenMetrics>>,
     ) -> Result<Self> {
         let client_options = || {
             let mut options = ClientOptions {
@@ -269,8 +319,7 @@ impl TokenSource {
             }
             options
         };
-        let token_err =
-            |e: azure_core::Error| Error::Token(explain_token_error(&e.to_string(), None));
+        let token_err = |e: azure_core::Error| token_error(&e.to_string(), None);
         match settings {
             AuthSettings::WorkloadIdentity(wi) => {
                 let mut credential_options = ClientAssertionCredentialOptions {
@@ -361,9 +410,7 @@ impl TokenSource {
                         result
                             .inspect(|token| current.remember(token))
                             .map(|token| token.token)
-                            .map_err(|e| {
-                                Error::Token(explain_token_error(&e.to_string(), wi.as_ref()))
-                            })
+                            .map_err(|e| token_error(&e.to_string(), wi.as_ref()))
                     }
                 };
                 match current.valid() {
@@ -443,42 +490,86 @@ impl AssertionClaims {
     }
 }
 
-/// Adds the fix to an Entra error: AADSTS codes are precise but say nothing of Kubernetes.
-pub fn explain_token_error(message: &str, wi: Option<&WorkloadIdentity>) -> String {
+/// Entra's error, with what to change when its `AADSTS` code says: the pod's issuer and
+/// subject (read from its projected token, never the token itself) go into the message, the
+/// fix into the typed hint.
+pub fn token_error(message: &str, wi: Option<&WorkloadIdentity>) -> Error {
     let claims = wi.and_then(|wi| AssertionClaims::from_file(&wi.token_file));
-    let hint = if message.contains("AADSTS700213") || message.contains("AADSTS70021:") {
-        Some(match (wi, &claims) {
+    let has = |code: &str| message.contains(code);
+    let (detail, hint) = if has("AADSTS700213") || has("AADSTS70021:") {
+        let presented = match (wi, &claims) {
             (Some(wi), Some(c)) => format!(
-                "add a federated credential to identity {} with issuer '{}', subject '{}' and audience 'api://AzureADTokenExchange'",
-                wi.client_id, c.iss, c.sub
+                "; the pod presents issuer '{}', subject '{}' to identity {}",
+                c.iss, c.sub, wi.client_id
             ),
-            _ => "add a federated credential for this pod's service account (subject system:serviceaccount:<namespace>:<serviceaccount>)"
-                .to_owned(),
-        })
-    } else if message.contains("AADSTS700016") {
-        Some(format!(
-            "AZURE_CLIENT_ID{} is not an application in this tenant: check the service account's azure.workload.identity/client-id annotation",
-            wi.map(|w| format!(" {}", w.client_id)).unwrap_or_default()
-        ))
-    } else if message.contains("AADSTS90002") {
-        Some("AZURE_TENANT_ID names no tenant: check the azure.workload.identity/tenant-id annotation".to_owned())
-    } else if message.contains("AADSTS700024") || message.contains("AADSTS50027") {
-        Some(
-            "the projected service-account token is expired or malformed: check the token volume"
-                .to_owned(),
+            _ => String::new(),
+        };
+        (
+            presented,
+            Some(
+                "add a federated credential to the identity with the pod's issuer and subject \
+                 (system:serviceaccount:<namespace>:<serviceaccount>) and audience \
+                 'api://AzureADTokenExchange' (deploy/azure/setup.sh)",
+            ),
+        )
+    } else if has("AADSTS700016") {
+        (
+            wi.map(|w| format!("; AZURE_CLIENT_ID is {}", w.client_id))
+                .unwrap_or_default(),
+            Some(
+                "AZURE_CLIENT_ID is not an application in this tenant: check the service \
+                 account's azure.workload.identity/client-id annotation",
+            ),
+        )
+    } else if has("AADSTS90002") {
+        (
+            String::new(),
+            Some(
+                "AZURE_TENANT_ID names no tenant: check the azure.workload.identity/tenant-id annotation",
+            ),
+        )
+    } else if has("AADSTS700024") || has("AADSTS50027") {
+        (
+            String::new(),
+            Some(
+                "the projected service-account token is expired or malformed: check the token volume",
+            ),
         )
     } else {
-        None
+        (String::new(), None)
     };
-    match hint {
-        Some(hint) => format!("{message} — to fix: {hint}"),
-        None => message.to_owned(),
+    Error::Token {
+        message: format!("{message}{detail}"),
+        hint,
+    }
+}
+
+/// Token requests sent to Entra: `ado_scaler_token_requests_total{result}`.
+#[derive(Debug, Default)]
+pub struct TokenMetrics {
+    pub requests: Family<ResultLabels, Counter>,
+}
+
+impl TokenMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self::default();
+        registry.register(
+            "token_requests",
+            "Token requests sent to Entra (cache misses), by result",
+            metrics.requests.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    fn request(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.requests.get_or_create(&ResultLabels { result }).inc();
     }
 }
 
 /// Counts real token requests (cache misses), so a token storm shows up on the dashboard.
 #[derive(Debug)]
-struct CountTokenRequests(Arc<Metrics>);
+struct CountTokenRequests(Arc<TokenMetrics>);
 
 #[async_trait::async_trait]
 impl Policy for CountTokenRequests {
@@ -490,7 +581,7 @@ impl Policy for CountTokenRequests {
     ) -> PolicyResult {
         let response = next[0].send(ctx, request, &next[1..]).await;
         let ok = matches!(&response, Ok(r) if r.status().is_success());
-        self.0.token_request(ok);
+        self.0.request(ok);
         response
     }
 }
@@ -566,9 +657,15 @@ mod tests {
 
     #[test]
     fn reads_assertion_claims_and_explains_entra_errors() {
-        let jwt = crate::sim::entra::service_account_token(
-            "https://oidc.example/x/",
-            "system:serviceaccount:ci:agents",
+        // A projected service-account token as the kubelet writes it (only its claims matter).
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let jwt = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"k"}"#),
+            b64(
+                r#"{"aud":["api://AzureADTokenExchange"],"iss":"https://oidc.example/x/","sub":"system:serviceaccount:ci:agents"}"#
+            ),
+            b64("signature"),
         );
         let claims = AssertionClaims::from_jwt(&jwt).unwrap();
         assert_eq!(claims.sub, "system:serviceaccount:ci:agents");
@@ -585,10 +682,14 @@ mod tests {
             token_file,
             authority_host: None,
         };
-        let msg = explain_token_error(
+        let parts = |err: Error| match err {
+            Error::Token { message, hint } => (message, hint),
+            other => panic!("not a token error: {other:?}"),
+        };
+        let (msg, hint) = parts(token_error(
             "AADSTS700213: No matching federated identity record",
             Some(&wi),
-        );
+        ));
         assert!(
             msg.contains("subject 'system:serviceaccount:ci:agents'"),
             "{msg}"
@@ -598,15 +699,31 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains(&jwt), "never the token itself");
-        let msg = explain_token_error(
+        assert!(hint.unwrap().contains("federated credential"));
+        let err = token_error("AADSTS70021: No matching federated identity record", None);
+        assert!(
+            err.to_string()
+                .contains(" — to fix: add a federated credential"),
+            "{err}"
+        );
+        let (msg, hint) = parts(token_error(
             "AADSTS700016: Application with identifier 'cid' was not found",
             Some(&wi),
-        );
-        assert!(msg.contains("azure.workload.identity/client-id"), "{msg}");
+        ));
+        assert!(msg.ends_with("AZURE_CLIENT_ID is cid"), "{msg}");
+        assert!(hint.unwrap().contains("azure.workload.identity/client-id"));
+        let (_, hint) = parts(token_error("AADSTS90002: Tenant not found", Some(&wi)));
+        assert!(hint.unwrap().contains("tenant-id"));
+        for expired in ["AADSTS700024: expired", "AADSTS50027: invalid JWT"] {
+            let (_, hint) = parts(token_error(expired, Some(&wi)));
+            assert!(hint.unwrap().contains("expired or malformed"), "{expired}");
+        }
+        let err = token_error("something else", Some(&wi));
         assert_eq!(
-            explain_token_error("something else", Some(&wi)),
-            "something else"
+            err.to_string(),
+            "could not get an Entra token for Azure DevOps: something else"
         );
+        assert_eq!(parts(err), ("something else".to_owned(), None));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -18,8 +18,15 @@ pub enum Error {
     )]
     OrgNotAllowed { org: String },
 
-    #[error("could not get an Entra token for Azure DevOps: {0}")]
-    Token(String),
+    #[error(
+        "could not get an Entra token for Azure DevOps: {message}{}",
+        hint.map(|h| format!(" — to fix: {h}")).unwrap_or_default()
+    )]
+    Token {
+        message: String,
+        /// What to change, when Entra's error code says (`check` prints it as the fix).
+        hint: Option<&'static str>,
+    },
 
     #[error(
         "Azure DevOps at {org} did not accept the scaler's identity (HTTP {status}, {what}): \
@@ -108,7 +115,7 @@ impl Error {
         match self {
             Error::InvalidMetadata { .. } => "invalid_metadata",
             Error::OrgNotAllowed { .. } => "org_not_allowed",
-            Error::Token(_) => "token",
+            Error::Token { .. } => "token",
             Error::NotAccepted { .. } => "not_accepted",
             Error::Forbidden { .. } => "forbidden",
             Error::NotFound(_) => "not_found",
@@ -133,7 +140,7 @@ impl From<Error> for tonic::Status {
         let code = match &err {
             Error::InvalidMetadata { .. } => Code::InvalidArgument,
             Error::OrgNotAllowed { .. } | Error::Forbidden { .. } => Code::PermissionDenied,
-            Error::Token(_) | Error::NotAccepted { .. } => Code::Unauthenticated,
+            Error::Token { .. } | Error::NotAccepted { .. } => Code::Unauthenticated,
             Error::NotFound(_) => Code::NotFound,
             Error::AmbiguousPool { .. } => Code::FailedPrecondition,
             Error::RateLimited { .. } => Code::ResourceExhausted,

@@ -284,18 +284,6 @@ pub async fn ensure(
     }
 }
 
-fn reason(err: &Error) -> &'static str {
-    match err {
-        Error::Forbidden { .. } => "forbidden",
-        Error::NotAccepted { .. } => "not_accepted",
-        Error::RateLimited { .. } => "rate_limited",
-        Error::NotFound(_) => "pool_not_found",
-        Error::Token(_) => "token",
-        Error::Transport { .. } => "transport",
-        _ => "upstream",
-    }
-}
-
 async fn keep(inner: Arc<Inner>, key: Key) {
     loop {
         let Some(spec) = inner
@@ -346,7 +334,7 @@ fn record(inner: &Inner, key: &Key, spec: &PlaceholderSpec, result: Result<Check
         }
         Err(err) => {
             entry.registered = false;
-            let reason = reason(&err);
+            let reason = err.reason();
             inner
                 .metrics
                 .errors

@@ -1,12 +1,11 @@
-//! Logging setup and the one Prometheus registry every component reports into.
-
-use std::sync::{Arc, atomic::AtomicU64};
+//! Logging setup, the label types metrics share, and the one Prometheus registry every
+//! concern registers its own families into.
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{
-        counter::{ConstCounter, Counter},
+        counter::ConstCounter,
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
@@ -25,8 +24,11 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Escape codes only where a terminal reads them: piped or collected logs stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -92,218 +94,56 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
-/// How long jobs wait for an agent: seconds to an hour.
-fn queue_wait_histogram() -> Histogram {
-    Histogram::new([
-        1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-    ])
-}
-
-fn latency_histogram() -> Histogram {
+/// Buckets for request latencies, from a millisecond to ten seconds: the one shape every
+/// latency histogram shares, so dashboards can compare them.
+pub fn latency_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ])
 }
 
-/// All metric families: ours under `ado_scaler_` in a sub-registry, the standard `process_*`
-/// ones at the root, all in one registry.
+/// The process's one Prometheus registry: the standard `process_*` families at the root,
+/// `ado_scaler_build_info`, and room under `ado_scaler_` where each concern registers the
+/// families it owns (as kube-rs/controller-rs does). It names no concern.
 #[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    pub job_queue_wait: Family<PoolLabels, Histogram>,
-    pub jobs_started: Family<PoolLabels, Counter>,
-    pub jobs_finished: Family<PoolLabels, Counter>,
-    pub queue_jobs: Family<QueueLabels, Gauge>,
-    pub trigger_value: Family<TriggerLabels, Gauge>,
-    pub poll_age_seconds: Family<PoolLabels, Gauge<f64, AtomicU64>>,
-    pub token_requests: Family<ResultLabels, Counter>,
-    pub rate_limit_remaining: Family<OrgLabels, Gauge>,
-    pub rate_limit_limit: Family<OrgLabels, Gauge>,
-    pub rate_limit_reset: Family<OrgLabels, Gauge>,
-    pub active_streams: Gauge,
-    pub ado_requests: Family<AdoRequestLabels, Counter>,
-    pub ado_request_duration: Family<EndpointLabels, Histogram>,
-    pub grpc_requests: Family<GrpcLabels, Counter>,
-    pub grpc_request_duration: Family<MethodLabels, Histogram>,
-    pub placeholders: Arc<crate::placeholder::PlaceholderMetrics>,
-    pub claims: Arc<crate::claims::ClaimMetrics>,
-    pub gc: Arc<crate::gc::GcMetrics>,
-    pub poll: Arc<crate::poller::PollMetrics>,
+pub struct MetricsRegistry {
+    root: Registry,
 }
 
-impl Default for Metrics {
+impl Default for MetricsRegistry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metrics {
+impl MetricsRegistry {
     pub fn new() -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(ProcessCollector));
-        let registry = root.sub_registry_with_prefix("ado_scaler");
-
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        registry.register(
+        root.sub_registry_with_prefix("ado_scaler").register(
             "build_info",
             "Version of the running ado-scaler (always 1)",
             build_info,
         );
-        let job_queue_wait =
-            Family::new_with_constructor(queue_wait_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "job_queue_wait",
-            "Time from queueTime to assignTime of each job, observed when first seen assigned",
-            Unit::Seconds,
-            job_queue_wait.clone(),
-        );
-        let jobs_started = Family::default();
-        registry.register(
-            "jobs_started",
-            "Jobs seen going from queued to assigned between two polls",
-            jobs_started.clone(),
-        );
-        let jobs_finished = Family::default();
-        registry.register(
-            "jobs_finished",
-            "Assigned jobs seen finishing or vanishing between two polls",
-            jobs_finished.clone(),
-        );
-
-        let queue_jobs = Family::default();
-        registry.register(
-            "queue_jobs",
-            "Unfinished job requests of a pool, by state",
-            queue_jobs.clone(),
-        );
-        let trigger_value = Family::default();
-        registry.register(
-            "trigger_value",
-            "Last value answered to KEDA for a ScaledJob/ScaledObject trigger",
-            trigger_value.clone(),
-        );
-        let poll_age_seconds = Family::default();
-        registry.register_with_unit(
-            "poll_age",
-            "Age of the last successful job-requests poll of a pool",
-            Unit::Seconds,
-            poll_age_seconds.clone(),
-        );
-        let token_requests = Family::default();
-        registry.register(
-            "token_requests",
-            "Token requests sent to Entra (cache misses), by result",
-            token_requests.clone(),
-        );
-        let rate_limit_remaining = Family::default();
-        registry.register(
-            "rate_limit_remaining",
-            "Last X-RateLimit-Remaining reported by Azure DevOps",
-            rate_limit_remaining.clone(),
-        );
-        let rate_limit_limit = Family::default();
-        registry.register(
-            "rate_limit_limit",
-            "Last X-RateLimit-Limit reported by Azure DevOps (TSTUs per window)",
-            rate_limit_limit.clone(),
-        );
-        let rate_limit_reset = Family::default();
-        registry.register_with_unit(
-            "rate_limit_reset_timestamp",
-            "Last X-RateLimit-Reset reported by Azure DevOps, as a Unix time",
-            Unit::Seconds,
-            rate_limit_reset.clone(),
-        );
-        let active_streams = Gauge::default();
-        registry.register(
-            "active_streams",
-            "Open StreamIsActive/StreamMetricSpec streams",
-            active_streams.clone(),
-        );
-
-        let placeholders = crate::placeholder::PlaceholderMetrics::register(registry);
-        let claims = crate::claims::ClaimMetrics::register(registry);
-        let gc = crate::gc::GcMetrics::register(registry);
-        let poll = crate::poller::PollMetrics::register(registry);
-
-        let ado = registry.sub_registry_with_prefix("ado");
-        let ado_requests = Family::default();
-        ado.register(
-            "requests",
-            "Requests sent to Azure DevOps, by endpoint and HTTP status",
-            ado_requests.clone(),
-        );
-        let ado_request_duration =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        ado.register_with_unit(
-            "request_duration",
-            "Latency of Azure DevOps requests",
-            Unit::Seconds,
-            ado_request_duration.clone(),
-        );
-
-        let grpc = registry.sub_registry_with_prefix("grpc");
-        let grpc_requests = Family::default();
-        grpc.register(
-            "requests",
-            "KEDA gRPC calls, by method and status code",
-            grpc_requests.clone(),
-        );
-        let grpc_request_duration =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        grpc.register_with_unit(
-            "request_duration",
-            "Latency of KEDA gRPC calls",
-            Unit::Seconds,
-            grpc_request_duration.clone(),
-        );
-
-        Self {
-            registry: root,
-            job_queue_wait,
-            jobs_started,
-            jobs_finished,
-            queue_jobs,
-            trigger_value,
-            poll_age_seconds,
-            token_requests,
-            rate_limit_remaining,
-            rate_limit_limit,
-            rate_limit_reset,
-            active_streams,
-            ado_requests,
-            ado_request_duration,
-            grpc_requests,
-            grpc_request_duration,
-            placeholders,
-            claims,
-            gc,
-            poll,
-        }
+        Self { root }
     }
 
-    pub fn token_request(&self, ok: bool) {
-        let result = if ok { "success" } else { "error" };
-        self.token_requests
-            .get_or_create(&ResultLabels { result })
-            .inc();
+    /// Where a concern registers its families, under `ado_scaler_`, before the registry is
+    /// shared.
+    pub fn concern(&mut self) -> &mut Registry {
+        self.root.sub_registry_with_prefix("ado_scaler")
     }
 
     /// OpenMetrics text of every family.
-    /// Where a concern registers its own metrics, under `ado_scaler_`, before the registry is
-    /// shared: the concern names its families, this module names no concern.
-    pub fn registry_for_concern(&mut self) -> &mut Registry {
-        self.registry.sub_registry_with_prefix("ado_scaler")
-    }
-
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode(&mut out, &self.root).expect("writing to a String cannot fail");
         out
     }
 }
@@ -392,48 +232,20 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::counter::Counter;
 
     #[test]
-    fn families_carry_the_contract_names() {
-        let m = Metrics::new();
-        m.token_request(true);
-        m.ado_requests
-            .get_or_create(&AdoRequestLabels {
-                org: "o".into(),
-                endpoint: "jobrequests",
-                code: "200".into(),
-            })
-            .inc();
-        m.grpc_request_duration
-            .get_or_create(&MethodLabels {
-                method: "GetMetrics",
-            })
-            .observe(0.01);
-        m.poll_age_seconds
-            .get_or_create(&PoolLabels {
-                org: "o".into(),
-                pool: "p".into(),
-            })
-            .set(1.5);
-        let pool = PoolLabels {
-            org: "o".into(),
-            pool: "p".into(),
-        };
-        m.gc.deleted.get_or_create(&pool).inc();
-        m.gc.runs
-            .get_or_create(&ResultLabels { result: "success" })
-            .inc();
-        let text = m.encode();
+    fn the_root_carries_process_metrics_and_concerns_their_prefix() {
+        let mut registry = MetricsRegistry::new();
+        let counter = Family::<ResultLabels, Counter>::default();
+        registry
+            .concern()
+            .register("things", "Things, by result", counter.clone());
+        counter.get_or_create(&ResultLabels { result: "ok" }).inc();
+        let text = registry.encode();
         for name in [
-            "ado_scaler_token_requests_total{result=\"success\"} 1",
-            "ado_scaler_ado_requests_total{org=\"o\",endpoint=\"jobrequests\",code=\"200\"} 1",
-            "ado_scaler_grpc_request_duration_seconds_bucket{",
-            "ado_scaler_poll_age_seconds{org=\"o\",pool=\"p\"} 1.5",
-            "# HELP ado_scaler_active_streams ",
+            "ado_scaler_things_total{result=\"ok\"} 1",
             "ado_scaler_build_info{version=\"",
-            "ado_scaler_gc_leader 0",
-            "ado_scaler_gc_deleted_agents_total{org=\"o\",pool=\"p\"} 1",
-            "ado_scaler_gc_runs_total{result=\"success\"} 1",
             "# TYPE process_cpu_seconds counter",
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",
@@ -442,5 +254,25 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn latency_buckets_span_a_millisecond_to_ten_seconds() {
+        let h = latency_histogram();
+        h.observe(0.0005);
+        h.observe(20.0);
+        let family = Family::<ResultLabels, Histogram>::new_with_constructor(latency_histogram);
+        family
+            .get_or_create(&ResultLabels { result: "x" })
+            .observe(0.2);
+        let mut registry = MetricsRegistry::new();
+        registry.concern().register("latency", "", family);
+        let text = registry.encode();
+        assert!(text.contains("le=\"0.001\""), "{text}");
+        assert!(text.contains("le=\"10.0\""), "{text}");
+        assert!(
+            text.contains("ado_scaler_latency_bucket{le=\"0.25\",result=\"x\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Azure DevOps REST client: the few distributed-task endpoints the scaler and agent use.
 
+mod metrics;
 pub mod models;
 pub mod stream;
 
@@ -16,30 +17,69 @@ use tokio::time::Instant;
 use crate::{
     auth::TokenSource,
     error::{Error, Result},
-    telemetry::{AdoRequestLabels, EndpointLabels, Metrics, OrgLabels},
+    telemetry::EndpointLabels,
 };
+pub use metrics::AdoMetrics;
 use models::{Agent, AgentPackage, JobRequestView, List, Pool};
 use stream::{ListDecoder, Sink};
 
-/// An organisation URL, normalised: lower-case host, no trailing slash, no query.
+/// Where a bearer token may be sent: over https, or in clear only to this machine (the
+/// simulators, a local proxy in development). The one place this rule is written: the
+/// organisation URL, `--allowed-orgs` and the agent package's download URL all ask here.
+pub fn transport_allowed(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => is_loopback(url.host()),
+        _ => false,
+    }
+}
+
+fn is_loopback(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Why a string is not an organisation URL; callers name the flag or key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrgUrlError {
+    #[error("{0:?} is not a URL ({1})")]
+    NotAUrl(String, String),
+    /// Plain http to anything but a loopback host: see [`transport_allowed`].
+    #[error("{0:?} must be an https URL (plain http only to a loopback host)")]
+    NotHttps(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("credentials in the URL are not allowed")]
+    Credentials,
+    #[error("{0:?} must not have a query or fragment")]
+    QueryOrFragment(String),
+}
+
+/// An organisation URL, normalised: lower-case host, no trailing slash, no query; https
+/// unless the host is loopback.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgUrl(url::Url);
 
 impl OrgUrl {
-    pub fn parse(raw: &str) -> std::result::Result<Self, String> {
+    pub fn parse(raw: &str) -> std::result::Result<Self, OrgUrlError> {
         let raw = raw.trim();
-        let mut url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL ({e})"))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(format!("{raw:?} must be an https URL"));
-        }
+        let mut url = url::Url::parse(raw)
+            .map_err(|e| OrgUrlError::NotAUrl(raw.to_owned(), e.to_string()))?;
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{raw:?} has no host"));
+            return Err(OrgUrlError::NoHost(raw.to_owned()));
+        }
+        if !transport_allowed(&url) {
+            return Err(OrgUrlError::NotHttps(raw.to_owned()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("credentials in the URL are not allowed".into());
+            return Err(OrgUrlError::Credentials);
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{raw:?} must not have a query or fragment"));
+            return Err(OrgUrlError::QueryOrFragment(raw.to_owned()));
         }
         let path = url.path().trim_end_matches('/').to_owned();
         url.set_path(&path);
@@ -48,16 +88,6 @@ impl OrgUrl {
 
     pub fn url(&self) -> &url::Url {
         &self.0
-    }
-
-    /// Whether the host is a loopback address, the only place plain http is tolerated.
-    pub fn is_loopback(&self) -> bool {
-        match self.0.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        }
     }
 
     /// `{org}/{path}`, with `path` relative to the organisation.
@@ -143,13 +173,13 @@ pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
 pub struct AdoClient {
     http: reqwest::Client,
     auth: TokenSource,
-    metrics: Arc<Metrics>,
+    metrics: Arc<AdoMetrics>,
     throttles: Arc<Mutex<HashMap<OrgUrl, Throttle>>>,
     max_body: u64,
 }
 
 impl AdoClient {
-    pub fn new(http: reqwest::Client, auth: TokenSource, metrics: Arc<Metrics>) -> Self {
+    pub fn new(http: reqwest::Client, auth: TokenSource, metrics: Arc<AdoMetrics>) -> Self {
         Self {
             http,
             auth,
@@ -498,20 +528,11 @@ impl AdoClient {
         }
         let sent = request.send().await;
         self.metrics
-            .ado_request_duration
+            .request_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(started.elapsed().as_secs_f64());
         let org_label = org.to_string();
-        let count = |code: String| {
-            self.metrics
-                .ado_requests
-                .get_or_create(&AdoRequestLabels {
-                    org: org_label.clone(),
-                    endpoint,
-                    code,
-                })
-                .inc();
-        };
+        let count = |code: String| self.metrics.request(&org_label, endpoint, code);
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -526,14 +547,7 @@ impl AdoClient {
         count(status.as_u16().to_string());
         let rate = rate_limit(response.headers());
         self.record_throttle(org, status, &rate, response.headers());
-        if let Some(remaining) = rate.remaining {
-            self.metrics
-                .rate_limit_remaining
-                .get_or_create(&OrgLabels {
-                    org: org_label.clone(),
-                })
-                .set(remaining);
-        }
+        self.metrics.rate_limit(&org_label, &rate);
         if let Some(err) = status_error(org, endpoint, status, response.headers(), &url) {
             return Err(err);
         }
@@ -675,17 +689,55 @@ mod tests {
             b.join("/_apis/x").as_str(),
             "https://contoso.visualstudio.com/_apis/x"
         );
-        assert!(OrgUrl::parse("ftp://x").is_err());
-        assert!(OrgUrl::parse("https://u:p@dev.azure.com/x").is_err());
-        assert!(OrgUrl::parse("https://dev.azure.com/x?a=1").is_err());
-        assert!(OrgUrl::parse("dev.azure.com/x").is_err());
-        assert!(
-            OrgUrl::parse("http://127.0.0.1:8080/o")
-                .unwrap()
-                .is_loopback()
-        );
-        assert!(OrgUrl::parse("http://[::1]:8080/o").unwrap().is_loopback());
-        assert!(!OrgUrl::parse("http://10.0.0.1/o").unwrap().is_loopback());
+        let err = |raw| OrgUrl::parse(raw).unwrap_err();
+        assert!(matches!(err("ftp://x"), OrgUrlError::NotHttps(_)));
+        assert_eq!(err("https://u:p@dev.azure.com/x"), OrgUrlError::Credentials);
+        assert!(matches!(
+            err("https://dev.azure.com/x?a=1"),
+            OrgUrlError::QueryOrFragment(_)
+        ));
+        assert!(matches!(
+            err("https://dev.azure.com/x#f"),
+            OrgUrlError::QueryOrFragment(_)
+        ));
+        assert!(matches!(err("dev.azure.com/x"), OrgUrlError::NotAUrl(..)));
+        assert!(matches!(
+            err("https:///x"),
+            OrgUrlError::NoHost(_) | OrgUrlError::NotAUrl(..)
+        ));
+        // Plain http only to this machine: the token must not travel in clear text.
+        for loopback in [
+            "http://127.0.0.1:8080/o",
+            "http://127.9.9.9/o",
+            "http://[::1]:8080/o",
+            "http://LOCALHOST:1/o",
+        ] {
+            assert!(OrgUrl::parse(loopback).is_ok(), "{loopback}");
+        }
+        for remote in [
+            "http://10.0.0.1/o",
+            "http://dev.azure.com/o",
+            "http://localhost.evil/o",
+        ] {
+            let e = err(remote);
+            assert!(matches!(e, OrgUrlError::NotHttps(_)), "{remote}");
+            assert!(e.to_string().contains("must be an https URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tokens_travel_in_clear_only_to_loopback() {
+        let allowed = |raw: &str| transport_allowed(&url::Url::parse(raw).unwrap());
+        assert!(allowed("https://dev.azure.com/o"));
+        assert!(allowed("https://10.0.0.1/o"));
+        assert!(allowed("http://127.0.0.1/o"));
+        assert!(allowed("http://[::1]/o"));
+        assert!(allowed("http://localhost/o"));
+        assert!(!allowed("http://10.0.0.1/o"));
+        assert!(!allowed("http://[::2]/o"));
+        assert!(!allowed("http://localhost.example/o"));
+        assert!(!allowed("ftp://127.0.0.1/o"));
+        assert!(!allowed("file:///etc/passwd"));
     }
 
     #[test]

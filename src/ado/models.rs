@@ -3,8 +3,6 @@
 //! Only the fields we use are typed; everything is optional where ADO omits it,
 //! so a new or missing field never breaks a poll.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -16,48 +14,9 @@ pub struct List<T> {
     pub value: Vec<T>,
 }
 
-/// What counting reads of a job request, borrowed from the answer's bytes: the poller
-/// decodes every element of a jobrequests answer into this, from the response stream
-/// ([`super::stream`]), and keeps only what triggers need. The other fields, and each matched
-/// agent's id, version, status and links, are skipped without being allocated.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobRequestView<'a> {
-    pub request_id: u64,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub queue_time: Option<OffsetDateTime>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub assign_time: Option<OffsetDateTime>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub finish_time: Option<OffsetDateTime>,
-    /// Only whether it is there matters: a request with a result is finished.
-    #[serde(default)]
-    pub result: Option<serde::de::IgnoredAny>,
-    #[serde(default, borrow)]
-    pub demands: Vec<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub matched_agents: Option<Vec<NameRef<'a>>>,
-    #[serde(default)]
-    pub matches_all_agents_in_pool: bool,
-    #[serde(default, borrow)]
-    pub reserved_agent: Option<NameRef<'a>>,
-    #[serde(default, borrow)]
-    pub definition: Option<NameRef<'a>>,
-}
-
-impl JobRequestView<'_> {
-    /// ADO sometimes lists finished requests despite `completedRequestCount=0`.
-    pub fn is_finished(&self) -> bool {
-        self.result.is_some() || self.finish_time.is_some()
-    }
-}
-
-/// The name of an agent or definition reference, borrowed unless it has escapes.
-#[derive(Debug, Deserialize)]
-pub struct NameRef<'a> {
-    #[serde(default, borrow)]
-    pub name: Cow<'a, str>,
-}
+/// What counting reads of a job request is the pure counter's own type: the poller decodes
+/// each element of a jobrequests answer straight into it.
+pub use crate::count::request::{JobRequestView, NameRef};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

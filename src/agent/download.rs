@@ -46,8 +46,7 @@ pub async fn install(
     );
     let url = url::Url::parse(&package.download_url)
         .map_err(|e| Error::Agent(format!("agent package downloadUrl is not a URL: {e}")))?;
-    let loopback = OrgUrl::parse(url.as_str()).is_ok_and(|o| o.is_loopback());
-    if url.scheme() != "https" && !loopback {
+    if !crate::ado::transport_allowed(&url) {
         return Err(Error::Agent(format!(
             "agent package downloadUrl must be https: {url}"
         )));

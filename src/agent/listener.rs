@@ -131,6 +131,13 @@ impl Phase {
         }
     }
 
+    /// Interrupted at `now`: the cancel timeout runs.
+    fn cancelling(now: Instant, policy: StopPolicy) -> Self {
+        Phase::Cancelling {
+            until: now + policy.cancel,
+        }
+    }
+
     /// Once the listener has exited, how long its group may take to follow.
     fn group_deadline(self, now: Instant, policy: StopPolicy) -> Instant {
         match self {
@@ -164,133 +171,258 @@ pub struct ListenerRun<'a> {
 
 impl ListenerRun<'_> {
     pub async fn run(self, launch: impl Fn() -> Command) -> Result<Outcome> {
-        let Self {
-            reaper,
-            signals,
-            policy,
-            agent_dir,
-        } = self;
-        let me = std::process::id() as i32;
-        let mut child = Some(reaper.spawn(&mut launch())?);
-        let mut group = child.unwrap_or_default();
-        let mut up_since = Instant::now();
-        let mut updates = 0;
-        let mut update_deadline = up_since;
-        let mut job_seen = false;
-        let mut cause = Cause::None;
-        let mut phase = Phase::Running;
-        let mut listener_code = None;
-        let started = Instant::now();
-
+        let pid = self.reaper.spawn(&mut launch())?;
+        let mut supervisor = Supervisor {
+            run: self,
+            me: std::process::id() as i32,
+            listener: Listener::Up {
+                pid,
+                since: Instant::now(),
+            },
+            group: pid,
+            updates: 0,
+            job_seen: false,
+            cause: Cause::None,
+            phase: Phase::Running,
+            listener_code: None,
+            started: Instant::now(),
+        };
         loop {
-            let deadline = phase.deadline(child.map(|_| up_since), job_seen, policy);
-            let pid = child.unwrap_or_default();
-            tokio::select! {
-                status = reaper.wait(pid), if child.is_some() => {
-                    let code = exit_code(status);
-                    child = None;
-                    if code == RUN_ONCE_UPDATING && cause == Cause::None && updates < MAX_UPDATES {
-                        updates += 1;
-                        update_deadline = Instant::now() + UPDATE_LIMIT;
-                        tracing::info!(attempt = updates, "the listener exited to update itself; starting it again once the update is done");
-                        continue;
-                    }
-                    listener_code = Some(code);
-                    tracing::info!(code, elapsed_ms = started.elapsed().as_millis() as u64, "listener exited");
-                    break;
-                }
-                sig = signals.recv() => {
-                    match phase {
-                        Phase::Running => {
-                            cause = Cause::Signal(sig);
-                            let running = ProcTable::read().job_running(me);
-                            job_seen |= running;
-                            if child.is_none() {
-                                tracing::info!(signal = %sig, "stop requested while the agent updates itself");
-                                break;
-                            } else if running && !policy.drain.is_zero() {
-                                tracing::info!(signal = %sig, drain = ?policy.drain, "stop requested while a job runs: letting it finish");
-                                phase = Phase::Draining { until: Instant::now() + policy.drain };
-                            } else {
-                                tracing::info!(signal = %sig, job_running = running, "stop requested");
-                                phase = interrupt(me, child, policy);
-                            }
-                        }
-                        Phase::Draining { .. } => {
-                            tracing::info!(signal = %sig, "second stop request: cancelling the job now");
-                            phase = interrupt(me, child, policy);
-                        }
-                        Phase::Cancelling { .. } | Phase::Killed => {
-                            tracing::info!(signal = %sig, "already stopping");
-                        }
-                    }
-                }
-                () = until(deadline) => {
-                    match phase {
-                        Phase::Running => {
-                            if ProcTable::read().job_running(me) {
-                                job_seen = true;
-                            } else {
-                                tracing::info!(idle = ?policy.idle, "no job came: stopping the agent");
-                                cause = Cause::Idle;
-                                phase = interrupt(me, child, policy);
-                            }
-                        }
-                        Phase::Draining { .. } => {
-                            tracing::info!(drain = ?policy.drain, "drain timeout: cancelling the job");
-                            phase = interrupt(me, child, policy);
-                        }
-                        Phase::Cancelling { .. } => {
-                            tracing::warn!(cancel = ?policy.cancel, "the listener did not stop in time: killing its process group");
-                            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-                            phase = Phase::Killed;
-                        }
-                        Phase::Killed => {}
-                    }
-                }
-                _ = tokio::time::sleep(TICK), if !job_seen || child.is_none() => {
-                    let table = ProcTable::read();
-                    if !job_seen && table.job_running(me) {
-                        job_seen = true;
-                        tracing::info!(after_ms = up_since.elapsed().as_millis() as u64, "job started");
-                    }
-                    if child.is_none() {
-                        // Updating: the update script runs in the listener's group and swaps
-                        // `bin/`; start again once it is gone and a listener is in place.
-                        if table.group(group).is_empty() && is_executable(&agent_dir.join("bin/Agent.Listener")) {
-                            let pid = reaper.spawn(&mut launch())?;
-                            (child, group, up_since) = (Some(pid), pid, Instant::now());
-                            tracing::info!("listener started again after its update");
-                        } else if Instant::now() > update_deadline {
-                            tracing::error!(limit = ?UPDATE_LIMIT, "the agent did not update in time");
-                            listener_code = Some(1);
-                            break;
-                        }
-                    }
-                }
+            let step = match supervisor.next_event().await {
+                Event::Exited(code) => supervisor.exited(code),
+                Event::Signal(sig) => supervisor.stop_requested(sig),
+                Event::Deadline => supervisor.deadline_passed(),
+                Event::Tick => supervisor.looked(&launch)?,
+            };
+            if step == Step::Done {
+                break;
             }
         }
+        Ok(supervisor.after_exit().await)
+    }
+}
 
-        // The listener has exited; its group (worker, job processes) must be gone too.
-        if !wait_group_empty(group, phase.group_deadline(Instant::now(), policy)).await {
+/// The listener process: up, or gone while it updates itself (`run.sh`'s exit-code-4 loop).
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    Up { pid: i32, since: Instant },
+    Updating { deadline: Instant },
+}
+
+impl Listener {
+    fn pid(self) -> Option<i32> {
+        match self {
+            Listener::Up { pid, .. } => Some(pid),
+            Listener::Updating { .. } => None,
+        }
+    }
+}
+
+/// What the supervisor reacts to.
+enum Event {
+    /// The listener exited with this code.
+    Exited(u8),
+    Signal(Signal),
+    /// The current phase's deadline (idle, drain, cancel) passed.
+    Deadline,
+    /// Time to look at the process table: has a job started, is an update done?
+    Tick,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Done,
+}
+
+/// The supervision of one listener run: its state, and one named transition per event.
+struct Supervisor<'a> {
+    run: ListenerRun<'a>,
+    me: i32,
+    listener: Listener,
+    /// The listener's process group (the first listener's pid): worker and job processes.
+    group: i32,
+    updates: u32,
+    job_seen: bool,
+    cause: Cause,
+    phase: Phase,
+    listener_code: Option<u8>,
+    started: Instant,
+}
+
+impl Supervisor<'_> {
+    async fn next_event(&mut self) -> Event {
+        let policy = self.run.policy;
+        let listening_since = match self.listener {
+            Listener::Up { since, .. } => Some(since),
+            Listener::Updating { .. } => None,
+        };
+        let deadline = self.phase.deadline(listening_since, self.job_seen, policy);
+        let pid = self.listener.pid();
+        let exited = async {
+            match pid {
+                Some(pid) => self.run.reaper.wait(pid).await,
+                None => std::future::pending().await,
+            }
+        };
+        let look = !self.job_seen || pid.is_none();
+        tokio::select! {
+            status = exited => Event::Exited(exit_code(status)),
+            sig = self.run.signals.recv() => Event::Signal(sig),
+            () = until(deadline) => Event::Deadline,
+            () = tokio::time::sleep(TICK), if look => Event::Tick,
+        }
+    }
+
+    /// The listener exited: by itself to update (start it again once the update is done),
+    /// or for good.
+    fn exited(&mut self, code: u8) -> Step {
+        if code == RUN_ONCE_UPDATING && self.cause == Cause::None && self.updates < MAX_UPDATES {
+            self.updates += 1;
+            self.listener = Listener::Updating {
+                deadline: Instant::now() + UPDATE_LIMIT,
+            };
+            tracing::info!(
+                attempt = self.updates,
+                "the listener exited to update itself; starting it again once the update is done"
+            );
+            return Step::Continue;
+        }
+        self.listener_code = Some(code);
+        tracing::info!(
+            code,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "listener exited"
+        );
+        Step::Done
+    }
+
+    /// SIGTERM or SIGINT: let a running job drain, else interrupt; a second one cuts the
+    /// drain short.
+    fn stop_requested(&mut self, sig: Signal) -> Step {
+        let policy = self.run.policy;
+        match self.phase {
+            Phase::Running => {
+                self.cause = Cause::Signal(sig);
+                let running = ProcTable::read().job_running(self.me);
+                self.job_seen |= running;
+                if self.listener.pid().is_none() {
+                    tracing::info!(signal = %sig, "stop requested while the agent updates itself");
+                    return Step::Done;
+                } else if running && !policy.drain.is_zero() {
+                    tracing::info!(signal = %sig, drain = ?policy.drain, "stop requested while a job runs: letting it finish");
+                    self.phase = Phase::Draining {
+                        until: Instant::now() + policy.drain,
+                    };
+                } else {
+                    tracing::info!(signal = %sig, job_running = running, "stop requested");
+                    self.interrupt();
+                }
+            }
+            Phase::Draining { .. } => {
+                tracing::info!(signal = %sig, "second stop request: cancelling the job now");
+                self.interrupt();
+            }
+            Phase::Cancelling { .. } | Phase::Killed => {
+                tracing::info!(signal = %sig, "already stopping");
+            }
+        }
+        Step::Continue
+    }
+
+    /// The idle timeout (unless a job has just started), the end of the drain, or the end of
+    /// the cancel timeout (kill the group).
+    fn deadline_passed(&mut self) -> Step {
+        let policy = self.run.policy;
+        match self.phase {
+            Phase::Running => {
+                if ProcTable::read().job_running(self.me) {
+                    self.job_seen = true;
+                } else {
+                    tracing::info!(idle = ?policy.idle, "no job came: stopping the agent");
+                    self.cause = Cause::Idle;
+                    self.interrupt();
+                }
+            }
+            Phase::Draining { .. } => {
+                tracing::info!(drain = ?policy.drain, "drain timeout: cancelling the job");
+                self.interrupt();
+            }
+            Phase::Cancelling { .. } => {
+                tracing::warn!(cancel = ?policy.cancel, "the listener did not stop in time: killing its process group");
+                let _ = killpg(Pid::from_raw(self.group), Signal::SIGKILL);
+                self.phase = Phase::Killed;
+            }
+            Phase::Killed => {}
+        }
+        Step::Continue
+    }
+
+    /// A look at the process table: a job has started; an update is done (start the
+    /// listener again) or has taken too long.
+    fn looked(&mut self, launch: &impl Fn() -> Command) -> Result<Step> {
+        let table = ProcTable::read();
+        if !self.job_seen && table.job_running(self.me) {
+            self.job_seen = true;
+            if let Listener::Up { since, .. } = self.listener {
+                tracing::info!(after_ms = since.elapsed().as_millis() as u64, "job started");
+            }
+        }
+        let Listener::Updating { deadline } = self.listener else {
+            return Ok(Step::Continue);
+        };
+        // The update script runs in the listener's group and swaps `bin/`; start again once
+        // it is gone and a listener is in place.
+        if table.group(self.group).is_empty()
+            && is_executable(&self.run.agent_dir.join("bin/Agent.Listener"))
+        {
+            let pid = self.run.reaper.spawn(&mut launch())?;
+            self.listener = Listener::Up {
+                pid,
+                since: Instant::now(),
+            };
+            self.group = pid;
+            tracing::info!("listener started again after its update");
+        } else if Instant::now() > deadline {
+            tracing::error!(limit = ?UPDATE_LIMIT, "the agent did not update in time");
+            self.listener_code = Some(1);
+            return Ok(Step::Done);
+        }
+        Ok(Step::Continue)
+    }
+
+    /// SIGINT to the listener process alone: never SIGTERM, never the worker or the group.
+    fn interrupt(&mut self) {
+        if let Some(child) = self.listener.pid() {
+            let target = ProcTable::read().listener_of(self.me, child);
+            tracing::info!(pid = target, "sending SIGINT to the listener");
+            let _ = kill(Pid::from_raw(target), Signal::SIGINT);
+        }
+        self.phase = Phase::cancelling(Instant::now(), self.run.policy);
+    }
+
+    /// The listener has exited; its group (worker, job processes) must be gone too.
+    async fn after_exit(mut self) -> Outcome {
+        let group = self.group;
+        let deadline = self.phase.group_deadline(Instant::now(), self.run.policy);
+        if !wait_group_empty(group, deadline).await {
             let left = ProcTable::read().group(group).len();
             tracing::warn!(
                 processes = left,
                 "processes of the agent's group are still running: killing them"
             );
             let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
-            if matches!(phase, Phase::Cancelling { .. }) {
-                phase = Phase::Killed;
+            if matches!(self.phase, Phase::Cancelling { .. }) {
+                self.phase = Phase::Killed;
             }
             wait_group_empty(group, Instant::now() + AFTER_KILL).await;
         }
-
-        Ok(Outcome {
-            ending: phase.ending(cause),
-            cause,
-            listener_code,
-            job_seen,
-        })
+        Outcome {
+            ending: self.phase.ending(self.cause),
+            cause: self.cause,
+            listener_code: self.listener_code,
+            job_seen: self.job_seen,
+        }
     }
 }
 
@@ -299,18 +431,6 @@ pub(crate) async fn until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// SIGINT to the listener process alone: never SIGTERM, never the worker or the group.
-fn interrupt(me: i32, child: Option<i32>, policy: StopPolicy) -> Phase {
-    if let Some(child) = child {
-        let target = ProcTable::read().listener_of(me, child);
-        tracing::info!(pid = target, "sending SIGINT to the listener");
-        let _ = kill(Pid::from_raw(target), Signal::SIGINT);
-    }
-    Phase::Cancelling {
-        until: Instant::now() + policy.cancel,
     }
 }
 
@@ -456,11 +576,13 @@ mod tests {
 
     #[test]
     fn interrupting_starts_the_cancel_timeout() {
-        let before = Instant::now();
-        let Phase::Cancelling { until } = interrupt(1, None, policy()) else {
-            panic!("interrupting leads to cancelling");
-        };
-        assert!(until >= before + policy().cancel && until <= Instant::now() + policy().cancel);
+        let now = Instant::now();
+        assert_eq!(
+            Phase::cancelling(now, policy()),
+            Phase::Cancelling {
+                until: now + Duration::from_secs(120)
+            }
+        );
     }
 
     #[test]

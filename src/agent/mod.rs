@@ -17,7 +17,7 @@ pub mod reaper;
 pub mod signals;
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::Arc,
     time::Duration,
@@ -32,10 +32,8 @@ use tokio::time::Instant;
 
 use crate::{
     ado::{AdoClient, OrgUrl},
-    auth::{self, AuthMode, AuthSettings, TokenSource},
-    config::AgentArgs,
+    auth::{AuthSettings, Connection, CredentialSettings, TokenSource},
     error::{Error, Result},
-    telemetry::Metrics,
 };
 use listener::{ListenerRun, StopPolicy};
 use reaper::Reaper;
@@ -44,12 +42,37 @@ use signals::{Signals, signal_code};
 /// Where the agent keeps its local configuration once `config.sh` has registered it.
 const LOCAL_CONFIG: &str = ".agent";
 
+/// The entrypoint's settings, from its flags (`AZP_*`).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Organisation URL, validated when the entrypoint starts (errors name `--url`).
+    pub url: String,
+    pub pool: String,
+    /// Name registered in the pool; `None`: the pod's name.
+    pub agent_name: Option<String>,
+    pub work: String,
+    /// Where the agent's `config.sh` and `run.sh` live.
+    pub agent_dir: PathBuf,
+    /// Download the agent from the organisation when it is missing.
+    pub download: bool,
+    pub credential: CredentialSettings,
+    /// How long deregistration may retry.
+    pub remove_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub cancel_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Pass AZURE_* identity variables to the agent.
+    pub keep_identity_env: bool,
+    /// Extra arguments for the listener's `run --once`.
+    pub run_args: Vec<String>,
+}
+
 /// Everything the phases share.
 struct Agent {
-    args: AgentArgs,
+    settings: AgentSettings,
     org: OrgUrl,
     name: String,
-    settings: AuthSettings,
+    auth: AuthSettings,
     http: reqwest::Client,
     /// The environment of every agent process: ours, scrubbed.
     env: Vec<(String, String)>,
@@ -64,11 +87,11 @@ enum Registration {
 }
 
 /// Runs the entrypoint; the result is the process exit code.
-pub async fn run(args: AgentArgs) -> Result<u8> {
+pub async fn run(settings: AgentSettings) -> Result<u8> {
     let started = Instant::now();
     let mut signals = Signals::install()?;
-    let agent = Agent::new(args, Reaper::start()?)?;
-    tracing::info!(agent = %agent.name, org = %agent.org, pool = %agent.args.pool, "agent entrypoint starting");
+    let agent = Agent::new(settings, Reaper::start()?)?;
+    tracing::info!(agent = %agent.name, org = %agent.org, pool = %agent.settings.pool, "agent entrypoint starting");
 
     // 1. A token, with the pod's own identity.
     // A new credential: its token comes from Entra, not a cache. `--download` reuses it.
@@ -82,11 +105,11 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
         "token acquired"
     );
 
-    if !agent.args.agent_dir.join("config.sh").exists() {
-        if !agent.args.download {
+    if !agent.settings.agent_dir.join("config.sh").exists() {
+        if !agent.settings.download {
             return Err(Error::Agent(format!(
                 "no agent in {} (config.sh missing): bake it into the image, or pass --download",
-                agent.args.agent_dir.display()
+                agent.settings.agent_dir.display()
             )));
         }
         let phase = Instant::now();
@@ -116,11 +139,11 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
                 reaper: &agent.reaper,
                 signals: &mut signals,
                 policy: StopPolicy {
-                    drain: agent.args.drain_timeout,
-                    cancel: agent.args.cancel_timeout,
-                    idle: agent.args.idle_timeout,
+                    drain: agent.settings.drain_timeout,
+                    cancel: agent.settings.cancel_timeout,
+                    idle: agent.settings.idle_timeout,
                 },
-                agent_dir: &agent.args.agent_dir,
+                agent_dir: &agent.settings.agent_dir,
             }
             .run(|| agent.listener_command())
             .await;
@@ -177,48 +200,21 @@ pub async fn run(args: AgentArgs) -> Result<u8> {
 }
 
 impl Agent {
-    fn new(args: AgentArgs, reaper: Reaper) -> Result<Self> {
-        let org = OrgUrl::parse(&args.url).map_err(|e| Error::Config(format!("--url: {e}")))?;
-        if org.url().scheme() == "http" && !org.is_loopback() {
-            return Err(Error::Config(
-                "--url must be https: the token must not travel in clear text".into(),
-            ));
-        }
-        if args.token_file.is_some() && args.auth != AuthMode::Pat {
-            return Err(Error::Config(
-                "AZP_TOKEN_FILE is only used with --auth pat".into(),
-            ));
-        }
-        let name = match &args.agent_name {
+    fn new(settings: AgentSettings, reaper: Reaper) -> Result<Self> {
+        let org = OrgUrl::parse(&settings.url).map_err(|e| Error::Config(format!("--url: {e}")))?;
+        let name = match &settings.agent_name {
             Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
-            _ => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| {
-                    Error::Config("--agent-name not set and the hostname is unreadable".into())
-                })?,
+            _ => crate::k8s::pod_name().ok_or_else(|| {
+                Error::Config("--agent-name not set and the hostname is unreadable".into())
+            })?,
         };
-        let settings = match args.auth {
-            AuthMode::Pat => AuthSettings::Pat {
-                file: args.token_file.clone().ok_or_else(|| {
-                    Error::Config("--auth pat needs AZP_TOKEN_FILE (--token-file)".into())
-                })?,
-            },
-            mode => AuthSettings::from_env(mode, None)?,
-        };
-        let ca = args
-            .ca_file
-            .as_deref()
-            .map(auth::read_ca_file)
-            .transpose()?;
-        let http = auth::http_client(ca.as_deref())?;
+        let Connection { auth, http } = settings.credential.connect()?;
         Ok(Self {
-            env: env::agent_environment(std::env::vars(), args.keep_identity_env),
-            args,
+            env: env::agent_environment(std::env::vars(), settings.keep_identity_env),
+            settings,
             org,
             name,
-            settings,
+            auth,
             http,
             reaper,
         })
@@ -226,22 +222,22 @@ impl Agent {
 
     /// A new credential each time: a fresh token from Entra, not one from a cache.
     fn fresh_source(&self) -> Result<TokenSource> {
-        TokenSource::new(&self.settings, &self.http, None)
+        TokenSource::new(&self.auth, &self.http, None)
     }
 
     fn client(&self, source: TokenSource) -> AdoClient {
-        AdoClient::new(self.http.clone(), source, Arc::new(Metrics::new()))
+        AdoClient::new(self.http.clone(), source, Arc::default())
     }
 
     async fn download(&self, source: TokenSource) -> Result<String> {
         let ado = self.client(source);
-        download::install(&ado, &self.http, &self.org, &self.args.agent_dir).await
+        download::install(&ado, &self.http, &self.org, &self.settings.agent_dir).await
     }
 
     /// An agent program with the scrubbed environment, started in the agent directory.
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.args.agent_dir.join(program));
-        cmd.current_dir(&self.args.agent_dir)
+        let mut cmd = Command::new(self.settings.agent_dir.join(program));
+        cmd.current_dir(&self.settings.agent_dir)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -262,9 +258,9 @@ impl Agent {
         ])
         .args([
             "--pool",
-            &self.args.pool,
+            &self.settings.pool,
             "--work",
-            &self.args.work,
+            &self.settings.work,
             "--replace",
             "--acceptTeeEula",
         ])
@@ -288,7 +284,7 @@ impl Agent {
                     tracing::info!(signal = %sig, "stop requested during config.sh: interrupting it");
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
                     interrupted = Some(sig);
-                    kill_at = Some(Instant::now() + self.args.cancel_timeout);
+                    kill_at = Some(Instant::now() + self.settings.cancel_timeout);
                 }
                 () = listener::until(kill_at) => {
                     tracing::warn!("config.sh did not stop in time: killing it");
@@ -303,14 +299,14 @@ impl Agent {
     /// it alone (`run.sh` adds a shell in between and nothing else; exit code 4 is handled by
     /// [`listener`] as `run.sh` would). `run.sh` for a layout without the listener binary.
     fn listener_command(&self) -> Command {
-        let mut cmd = if self.args.agent_dir.join("bin/Agent.Listener").exists() {
+        let mut cmd = if self.settings.agent_dir.join("bin/Agent.Listener").exists() {
             let mut cmd = self.command("bin/Agent.Listener");
             cmd.arg("run");
             cmd
         } else {
             self.command("run.sh")
         };
-        cmd.arg("--once").args(&self.args.run_args);
+        cmd.arg("--once").args(&self.settings.run_args);
         cmd
     }
 
@@ -318,12 +314,12 @@ impl Agent {
     /// `--remove-timeout`: `config.sh remove` where the agent's local configuration exists,
     /// else through the REST API (a registration `config.sh` made before failing).
     async fn deregister(&self) -> Result<u32> {
-        let deadline = Instant::now() + self.args.remove_timeout;
+        let deadline = Instant::now() + self.settings.remove_timeout;
         let mut delay = Duration::from_millis(500);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let outcome = if self.args.agent_dir.join(LOCAL_CONFIG).exists() {
+            let outcome = if self.settings.agent_dir.join(LOCAL_CONFIG).exists() {
                 self.remove_with_config_sh().await
             } else {
                 self.remove_through_rest().await
@@ -358,7 +354,7 @@ impl Agent {
 
     async fn remove_through_rest(&self) -> Result<()> {
         let ado = self.client(self.fresh_source()?);
-        let pool = match ado.find_pool(&self.org, &self.args.pool).await {
+        let pool = match ado.find_pool(&self.org, &self.settings.pool).await {
             Ok(pool) => pool,
             Err(Error::NotFound(what)) => {
                 tracing::info!(%what, "no such pool: nothing was registered");

@@ -5,11 +5,10 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
-use super::Report;
+use super::{CheckSettings, Report};
 use crate::{
     ado::AdoClient,
-    config::CheckArgs,
-    gc::{self, GcSettings, LEASE_NAME},
+    gc::{self, LEASE_NAME},
     k8s,
 };
 
@@ -22,15 +21,15 @@ pub const GC_STALE: &str = "stale registrations";
 /// How many names of stale registrations are shown.
 const SHOWN: usize = 10;
 
-pub(super) async fn check_collector(args: &CheckArgs, ado: &AdoClient, report: &mut Report) {
+pub(super) async fn check_collector(args: &CheckSettings, ado: &AdoClient, report: &mut Report) {
     let later = [GC_API, GC_PODS, GC_LEASE, GC_STALE];
-    let settings = match GcSettings::from_args(&args.gc) {
-        Ok(Some(s)) => s,
+    let settings = match &args.gc {
+        Ok(Some(s)) => s.clone(),
         Ok(None) => return,
         Err(e) => {
             report.fail(
                 GC_SETTINGS,
-                e,
+                e.clone(),
                 "fix the --gc-* flags (ADO_SCALER_GC_* variables)",
             );
             report.skip(&later);

@@ -8,16 +8,45 @@ use std::{fmt, sync::Arc};
 
 use crate::{
     ado::{AdoClient, OrgUrl},
-    auth::{self, AssertionClaims, AuthMode, AuthSettings, TokenSource, WorkloadIdentity},
-    config::{CheckArgs, CheckAs},
+    auth::{
+        AssertionClaims, AuthMode, AuthSettings, CredentialSettings, TokenSource, WorkloadIdentity,
+    },
     count::{Capabilities, DemandRule, Filter, claims, parse_demands},
     error::{Error, Result},
+    gc::GcSettings,
     placeholder::{self, DEFAULT_AGENT_VERSION, PlaceholderSpec},
     poller::Answer,
-    telemetry::Metrics,
 };
 
 const AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Which pod `check` runs as: decides the expected service account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckAs {
+    Scaler,
+    Agent,
+}
+
+/// What to check, from `check`'s flags.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub org: String,
+    pub pool: String,
+    /// A trigger's demands (comma list).
+    pub demands: String,
+    /// One `capabilities` list per ScaledJob on the pool.
+    pub capabilities: Vec<String>,
+    pub agent_name_prefix: Option<String>,
+    /// Check (and register if missing) each trigger's placeholder.
+    pub placeholder: bool,
+    pub as_: CheckAs,
+    /// Expected service account as `namespace:name`; `None`: deploy/'s for `as_`.
+    pub service_account: Option<String>,
+    pub scaler_metrics_url: Option<String>,
+    pub credential: CredentialSettings,
+    /// The collector's settings as `serve` would validate them (the error names the flag).
+    pub gc: std::result::Result<Option<GcSettings>, String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -126,14 +155,14 @@ pub use clients::{GRPC_CLIENTS, REFRESH, check_clients};
 pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
-pub async fn run(args: CheckArgs) -> Result<u8> {
+pub async fn run(args: CheckSettings) -> Result<u8> {
     let report = check(&args, &|name| std::env::var(name).ok()).await;
     println!("{report}");
     Ok(if report.ok() { 0 } else { 1 })
 }
 
 /// Runs every check it can; `env` reads the pod's environment.
-pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Report {
+pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -> Report {
     let mut report = Report::default();
     // First: it needs no identity, and the checks below may end early.
     if let Some(url) = &args.scaler_metrics_url {
@@ -152,46 +181,44 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         Err(e) => {
             report.fail(
                 "organisation URL",
-                e,
+                e.to_string(),
                 "pass --org https://dev.azure.com/ORG",
             );
             return report;
         }
     };
 
-    let settings = match args.auth.auth {
-        AuthMode::WorkloadIdentity => match workload_identity(args, env, &mut report) {
-            Some(wi) => AuthSettings::WorkloadIdentity(wi),
-            None => {
-                report.skip(&remote);
-                return report;
-            }
-        },
-        AuthMode::ManagedIdentity => AuthSettings::ManagedIdentity {
-            client_id: env("AZURE_CLIENT_ID"),
-        },
-        AuthMode::Pat => match &args.auth.pat_file {
-            Some(file) => AuthSettings::Pat { file: file.clone() },
-            None => {
-                report.fail(
+    let settings = match args.credential.resolve(env) {
+        Ok(AuthSettings::WorkloadIdentity(wi)) => {
+            federated_token(args, &wi, &mut report);
+            AuthSettings::WorkloadIdentity(wi)
+        }
+        Ok(settings) => settings,
+        Err(e) => {
+            let detail = match e {
+                Error::Config(detail) => detail,
+                other => other.to_string(),
+            };
+            match args.credential.mode {
+                AuthMode::WorkloadIdentity => {
+                    report.fail(WI_VARIABLES, detail, WI_FIX);
+                    report.skip(&[FEDERATED_TOKEN]);
+                }
+                AuthMode::ManagedIdentity => {
+                    report.fail("managed identity", detail, "see the message")
+                }
+                AuthMode::Pat => report.fail(
                     "PAT file",
-                    "--auth pat without --pat-file",
+                    detail,
                     "pass --pat-file, or use workload identity",
-                );
-                report.skip(&remote);
-                return report;
+                ),
             }
-        },
+            report.skip(&remote);
+            return report;
+        }
     };
 
-    let http = match args
-        .auth
-        .ca_file
-        .as_deref()
-        .map(auth::read_ca_file)
-        .transpose()
-        .and_then(|ca| auth::http_client(ca.as_deref()))
-    {
+    let http = match args.credential.http_client() {
         Ok(http) => http,
         Err(e) => {
             report.fail("CA file", e.to_string(), "point --ca-file at a PEM bundle");
@@ -210,13 +237,12 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     match source.token().await {
         Ok(_) => report.pass(TOKEN_EXCHANGE, "Entra issued a token for Azure DevOps"),
         Err(e) => {
-            let text = e.to_string();
-            let (detail, fix) = match text.split_once(" — to fix: ") {
-                Some((detail, fix)) => (detail.to_owned(), fix.to_owned()),
-                None => (
-                    text,
-                    "check the identity's federated credentials and client id".to_owned(),
+            let (detail, fix) = match e {
+                Error::Token { message, hint } => (
+                    message,
+                    hint.unwrap_or("check the identity's federated credentials and client id"),
                 ),
+                other => (other.to_string(), "see the message"),
             };
             report.fail(TOKEN_EXCHANGE, detail, fix);
             report.skip(&remote[1..]);
@@ -224,7 +250,7 @@ pub async fn check(args: &CheckArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         }
     }
 
-    let ado = AdoClient::new(http, source, Arc::new(Metrics::new()));
+    let ado = AdoClient::new(http, source, Arc::default());
     let pool = match ado.find_pool(&org, &args.pool).await {
         Ok(pool) => {
             report.pass(REACHABLE, org.to_string());
@@ -363,7 +389,7 @@ type CheckTrigger = (String, Filter, Capabilities);
 
 /// One trigger per `--capabilities`, and the `--demands` one (also when nothing else is
 /// given, as a trigger with no demands).
-fn check_triggers(args: &CheckArgs) -> std::result::Result<Vec<CheckTrigger>, String> {
+fn check_triggers(args: &CheckSettings) -> std::result::Result<Vec<CheckTrigger>, String> {
     let mut triggers = Vec::new();
     for (i, list) in args.capabilities.iter().enumerate() {
         let caps = Capabilities::parse(list).map_err(|e| format!("--capabilities: {e}"))?;
@@ -397,7 +423,7 @@ async fn check_placeholders(
     org: &OrgUrl,
     pool_id: u32,
     pool_name: &str,
-    args: &CheckArgs,
+    args: &CheckSettings,
     triggers: &[CheckTrigger],
     report: &mut Report,
 ) {
@@ -424,25 +450,13 @@ async fn check_placeholders(
     }
 }
 
-fn workload_identity(
-    args: &CheckArgs,
-    env: &dyn Fn(&str) -> Option<String>,
-    report: &mut Report,
-) -> Option<WorkloadIdentity> {
-    let wi = match WorkloadIdentity::from_lookup(env) {
-        Ok(wi) => wi,
-        Err(e) => {
-            report.fail(
-                WI_VARIABLES,
-                e.to_string().trim_start_matches("configuration: ").to_owned(),
-                "label the pod azure.workload.identity/use: \"true\", annotate its service account with \
-                 azure.workload.identity/client-id, and make sure the cluster has workload identity \
-                 enabled (az aks update --enable-oidc-issuer --enable-workload-identity)",
-            );
-            report.skip(&[FEDERATED_TOKEN]);
-            return None;
-        }
-    };
+const WI_FIX: &str = "label the pod azure.workload.identity/use: \"true\", annotate its service account with \
+     azure.workload.identity/client-id, and make sure the cluster has workload identity \
+     enabled (az aks update --enable-oidc-issuer --enable-workload-identity)";
+
+/// The webhook's variables are there: say so, then check the projected token they point at
+/// (audience, expiry, the service account it names) before Entra is asked.
+fn federated_token(args: &CheckSettings, wi: &WorkloadIdentity, report: &mut Report) {
     report.pass(
         WI_VARIABLES,
         format!(
@@ -473,7 +487,7 @@ fn workload_identity(
             ),
             "the workload identity webhook mounts it; restart the pod after labelling it",
         );
-        return None;
+        return;
     };
     let shown = format!(
         "iss={}, sub={}, aud={}",
@@ -507,7 +521,6 @@ fn workload_identity(
     } else {
         report.pass(FEDERATED_TOKEN, shown);
     }
-    Some(wi)
 }
 
 fn explain_pool_error(report: &mut Report, org: &OrgUrl, pool: &str, err: Error) {

@@ -5,6 +5,7 @@
 //! which queued jobs no trigger, or more than one, counts.
 
 pub mod demand;
+pub mod request;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -16,7 +17,7 @@ pub use demand::{Capabilities, Demand, Requirement, parse_demands};
 
 use tokio::time::Instant;
 
-use crate::ado::models::JobRequestView;
+pub use request::JobRequestView;
 
 /// Agent names a pool's `parent` triggers ask about.
 pub type AgentNames = BTreeSet<String>;

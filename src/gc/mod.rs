@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ado::{AdoClient, OrgUrl, models::Agent},
-    config::GcArgs,
     error::{Error, Result},
     k8s::{
         self,
@@ -58,50 +57,6 @@ impl GcSettings {
     /// At most four deletions a second: a backlog of thousands drains in minutes without
     /// spending the identity's rate-limit budget that polls need.
     pub const DELETE_PACE: Duration = Duration::from_millis(250);
-
-    /// Validates the `--gc-*` flags; `None` when the collector is off. Errors name the flag.
-    pub fn from_args(args: &GcArgs) -> std::result::Result<Option<Self>, String> {
-        if !args.enabled {
-            return Ok(None);
-        }
-        let namespace = args
-            .namespace
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .ok_or("--gc-namespace is required with --gc")?;
-        let prefixes = args
-            .agent_prefix
-            .iter()
-            .map(|p| p.trim().to_owned())
-            .collect();
-        let rules = Rules::new(prefixes, args.grace)?;
-        let pools = parse_pools(&args.pools)?;
-        if args.interval < Duration::from_secs(10) {
-            return Err("--gc-interval must be at least 10s".into());
-        }
-        let identity = match &args.lease_identity {
-            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
-            _ => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .filter(|h| !h.is_empty())
-                .ok_or("--gc-lease-identity: no hostname to default to")?,
-        };
-        Ok(Some(Self {
-            pools,
-            namespace,
-            rules,
-            interval: args.interval,
-            lease_namespace: args
-                .lease_namespace
-                .clone()
-                .filter(|n| !n.trim().is_empty()),
-            identity,
-            timing: LeaseTiming::default(),
-            kubeconfig: args.kubeconfig.clone(),
-            delete_pace: Self::DELETE_PACE,
-        }))
-    }
 }
 
 /// Parses `--gc-pools`: `ORG_URL=POOL_NAME`, comma-separated.

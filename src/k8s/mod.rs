@@ -17,6 +17,15 @@ use crate::error::{Error, Result};
 /// Longest wait for one API answer; the elector's deadlines are shorter than a lease anyway.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// This pod's name: Kubernetes makes it the hostname. The default agent name and Lease
+/// identity; `None` when the hostname cannot be read.
+pub fn pod_name() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+}
+
 /// A client from `kubeconfig` if given, else as `kubectl` infers one (`KUBECONFIG`,
 /// `~/.kube/config`), else the pod's service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {

@@ -24,7 +24,7 @@ use crate::{
     ado::{AdoClient, OrgUrl},
     count::{AgentNames, Job},
     error::{Error, Result},
-    telemetry::{Metrics, PoolLabels, QueueLabels},
+    telemetry::PoolLabels,
 };
 
 /// The longest `teardownWindow` a trigger may ask for; departed jobs are kept this long.
@@ -133,7 +133,7 @@ type PoolIdCell = Arc<OnceCell<u32>>;
 struct Inner {
     ado: AdoClient,
     settings: PollerSettings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PollMetrics>,
     watchers: Mutex<HashMap<PoolKey, Arc<Watcher>>>,
     pool_ids: Mutex<HashMap<(OrgUrl, String), PoolIdCell>>,
     /// Job demands ADO's own parser would refuse, each logged once.
@@ -148,7 +148,7 @@ impl Poller {
     pub fn new(
         ado: AdoClient,
         settings: PollerSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PollMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -263,7 +263,7 @@ impl Poller {
             if let Some(s) = &watcher.state.borrow().snapshot {
                 self.inner
                     .metrics
-                    .poll_age_seconds
+                    .age
                     .get_or_create(&watcher.labels)
                     .set(now.saturating_duration_since(s.fetched_at).as_secs_f64());
             }
@@ -326,14 +326,13 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 truncated_before = truncated;
                 inner
                     .metrics
-                    .poll
                     .possibly_truncated
                     .get_or_create(&watcher.labels)
                     .set(i64::from(truncated));
                 let previous = watcher.state.borrow().snapshot.clone();
                 let snapshot =
                     Snapshot::next(previous.as_deref(), answer, now, OffsetDateTime::now_utc());
-                publish_poll_metrics(&inner.metrics, &watcher.labels, &snapshot);
+                inner.metrics.published(&watcher.labels, &snapshot);
                 log_unknown_demands(&inner, &watcher.labels, &snapshot);
                 watcher.state.send_replace(PoolState {
                     snapshot: Some(Arc::new(snapshot)),
@@ -350,7 +349,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 // The pool is gone (or never existed): no snapshot of it is right any more.
                 // Stop; a caller that resolves the name again starts a watcher for the new id.
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, "pool not found; stop polling it");
-                inner.metrics.poll.failed(&watcher.labels, &err);
+                inner.metrics.failed(&watcher.labels, &err);
                 let mut watchers = inner.watchers.lock().expect("watchers poisoned");
                 watcher.state.send_replace(PoolState {
                     snapshot: None,
@@ -369,7 +368,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                     _ => retry_delay(&settings, failures, rand::random()),
                 };
                 tracing::warn!(org = %key.org, pool = %watcher.labels.pool, error = %err, retry_in = ?delay, "poll failed");
-                inner.metrics.poll.failed(&watcher.labels, &err);
+                inner.metrics.failed(&watcher.labels, &err);
                 watcher.state.send_modify(|s| {
                     s.error = Some(err);
                     s.polling_since = None;
@@ -379,7 +378,6 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
         };
         inner
             .metrics
-            .poll
             .interval
             .get_or_create(&watcher.labels)
             .set(delay.as_secs_f64());
@@ -443,35 +441,6 @@ fn newly_unknown<'a>(seen: &mut HashSet<String>, jobs: &'a [Job]) -> Vec<(u64, &
         }
     }
     new
-}
-
-fn publish_poll_metrics(metrics: &Metrics, labels: &PoolLabels, snapshot: &Snapshot) {
-    for wait in snapshot.started.iter().flatten() {
-        metrics
-            .job_queue_wait
-            .get_or_create(labels)
-            .observe(wait.as_secs_f64());
-    }
-    metrics
-        .jobs_started
-        .get_or_create(labels)
-        .inc_by(snapshot.started.len() as u64);
-    metrics
-        .jobs_finished
-        .get_or_create(labels)
-        .inc_by(snapshot.finished as u64);
-    let queued = snapshot.queued() as i64;
-    let in_flight = snapshot.jobs.len() as i64 - queued;
-    for (state, value) in [("queued", queued), ("in_flight", in_flight)] {
-        metrics
-            .queue_jobs
-            .get_or_create(&QueueLabels {
-                org: labels.org.clone(),
-                pool: labels.pool.clone(),
-                state,
-            })
-            .set(value);
-    }
 }
 
 /// The poll interval while ADO reports less than a fifth of the identity's budget left:

@@ -3,7 +3,7 @@
 //! Without it, anyone who can create a ScaledJob could point the scaler's identity (and
 //! its bearer token) at a host of their choosing.
 
-use crate::ado::OrgUrl;
+use crate::ado::{OrgUrl, transport_allowed};
 
 /// One pattern: scheme and port must be equal; a `*` host label or path segment matches exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,21 +37,14 @@ impl OrgAllowlist {
                 .map_err(|e| format!("--allowed-orgs: {raw:?} is not a URL ({e})"))?;
             let scheme = url.scheme().to_owned();
             let host = url.host_str().unwrap_or_default().to_owned();
-            if scheme != "https" && scheme != "http" {
-                return Err(format!(
-                    "--allowed-orgs: {raw:?} must be https (or http for loopback)"
-                ));
-            }
             if host.is_empty() {
                 return Err(format!("--allowed-orgs: {raw:?} has no host"));
             }
-            if scheme == "http" {
-                let loopback = OrgUrl::parse(url.as_str()).is_ok_and(|o| o.is_loopback());
-                if host.contains(WILDCARD) || !loopback {
-                    return Err(format!(
-                        "--allowed-orgs: {raw:?}: plain http is allowed only for an explicit loopback host"
-                    ));
-                }
+            // A wildcard host is never loopback, so plain http needs an explicit one.
+            if !transport_allowed(&url) {
+                return Err(format!(
+                    "--allowed-orgs: {raw:?} must be https (plain http only for an explicit loopback host)"
+                ));
             }
             let unwild = |s: &str| {
                 if s == WILDCARD {

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Once, time::Duration};
 
 use crate::{
-    ado::OrgUrl,
+    ado::{OrgUrl, OrgUrlError},
     count::{Capabilities, DemandRule, Filter, parse_demands},
     error::{Error, Result},
     placeholder::{DEFAULT_AGENT_VERSION, PlaceholderSpec},
@@ -101,22 +101,75 @@ fn integer(
 
 static IGNORED_KEYS_LOGGED: Once = Once::new();
 
-/// Parses and validates one trigger's metadata. Unknown keys (KEDA adds `scalerAddress`) are ignored.
+/// Parses and validates one trigger's metadata, one key group at a time, in this order (the
+/// first bad key is the one reported). Unknown keys (KEDA adds `scalerAddress`) are ignored.
 pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result<Trigger> {
+    refuse_pat(meta)?;
+    let org = organisation(meta, allowlist)?;
+    let pool = pool(meta)?;
+    let target = integer(meta, "targetPipelinesQueueLength", 1, 1)?;
+    let activation = integer(meta, "activationTargetPipelinesQueueLength", 0, 0)?;
+    let Demands {
+        rule,
+        parent,
+        demands,
+    } = demands(meta)?;
+    let teardown_window = teardown_window(meta)?;
+    let agent_version = agent_version(meta)?;
+    let capabilities = capabilities(meta)?;
+    let agent_name_prefix = non_empty(meta, "agentNamePrefix").map(str::to_owned);
+    let placeholder = match (boolean(meta, "placeholder", true)?, &parent) {
+        (true, None) => Some(placeholder(
+            capabilities.as_ref(),
+            &demands,
+            agent_name_prefix.as_deref(),
+            &agent_version,
+        )),
+        _ => None,
+    };
+    let standby = non_empty(meta, "standby")
+        .map(Standby::parse)
+        .transpose()
+        .map_err(|e| invalid("standby", e))?;
+    note_ignored_keys(meta);
+
+    Ok(Trigger {
+        org,
+        pool,
+        target,
+        activation,
+        placeholder,
+        standby,
+        filter: Filter {
+            capabilities: capabilities.map(|caps| caps.as_counted(&agent_version)),
+            demands,
+            rule,
+            case_insensitive: boolean(meta, "caseInsensitiveDemandsProcessing", false)?,
+            parent,
+            scale_on_in_flight: boolean(meta, "scaleOnInFlight", true)?,
+            agent_name_prefix,
+            teardown_window,
+        },
+    })
+}
+
+/// KEDA's `personalAccessToken(FromEnv)`: refused, never used.
+fn refuse_pat(meta: &HashMap<String, String>) -> Result<()> {
     for key in ["personalAccessToken", "personalAccessTokenFromEnv"] {
         if meta.contains_key(key) {
             return Err(invalid(
-                if key == "personalAccessToken" {
-                    "personalAccessToken"
-                } else {
-                    "personalAccessTokenFromEnv"
-                },
+                key,
                 "not accepted: ado-scaler authenticates with its own workload identity; remove the PAT from the trigger",
             ));
         }
     }
+    Ok(())
+}
 
-    let (org_key, raw_org) = match non_empty(meta, "organizationURL") {
+/// `organizationURL` (or `organizationURLFromEnv`, which KEDA resolves): a URL the scaler's
+/// token may go to.
+fn organisation(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result<OrgUrl> {
+    let (key, raw) = match non_empty(meta, "organizationURL") {
         Some(v) => ("organizationURL", v),
         None => match non_empty(meta, "organizationURLFromEnv") {
             Some(v) => ("organizationURLFromEnv", v),
@@ -128,39 +181,44 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
             }
         },
     };
-    let org = OrgUrl::parse(raw_org).map_err(|e| {
-        invalid(
-            if org_key == "organizationURL" {
-                "organizationURL"
-            } else {
-                "organizationURLFromEnv"
-            },
-            e,
-        )
+    let org = OrgUrl::parse(raw).map_err(|e| match e {
+        // Plain http to a remote host is a place the token must not go, like any host
+        // outside --allowed-orgs.
+        OrgUrlError::NotHttps(_) => Error::OrgNotAllowed {
+            org: raw.trim().to_owned(),
+        },
+        e => invalid(key, e.to_string()),
     })?;
     if !allowlist.allows(&org) {
         return Err(Error::OrgNotAllowed {
             org: org.to_string(),
         });
     }
-    if org.url().scheme() == "http" && !org.is_loopback() {
-        return Err(Error::OrgNotAllowed {
-            org: org.to_string(),
-        });
+    Ok(org)
+}
+
+/// `poolName`, else `poolID`.
+fn pool(meta: &HashMap<String, String>) -> Result<PoolRef> {
+    match (non_empty(meta, "poolName"), non_empty(meta, "poolID")) {
+        (Some(name), _) => Ok(PoolRef::Name(name.to_owned())),
+        (None, Some(id)) => id
+            .parse::<u32>()
+            .map(PoolRef::Id)
+            .map_err(|_| invalid("poolID", format!("{id:?} is not a pool id"))),
+        (None, None) => Err(invalid("poolName", "missing (set poolName or poolID)")),
     }
+}
 
-    let pool = match (non_empty(meta, "poolName"), non_empty(meta, "poolID")) {
-        (Some(name), _) => PoolRef::Name(name.to_owned()),
-        (None, Some(id)) => PoolRef::Id(
-            id.parse::<u32>()
-                .map_err(|_| invalid("poolID", format!("{id:?} is not a pool id")))?,
-        ),
-        (None, None) => return Err(invalid("poolName", "missing (set poolName or poolID)")),
-    };
+/// What a trigger says about job demands, as KEDA's scaler reads them.
+struct Demands {
+    rule: DemandRule,
+    parent: Option<String>,
+    /// Empty with `parent`: the parent registration's capabilities decide.
+    demands: Vec<crate::count::Demand>,
+}
 
-    let target = integer(meta, "targetPipelinesQueueLength", 1, 1)?;
-    let activation = integer(meta, "activationTargetPipelinesQueueLength", 0, 0)?;
-
+/// `requireAllDemands`, `requireAllDemandsAndIgnoreOthers`, `parent` and `demands`.
+fn demands(meta: &HashMap<String, String>) -> Result<Demands> {
     let require_all = boolean(meta, "requireAllDemands", false)?;
     let require_all_ignore_others = boolean(meta, "requireAllDemandsAndIgnoreOthers", false)?;
     let rule = match (require_all, require_all_ignore_others) {
@@ -173,94 +231,83 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         (None, Some(list)) => parse_demands(list.split(',')),
         _ => Vec::new(),
     };
+    Ok(Demands {
+        rule,
+        parent,
+        demands,
+    })
+}
 
-    let teardown_window = match non_empty(meta, "teardownWindow") {
-        None => Duration::from_secs(10),
-        Some(v) => {
-            let d = humantime::parse_duration(v)
-                .map_err(|e| invalid("teardownWindow", format!("{v:?}: {e}")))?;
-            if d > MAX_TEARDOWN_WINDOW {
-                return Err(invalid(
-                    "teardownWindow",
-                    format!("{v:?} is longer than {MAX_TEARDOWN_WINDOW:?}"),
-                ));
-            }
-            d
-        }
+/// `teardownWindow`: 10 s unless set, at most [`MAX_TEARDOWN_WINDOW`].
+fn teardown_window(meta: &HashMap<String, String>) -> Result<Duration> {
+    let Some(v) = non_empty(meta, "teardownWindow") else {
+        return Ok(Duration::from_secs(10));
     };
+    let d = humantime::parse_duration(v)
+        .map_err(|e| invalid("teardownWindow", format!("{v:?}: {e}")))?;
+    if d > MAX_TEARDOWN_WINDOW {
+        return Err(invalid(
+            "teardownWindow",
+            format!("{v:?} is longer than {MAX_TEARDOWN_WINDOW:?}"),
+        ));
+    }
+    Ok(d)
+}
 
-    let agent_version = match non_empty(meta, "agentVersion") {
-        None => DEFAULT_AGENT_VERSION.to_owned(),
-        Some(v) if crate::count::demand::is_version(v) => v.to_owned(),
-        Some(v) => {
+/// `agentVersion`: the version the agents (and the placeholder) report.
+fn agent_version(meta: &HashMap<String, String>) -> Result<String> {
+    match non_empty(meta, "agentVersion") {
+        None => Ok(DEFAULT_AGENT_VERSION.to_owned()),
+        Some(v) if crate::count::demand::is_version(v) => Ok(v.to_owned()),
+        Some(v) => Err(invalid(
+            "agentVersion",
+            format!("{v:?} is not a version like 4.261.0"),
+        )),
+    }
+}
+
+/// `capabilities`: what the agents offer; excludes `demands` and `parent`.
+fn capabilities(meta: &HashMap<String, String>) -> Result<Option<Capabilities>> {
+    let Some(list) = non_empty(meta, "capabilities") else {
+        return Ok(None);
+    };
+    for other in ["demands", "parent"] {
+        if non_empty(meta, other).is_some() {
             return Err(invalid(
-                "agentVersion",
-                format!("{v:?} is not a version like 4.261.0"),
+                "capabilities",
+                format!(
+                    "cannot be combined with `{other}`: `capabilities` says what the agents offer and every job demand is checked against it; remove `{other}`"
+                ),
             ));
         }
-    };
-    let capabilities = match non_empty(meta, "capabilities") {
-        None => None,
-        Some(list) => {
-            for other in ["demands", "parent"] {
-                if non_empty(meta, other).is_some() {
-                    return Err(invalid(
-                        "capabilities",
-                        format!(
-                            "cannot be combined with `{other}`: `capabilities` says what the agents offer and every job demand is checked against it; remove `{other}`"
-                        ),
-                    ));
-                }
-            }
-            Some(Capabilities::parse(list).map_err(|e| invalid("capabilities", e))?)
-        }
-    };
-    let agent_name_prefix = non_empty(meta, "agentNamePrefix").map(str::to_owned);
-    let placeholder = match (boolean(meta, "placeholder", true)?, &parent) {
-        (true, None) => {
-            let offered: Capabilities = match &capabilities {
-                Some(caps) => caps.clone(),
-                // Whatever the counted jobs may demand, so that ADO queues them.
-                None => demands.iter().map(|d| d.as_capability()).collect(),
-            };
-            Some(PlaceholderSpec::new(
-                agent_name_prefix.as_deref(),
-                &agent_version,
-                offered,
-            ))
-        }
-        _ => None,
-    };
-    let capabilities = capabilities.map(|caps| caps.as_counted(&agent_version));
-    let standby = non_empty(meta, "standby")
-        .map(Standby::parse)
-        .transpose()
-        .map_err(|e| invalid("standby", e))?;
+    }
+    Capabilities::parse(list)
+        .map(Some)
+        .map_err(|e| invalid("capabilities", e))
+}
 
+/// The registration kept in the pool: it offers the trigger's `capabilities`, else whatever
+/// the counted jobs may demand, so that ADO queues them.
+fn placeholder(
+    capabilities: Option<&Capabilities>,
+    demands: &[crate::count::Demand],
+    agent_name_prefix: Option<&str>,
+    agent_version: &str,
+) -> PlaceholderSpec {
+    let offered: Capabilities = match capabilities {
+        Some(caps) => caps.clone(),
+        None => demands.iter().map(|d| d.as_capability()).collect(),
+    };
+    PlaceholderSpec::new(agent_name_prefix, agent_version, offered)
+}
+
+/// KEDA's `jobsToFetch` and `fetchUnfinishedJobsOnly` are accepted and ignored; said once.
+fn note_ignored_keys(meta: &HashMap<String, String>) {
     if meta.contains_key("jobsToFetch") || meta.contains_key("fetchUnfinishedJobsOnly") {
         IGNORED_KEYS_LOGGED.call_once(|| {
             tracing::info!("trigger keys jobsToFetch and fetchUnfinishedJobsOnly are ignored: ado-scaler always reads every unfinished request");
         });
     }
-
-    Ok(Trigger {
-        org,
-        pool,
-        target,
-        activation,
-        placeholder,
-        standby,
-        filter: Filter {
-            capabilities,
-            demands,
-            rule,
-            case_insensitive: boolean(meta, "caseInsensitiveDemandsProcessing", false)?,
-            parent,
-            scale_on_in_flight: boolean(meta, "scaleOnInFlight", true)?,
-            agent_name_prefix,
-            teardown_window,
-        },
-    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod allowlist;
 pub mod metadata;
+mod metrics;
 pub mod server;
 pub mod tls;
 
@@ -25,10 +26,12 @@ use crate::{
     error::{Error, Result},
     placeholder::Placeholders,
     poller::{Poller, PoolKey, Snapshot},
-    telemetry::{GrpcLabels, MethodLabels, Metrics, TriggerLabels},
+    telemetry::TriggerLabels,
 };
 use allowlist::OrgAllowlist;
 use metadata::{PoolRef, Trigger};
+pub use metrics::ScalerMetrics;
+use metrics::StreamGuard;
 use proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
@@ -39,7 +42,7 @@ use proto::{
 pub struct ScalerService {
     poller: Poller,
     allowlist: Arc<OrgAllowlist>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ScalerMetrics>,
     /// Cancelled when the server stops: ends open streams so that shutdown can drain.
     streams_end: CancellationToken,
     placeholders: Placeholders,
@@ -60,6 +63,11 @@ impl Evaluation {
     pub fn value(&self) -> u64 {
         self.counted.total() + self.standby
     }
+
+    /// What `IsActive` answers: the value is above the trigger's activation threshold.
+    pub fn active(&self) -> bool {
+        self.value() as i64 > self.trigger.activation
+    }
 }
 
 /// The name a trigger goes by in logs: its ScaledJob (or ScaledObject).
@@ -71,7 +79,7 @@ impl ScalerService {
     pub fn new(
         poller: Poller,
         allowlist: OrgAllowlist,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ScalerMetrics>,
         streams_end: CancellationToken,
         placeholders: Placeholders,
         claims: ClaimTracker,
@@ -108,62 +116,56 @@ impl ScalerService {
         })
     }
 
-    /// Parses the trigger and counts it against the pool's current snapshot.
-    pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
+    /// The first step of every call that needs a value: the trigger parsed, its pool found,
+    /// and the keepers told it asked.
+    async fn resolve(&self, r: &ScaledObjectRef) -> Result<(Trigger, PoolKey)> {
         let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
-        let key = self.pool_key(&trigger).await?;
-        self.noticed(r, &trigger, &key);
-        let parent = trigger.filter.parent.as_deref();
-        let snapshot = match self
-            .poller
-            .snapshot(&key, &trigger.pool.label(), parent)
+        let key = self
+            .pool_key(&trigger)
             .await
-        {
-            Err(Error::NotFound(what)) => {
-                if let PoolRef::Name(name) = &trigger.pool {
-                    self.poller.forget_pool_name(&trigger.org, name);
-                }
-                return Err(Error::NotFound(what));
-            }
-            other => other?,
-        };
-        let (counted, standby) = value_now(&trigger, &snapshot);
+            .map_err(|e| self.failed(&trigger, e))?;
+        self.noticed(r, &trigger, &key);
+        Ok((trigger, key))
+    }
+
+    /// The last step: the trigger's value in a snapshot, recorded for the dashboard.
+    fn evaluation(&self, r: &ScaledObjectRef, trigger: Trigger, snapshot: &Snapshot) -> Evaluation {
+        let (counted, standby) = value_now(&trigger, snapshot);
         let evaluation = Evaluation {
             trigger,
             counted,
             standby,
         };
-        self.record_value(r, &evaluation.trigger, evaluation.value());
-        Ok(evaluation)
-    }
-
-    fn record_value(&self, r: &ScaledObjectRef, trigger: &Trigger, value: u64) {
         self.metrics
             .trigger_value
             .get_or_create(&TriggerLabels {
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
-                pool: trigger.pool.label(),
+                pool: evaluation.trigger.pool.label(),
             })
-            .set(value as i64);
+            .set(evaluation.value() as i64);
+        evaluation
     }
 
-    fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
-        let code = match result {
-            Ok(_) => "OK".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        self.metrics
-            .grpc_requests
-            .get_or_create(&GrpcLabels { method, code })
-            .inc();
-        self.metrics
-            .grpc_request_duration
-            .get_or_create(&MethodLabels { method })
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(status) = result {
-            tracing::warn!(method, code = ?status.code(), message = status.message(), "request failed");
+    /// What every path does with an error about the trigger's pool: a pool that is gone is
+    /// looked up again by name next time (it may have been recreated with a new id).
+    fn failed(&self, trigger: &Trigger, err: Error) -> Error {
+        if let (Error::NotFound(_), PoolRef::Name(name)) = (&err, &trigger.pool) {
+            self.poller.forget_pool_name(&trigger.org, name);
         }
+        err
+    }
+
+    /// Parses the trigger and counts it against the pool's current snapshot.
+    pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
+        let (trigger, key) = self.resolve(r).await?;
+        let parent = trigger.filter.parent.as_deref();
+        let snapshot = self
+            .poller
+            .snapshot(&key, &trigger.pool.label(), parent)
+            .await
+            .map_err(|e| self.failed(&trigger, e))?;
+        Ok(self.evaluation(r, trigger, &snapshot))
     }
 
     fn metric_spec(trigger: &Trigger) -> GetMetricSpecResponse {
@@ -191,22 +193,6 @@ fn value_now(trigger: &Trigger, snapshot: &Snapshot) -> (Counted, u64) {
 
 type StreamOf<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Decrements `active_streams` when a stream task ends, however it ends.
-struct StreamGuard(Arc<Metrics>);
-
-impl StreamGuard {
-    fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.active_streams.inc();
-        Self(metrics.clone())
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.active_streams.dec();
-    }
-}
-
 #[tonic::async_trait]
 impl ExternalScaler for ScalerService {
     async fn is_active(
@@ -217,13 +203,9 @@ impl ExternalScaler for ScalerService {
         let result = self
             .evaluate(request.get_ref())
             .await
-            .map(|e| {
-                Response::new(IsActiveResponse {
-                    result: e.value() as i64 > e.trigger.activation,
-                })
-            })
+            .map(|e| Response::new(IsActiveResponse { result: e.active() }))
             .map_err(Status::from);
-        self.observe("IsActive", started, &result);
+        self.metrics.call("IsActive", started, &result);
         result
     }
 
@@ -234,17 +216,10 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let started = Instant::now();
-        let opened = async {
-            let r = request.into_inner();
-            let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
-            let key = self.pool_key(&trigger).await?;
-            self.noticed(&r, &trigger, &key);
-            Ok::<_, Error>((r, trigger, key))
-        }
-        .await
-        .map_err(Status::from);
-        self.observe("StreamIsActive", started, &opened);
-        let (r, trigger, key) = opened?;
+        let r = request.into_inner();
+        let opened = self.resolve(&r).await.map_err(Status::from);
+        self.metrics.call("StreamIsActive", started, &opened);
+        let (trigger, key) = opened?;
 
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -261,11 +236,8 @@ impl ExternalScaler for ScalerService {
                         .usable(&key, max_staleness, Instant::now(), parent);
                 match usable {
                     Some(Ok(snapshot)) => {
-                        let (counted, standby) = value_now(&trigger, &snapshot);
-                        let value = counted.total() + standby;
                         this.noticed(&r, &trigger, &key);
-                        this.record_value(&r, &trigger, value);
-                        let active = value as i64 > trigger.activation;
+                        let active = this.evaluation(&r, trigger.clone(), &snapshot).active();
                         if last_sent != Some(active) {
                             if tx
                                 .send(Ok(IsActiveResponse { result: active }))
@@ -279,6 +251,7 @@ impl ExternalScaler for ScalerService {
                     }
                     Some(Err(err)) => {
                         // End the stream; KEDA reopens it and meanwhile falls back to polling.
+                        let err = this.failed(&trigger, err);
                         let _ = tx.send(Err(Status::from(err))).await;
                         return;
                     }
@@ -302,7 +275,7 @@ impl ExternalScaler for ScalerService {
         let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
             .map(|t| Response::new(Self::metric_spec(&t)))
             .map_err(Status::from);
-        self.observe("GetMetricSpec", started, &result);
+        self.metrics.call("GetMetricSpec", started, &result);
         result
     }
 
@@ -342,7 +315,7 @@ impl ExternalScaler for ScalerService {
         }
         .await
         .map_err(Status::from);
-        self.observe("GetMetrics", started, &result);
+        self.metrics.call("GetMetrics", started, &result);
         result
     }
 
@@ -355,7 +328,7 @@ impl ExternalScaler for ScalerService {
         let started = Instant::now();
         let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
             .map_err(Status::from);
-        self.observe("StreamMetricSpec", started, &result);
+        self.metrics.call("StreamMetricSpec", started, &result);
         let spec = Self::metric_spec(&result?);
         let (tx, rx) = mpsc::channel(1);
         let this = self.clone();

@@ -14,21 +14,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ado::AdoClient,
-    auth::{AuthSettings, TokenSource},
-    claims::ClaimTracker,
+    ado::{AdoClient, AdoMetrics},
+    auth::{AuthSettings, TokenMetrics, TokenSource},
+    claims::{ClaimMetrics, ClaimTracker},
     error::{Error, Result},
-    gc::GcSettings,
-    placeholder::{PlaceholderSettings, Placeholders},
-    poller::{Poller, PollerSettings},
+    gc::{GcMetrics, GcSettings},
+    placeholder::{PlaceholderMetrics, PlaceholderSettings, Placeholders},
+    poller::{PollMetrics, Poller, PollerSettings},
     refresh::{RefreshMetrics, RefreshSettings},
     scaler::{
-        ScalerService,
+        ScalerMetrics, ScalerService,
         allowlist::OrgAllowlist,
         proto::external_scaler_server::ExternalScalerServer,
         tls::{ReloadingConfig, TlsMetrics, TlsSettings},
     },
-    telemetry::Metrics,
+    telemetry::MetricsRegistry,
 };
 
 /// How long calls still open at shutdown may run: within Kubernetes' default grace period,
@@ -56,168 +56,246 @@ pub struct ServeSettings {
 
 #[derive(Clone)]
 struct HttpState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<MetricsRegistry>,
     poller: Poller,
     ready: Arc<AtomicBool>,
 }
 
 /// Runs the scaler on two bound listeners until `shutdown` resolves, then drains.
+///
+/// One root token ends everything, and its children end in order: `serving` when shutdown
+/// begins (servers stop accepting, the collector hands its Lease on), `streams` once health
+/// says NOT_SERVING; the root itself after the drain (polls, placeholders, claims), or
+/// whenever this function returns early.
 pub async fn serve(
     settings: ServeSettings,
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut metrics = Metrics::new();
-    let tls_metrics = TlsMetrics::register(metrics.registry_for_concern());
-    let refresh_metrics = RefreshMetrics::register(metrics.registry_for_concern());
-    let metrics = Arc::new(metrics);
+    let root = CancellationToken::new();
+    let _stop_everything_on_return = root.clone().drop_guard();
+    let serving = root.child_token();
+    let streams = root.child_token();
+
+    let mut registry = MetricsRegistry::new();
+    // Registered with TLS off too: the dashboard shows the handshakes' zero series.
+    let tls_metrics = TlsMetrics::register(registry.concern());
     let grpc_tls = settings
         .grpc_tls
         .clone()
         .map(|tls| ReloadingConfig::load(tls, tls_metrics))
         .transpose()?;
-    let token = TokenSource::new(&settings.auth, &settings.http, Some(metrics.clone()))?;
-    if matches!(settings.auth, AuthSettings::Pat { .. }) {
-        tracing::warn!(
-            "authenticating with a PAT file: for local development only; use workload identity in clusters"
-        );
-    }
-    let ado = AdoClient::new(settings.http.clone(), token, metrics.clone())
-        .with_max_body(settings.max_body);
-    let stop_polling = CancellationToken::new();
-    let placeholders = Placeholders::new(
-        ado.clone(),
-        settings.placeholders,
-        metrics.placeholders.clone(),
-        stop_polling.clone(),
-    );
-    let stop = CancellationToken::new();
-    // The collector stops (and hands its Lease on) as soon as shutdown starts.
-    let collector = match settings.gc {
-        Some(gc) => {
-            Some(crate::gc::start(gc, ado.clone(), metrics.gc.clone(), stop.clone()).await?)
-        }
-        None => None,
-    };
-    if let Some(refresh) = settings.refresh {
-        crate::refresh::start(refresh, refresh_metrics, stop.clone()).await?;
-    }
-    let poller = Poller::new(ado, settings.poller, metrics.clone(), stop_polling.clone());
-    let claims = ClaimTracker::new(poller.clone(), metrics.claims.clone(), stop_polling.clone());
-    let streams_end = CancellationToken::new();
-    let service = ScalerService::new(
-        poller.clone(),
-        settings.allowlist,
-        metrics.clone(),
-        streams_end.clone(),
-        placeholders,
-        claims,
-    );
-
+    let parts = Parts::start(settings, &mut registry, &root, &serving, &streams).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExternalScalerServer<ScalerService>>()
         .await;
     let ready = Arc::new(AtomicBool::new(true));
-
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown.await;
-            stop.cancel();
-        }
-    });
-    tokio::spawn({
-        let (stop, ready, streams_end, health) = (
-            stop.clone(),
-            ready.clone(),
-            streams_end.clone(),
-            health.clone(),
-        );
-        async move {
-            stop.cancelled().await;
-            tracing::info!("shutting down: health NOT_SERVING, draining calls");
-            ready.store(false, Ordering::SeqCst);
-            health
-                .set_not_serving::<ExternalScalerServer<ScalerService>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            streams_end.cancel();
-        }
-    });
+    tokio::spawn(begin_shutdown(
+        shutdown,
+        serving.clone(),
+        streams.clone(),
+        ready.clone(),
+        health,
+    ));
 
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(grpc_addr = %addr(&grpc), http_addr = %addr(&http), "ado-scaler serving");
-
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready_handler))
-        .with_state(HttpState {
-            metrics,
-            poller,
+    let http_server = serve_http(
+        http,
+        HttpState {
+            metrics: Arc::new(registry),
+            poller: parts.poller,
             ready,
-        });
-    let http_server = axum::serve(http, app).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    });
-
+        },
+        serving.clone(),
+    );
     let grpc_router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ExternalScalerServer::new(service));
-    let grpc_stopped = {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    };
-    let grpc_server = async {
-        match grpc_tls {
-            Some(tls) => {
-                tokio::spawn(tls.clone().watch(stop.clone()));
-                let incoming = crate::scaler::tls::incoming(grpc, tls, stop.clone());
-                grpc_router
-                    .serve_with_incoming_shutdown(incoming, grpc_stopped)
-                    .await
-            }
-            None => {
-                // No Nagle: a small gRPC answer must not wait for the client's delayed ACK
-                // (40 ms stalls at the tail).
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-                grpc_router
-                    .serve_with_incoming_shutdown(incoming, grpc_stopped)
-                    .await
-            }
-        }
-    };
+        .add_service(ExternalScalerServer::new(parts.service));
+    let grpc_server = serve_grpc(grpc_router, grpc, grpc_tls, serving.clone());
+    let served = drain(
+        async {
+            grpc_server
+                .await
+                .map_err(|e| Error::Config(format!("gRPC server: {e}")))
+        },
+        async {
+            http_server
+                .await
+                .map_err(|e| Error::Config(format!("HTTP server: {e}")))
+        },
+        &serving,
+    )
+    .await;
 
-    // Calls in flight finish; a stream that never ends by itself (a health Watch) must not
-    // hold the process until the kubelet's SIGKILL.
-    let drained = async {
-        let deadline = async {
-            stop.cancelled().await;
-            tokio::time::sleep(DRAIN_DEADLINE).await;
-            tracing::warn!(deadline = ?DRAIN_DEADLINE, "drain deadline passed; closing the calls still open");
-        };
-        tokio::select! {
-            results = async { tokio::join!(grpc_server, http_server) } => results,
-            () = deadline => (Ok(()), Ok(())),
-        }
-    };
-    let (grpc_result, http_result) = drained.await;
-    stop_polling.cancel();
-    if let Some(collector) = collector
+    root.cancel();
+    if let Some(collector) = parts.collector
         && let Err(e) = collector.await
     {
         tracing::error!(error = %e, "stale-agent collector panicked");
     }
-    grpc_result.map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
-    http_result.map_err(|e| Error::Config(format!("HTTP server: {e}")))?;
+    served?;
     tracing::info!("ado-scaler stopped");
     Ok(())
+}
+
+/// The concerns behind the two listeners, each registering its own metrics.
+struct Parts {
+    service: ScalerService,
+    poller: Poller,
+    collector: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Parts {
+    async fn start(
+        settings: ServeSettings,
+        registry: &mut MetricsRegistry,
+        root: &CancellationToken,
+        serving: &CancellationToken,
+        streams: &CancellationToken,
+    ) -> Result<Self> {
+        let concern = registry.concern();
+        let token = TokenSource::new(
+            &settings.auth,
+            &settings.http,
+            Some(TokenMetrics::register(concern)),
+        )?;
+        if matches!(settings.auth, AuthSettings::Pat { .. }) {
+            tracing::warn!(
+                "authenticating with a PAT file: for local development only; use workload identity in clusters"
+            );
+        }
+        let ado = AdoClient::new(settings.http.clone(), token, AdoMetrics::register(concern))
+            .with_max_body(settings.max_body);
+        let placeholders = Placeholders::new(
+            ado.clone(),
+            settings.placeholders,
+            PlaceholderMetrics::register(concern),
+            root.clone(),
+        );
+        let gc_metrics = GcMetrics::register(concern);
+        // The collector stops (and hands its Lease on) as soon as shutdown starts.
+        let collector = match settings.gc {
+            Some(gc) => Some(crate::gc::start(gc, ado.clone(), gc_metrics, serving.clone()).await?),
+            None => None,
+        };
+        let refresh_metrics = RefreshMetrics::register(concern);
+        if let Some(refresh) = settings.refresh {
+            crate::refresh::start(refresh, refresh_metrics, serving.clone()).await?;
+        }
+        let poller = Poller::new(
+            ado,
+            settings.poller,
+            PollMetrics::register(concern),
+            root.clone(),
+        );
+        let claims = ClaimTracker::new(
+            poller.clone(),
+            ClaimMetrics::register(concern),
+            root.clone(),
+        );
+        let service = ScalerService::new(
+            poller.clone(),
+            settings.allowlist,
+            ScalerMetrics::register(concern),
+            streams.clone(),
+            placeholders,
+            claims,
+        );
+        Ok(Self {
+            service,
+            poller,
+            collector,
+        })
+    }
+}
+
+/// When `shutdown` resolves: readiness fails, health says NOT_SERVING, then open streams end
+/// (KEDA falls back to polling a replica that still serves).
+async fn begin_shutdown(
+    shutdown: impl Future<Output = ()>,
+    serving: CancellationToken,
+    streams: CancellationToken,
+    ready: Arc<AtomicBool>,
+    health: tonic_health::server::HealthReporter,
+) {
+    tokio::select! {
+        () = shutdown => serving.cancel(),
+        () = serving.cancelled() => {}
+    }
+    tracing::info!("shutting down: health NOT_SERVING, draining calls");
+    ready.store(false, Ordering::SeqCst);
+    health
+        .set_not_serving::<ExternalScalerServer<ScalerService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    streams.cancel();
+}
+
+/// `/metrics`, `/healthz` and `/readyz` until shutdown begins.
+async fn serve_http(
+    listener: TcpListener,
+    state: HttpState,
+    serving: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(serving.cancelled_owned())
+        .await
+}
+
+/// KEDA's gRPC API, over TLS when configured, until shutdown begins.
+async fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingConfig>>,
+    serving: CancellationToken,
+) -> std::result::Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            tokio::spawn(tls.clone().watch(serving.clone()));
+            let incoming = crate::scaler::tls::incoming(listener, tls, serving.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, serving.cancelled_owned())
+                .await
+        }
+        None => {
+            // No Nagle: a small gRPC answer must not wait for the client's delayed ACK
+            // (40 ms stalls at the tail).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, serving.cancelled_owned())
+                .await
+        }
+    }
+}
+
+/// Calls in flight finish; a stream that never ends by itself (a health Watch) must not hold
+/// the process until the kubelet's SIGKILL: [`DRAIN_DEADLINE`] after shutdown began, the
+/// servers are dropped with what is still open.
+async fn drain(
+    grpc: impl Future<Output = Result<()>>,
+    http: impl Future<Output = Result<()>>,
+    serving: &CancellationToken,
+) -> Result<()> {
+    let deadline = async {
+        serving.cancelled().await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+        tracing::warn!(deadline = ?DRAIN_DEADLINE, "drain deadline passed; closing the calls still open");
+    };
+    tokio::select! {
+        (grpc, http) = async { tokio::join!(grpc, http) } => grpc.and(http),
+        () = deadline => Ok(()),
+    }
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {

@@ -1,0 +1,277 @@
+//! Simulated `--once` agents: register through the REST API as `config.sh` does, take one
+//! job, run it, tear down and deregister.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::DemoConfig;
+use ado_scaler::{
+    ado::{
+        AdoClient, OrgUrl,
+        models::{Agent, AgentAuthorization},
+    },
+    auth::{TokenMetrics, TokenSource},
+    error::{Error, Result},
+};
+use ado_sim::{AdoSim, KubeSim, SIM_AGENT_NAMESPACE, SimCloud};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Starting,
+    Idle,
+    Running,
+    TearingDown,
+    Done,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    /// (ScaledJob index, phase) per agent.
+    pub(super) agents: Vec<(usize, Phase)>,
+    pub(super) waits: Vec<Duration>,
+    pub(super) completed: u64,
+    pub(super) queued: u64,
+    pub(super) cancelled: u64,
+    pub(super) ran_a_job: u64,
+    pub(super) left_idle: u64,
+    pub(super) durations: HashMap<u64, Duration>,
+    /// Agents killed without deregistering, by name.
+    pub(super) killed: Vec<String>,
+    /// Jobs failed because their agent was killed.
+    pub(super) lost: u64,
+}
+
+impl Stats {
+    pub(super) fn running_jobs(&self, scaled_job: usize) -> u64 {
+        self.agents
+            .iter()
+            .filter(|(sj, p)| *sj == scaled_job && *p != Phase::Done)
+            .count() as u64
+    }
+
+    pub(super) fn phase_count(&self, phase: Phase) -> usize {
+        self.agents.iter().filter(|(_, p)| *p == phase).count()
+    }
+}
+
+pub(super) type Shared = Arc<Mutex<Stats>>;
+
+/// Registers and deregisters simulated agents through the simulated ADO's REST API, with
+/// the production client, as `config.sh` does.
+#[derive(Clone)]
+pub(super) struct Registrar {
+    pub(super) ado: AdoClient,
+    pub(super) tokens: Arc<TokenMetrics>,
+    pub(super) org: OrgUrl,
+    pub(super) pool_id: u32,
+    /// One key for every simulated agent: they never open a session that would use it.
+    pub(super) authorization: AgentAuthorization,
+    deregistered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Registrar {
+    pub(super) fn new(sim: &SimCloud, pool_id: u32) -> Result<Self> {
+        let http = sim.http_client()?;
+        let tokens = Arc::new(TokenMetrics::default());
+        let token = TokenSource::new(&sim.auth_settings(), &http, Some(tokens.clone()))?;
+        Ok(Self {
+            ado: AdoClient::new(http, token, Arc::default()),
+            tokens,
+            org: OrgUrl::parse(&sim.org_url).map_err(|e| Error::Config(e.to_string()))?,
+            pool_id,
+            authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
+            deregistered: Arc::default(),
+        })
+    }
+
+    pub(super) async fn register(
+        &self,
+        name: &str,
+        capabilities: &BTreeMap<String, String>,
+    ) -> Result<u32> {
+        let agent = Agent {
+            name: name.to_owned(),
+            version: Some(ado_sim::SIM_AGENT_VERSION.into()),
+            enabled: Some(true),
+            os_description: Some("Linux (simulated)".into()),
+            authorization: Some(self.authorization.clone()),
+            system_capabilities: ado_sim::system_capabilities(name).to_map(),
+            user_capabilities: capabilities.clone(),
+            ..Agent::default()
+        };
+        let created = self.ado.add_agent(&self.org, self.pool_id, &agent).await?;
+        created
+            .map(|a| a.id)
+            .ok_or_else(|| Error::Config(format!("agent {name} already registered")))
+    }
+
+    /// Tokens the simulated agents requested.
+    pub(super) fn token_requests(&self) -> u64 {
+        ["success", "error"]
+            .into_iter()
+            .map(|result| {
+                self.tokens
+                    .requests
+                    .get_or_create(&ado_scaler::telemetry::ResultLabels { result })
+                    .get()
+            })
+            .sum()
+    }
+
+    pub(super) async fn deregister(&self, agent_id: u32) {
+        match self
+            .ado
+            .delete_agent(&self.org, self.pool_id, agent_id)
+            .await
+        {
+            Ok(()) => {
+                self.deregistered
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(error = %e, "simulated agent could not deregister"),
+        }
+    }
+
+    /// Agents that deregistered themselves.
+    pub(super) fn deregistrations(&self) -> u64 {
+        self.deregistered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// How a simulated agent ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Fate {
+    /// Runs its job (or idles out), tears down and deregisters.
+    Deregisters,
+    /// OOM-killed, evicted or its node lost this far (0 to 1) into its job: no deregistration,
+    /// and ADO fails the job once it notices the agent is gone.
+    KilledRunning(f64),
+    /// SIGKILLed at the end of the grace period while tearing down: the job succeeded, the
+    /// registration stays.
+    KilledTearingDown,
+}
+
+/// What every simulated agent shares.
+#[derive(Clone)]
+pub(super) struct World {
+    pub(super) config: DemoConfig,
+    pub(super) stats: Shared,
+    pub(super) ado: AdoSim,
+    pub(super) kube: KubeSim,
+    pub(super) registrar: Registrar,
+    pub(super) stop: tokio_util::sync::CancellationToken,
+}
+
+/// How long ADO takes to fail the job of an agent that vanished (minutes in reality).
+const LOST_AGENT_NOTICED_AFTER: Duration = Duration::from_secs(1);
+
+/// One agent pod, from its Job's creation until its pod is gone.
+pub(super) async fn simulated_agent(
+    world: World,
+    slot: usize,
+    name: String,
+    capabilities: BTreeMap<String, String>,
+    fate: Fate,
+) {
+    let World {
+        config,
+        stats,
+        ado,
+        kube,
+        registrar,
+        stop,
+    } = world;
+    let set = |phase| stats.lock().expect("stats").agents[slot].1 = phase;
+    let pool_id = registrar.pool_id;
+    // The pod exists from the Job's creation; when the agent is done, its Job is cleaned up.
+    kube.create_pod(SIM_AGENT_NAMESPACE, &name);
+    let pod_gone = || kube.delete_pod(SIM_AGENT_NAMESPACE, &name);
+    let killed = |phase: &str| {
+        // The listener's session drops: ADO marks the agent offline. No deregistration.
+        ado.set_agent_online(pool_id, &name, false);
+        pod_gone();
+        let mut s = stats.lock().expect("stats");
+        s.killed.push(name.clone());
+        s.agents[slot].1 = Phase::Done;
+        tracing::debug!(agent = name, phase, "simulated agent killed");
+    };
+    tokio::select! {
+        () = tokio::time::sleep(config.pod_start) => {}
+        () = stop.cancelled() => return,
+    }
+    let agent_id = match registrar.register(&name, &capabilities).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(agent = name, error = %e, "simulated agent could not register");
+            pod_gone();
+            set(Phase::Done);
+            return;
+        }
+    };
+    // The listener opens its session.
+    ado.set_agent_online(pool_id, &name, true);
+    set(Phase::Idle);
+    let leave = |agent_id| async move {
+        registrar.deregister(agent_id).await;
+        pod_gone();
+        set(Phase::Done);
+    };
+    // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
+    let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
+    let request_id = loop {
+        if let Some(id) = ado.assign_next(pool_id, &name, &capabilities) {
+            break id;
+        }
+        if idle_until.is_some_and(|t| Instant::now() >= t) {
+            set(Phase::TearingDown);
+            tokio::time::sleep(config.teardown).await;
+            stats.lock().expect("stats").left_idle += 1;
+            leave(agent_id).await;
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = stop.cancelled() => return,
+        }
+    };
+    set(Phase::Running);
+    let run_for = {
+        let mut s = stats.lock().expect("stats");
+        if let Some(job) = ado.job(request_id)
+            && let (Some(q), Some(a)) = (job.queue_time, job.assign_time)
+        {
+            s.waits.push((a - q).try_into().unwrap_or_default());
+        }
+        s.durations
+            .get(&request_id)
+            .copied()
+            .unwrap_or(config.job_run.0)
+    };
+    if let Fate::KilledRunning(into) = fate {
+        tokio::time::sleep(run_for.mul_f64(into.clamp(0.0, 1.0))).await;
+        killed("running");
+        tokio::time::sleep(LOST_AGENT_NOTICED_AFTER).await;
+        ado.finish(request_id, "failed");
+        stats.lock().expect("stats").lost += 1;
+        return;
+    }
+    tokio::time::sleep(run_for).await;
+    ado.finish(request_id, "succeeded");
+    set(Phase::TearingDown);
+    {
+        let mut s = stats.lock().expect("stats");
+        s.completed += 1;
+        s.ran_a_job += 1;
+    }
+    tokio::time::sleep(config.teardown).await;
+    if fate == Fate::KilledTearingDown {
+        killed("tearing down");
+        return;
+    }
+    leave(agent_id).await;
+}
