@@ -460,8 +460,8 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         ));
     }
     let allowlist = OrgAllowlist::parse(&args.allowed_orgs).map_err(Error::Config)?;
-    let connection = args.auth.credential().connect()?;
     let gc = gc_settings(&args.gc, &allowlist)?;
+    let connection = args.auth.credential().connect()?;
     Ok(scaler::server::ServeSettings {
         gc,
         allowlist,

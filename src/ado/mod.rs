@@ -48,6 +48,9 @@ fn is_loopback(host: Option<url::Host<&str>>) -> bool {
 pub enum OrgUrlError {
     #[error("{0:?} is not a URL ({1})")]
     NotAUrl(String, String),
+    /// Neither https nor http.
+    #[error("{0:?} must be an https URL")]
+    Scheme(String),
     /// Plain http to anything but a loopback host: see [`transport_allowed`].
     #[error("{0:?} must be an https URL (plain http only to a loopback host)")]
     NotHttps(String),
@@ -71,6 +74,9 @@ impl OrgUrl {
             .map_err(|e| OrgUrlError::NotAUrl(raw.to_owned(), e.to_string()))?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(OrgUrlError::NoHost(raw.to_owned()));
+        }
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(OrgUrlError::Scheme(raw.to_owned()));
         }
         if !transport_allowed(&url) {
             return Err(OrgUrlError::NotHttps(raw.to_owned()));
@@ -690,7 +696,8 @@ mod tests {
             "https://contoso.visualstudio.com/_apis/x"
         );
         let err = |raw| OrgUrl::parse(raw).unwrap_err();
-        assert!(matches!(err("ftp://x"), OrgUrlError::NotHttps(_)));
+        assert!(matches!(err("ftp://x"), OrgUrlError::Scheme(_)));
+        assert!(matches!(err("ftp://127.0.0.1/o"), OrgUrlError::Scheme(_)));
         assert_eq!(err("https://u:p@dev.azure.com/x"), OrgUrlError::Credentials);
         assert!(matches!(
             err("https://dev.azure.com/x?a=1"),
@@ -701,10 +708,6 @@ mod tests {
             OrgUrlError::QueryOrFragment(_)
         ));
         assert!(matches!(err("dev.azure.com/x"), OrgUrlError::NotAUrl(..)));
-        assert!(matches!(
-            err("https:///x"),
-            OrgUrlError::NoHost(_) | OrgUrlError::NotAUrl(..)
-        ));
         // Plain http only to this machine: the token must not travel in clear text.
         for loopback in [
             "http://127.0.0.1:8080/o",

@@ -119,7 +119,8 @@ mod tests {
         assert!(!allows(&list, "https://dev.azure.com"));
         assert!(!allows(&list, "https://evil.example/contoso"));
         assert!(!allows(&list, "https://a.b.visualstudio.com"));
-        assert!(!allows(&list, "http://dev.azure.com/contoso"));
+        // Plain http to a remote host is no organisation URL at all.
+        assert!(OrgUrl::parse("http://dev.azure.com/contoso").is_err());
         assert!(!allows(&list, "https://dev.azure.com:8443/contoso"));
     }
 

@@ -196,10 +196,18 @@ async fn no_matching_federated_credential() {
     println!("{report}");
     let item = failed(&report, TOKEN_EXCHANGE);
     assert!(item.detail.contains("AADSTS700213"), "{report}");
+    // What the pod presents in the detail, what to change in the fix (the typed hint).
+    assert!(
+        item.detail
+            .contains("subject 'system:serviceaccount:ado-scaler:ado-scaler'")
+            && item
+                .detail
+                .contains("issuer 'https://oidc.sim.local/cluster/'"),
+        "{report}"
+    );
     let fix = item.fix.as_ref().unwrap();
     assert!(
-        fix.contains("subject 'system:serviceaccount:ado-scaler:ado-scaler'")
-            && fix.contains("issuer"),
+        fix.starts_with("add a federated credential") && !fix.contains("to fix"),
         "{report}"
     );
     assert_eq!(report.item(REACHABLE).unwrap().status, Status::Skipped);
