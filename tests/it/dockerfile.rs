@@ -98,6 +98,31 @@ fn stages_and_entrypoints_match_the_cli() {
     }
 }
 
+/// The builder compiles the production package alone: the workspace's simulators and demo
+/// are never built into (or for) the image.
+#[test]
+fn the_builder_builds_only_the_production_package() {
+    let stages = stages();
+    let builder = stage(&stages, "builder");
+    let build = builder
+        .lines
+        .iter()
+        .find(|l| l.contains("cargo build"))
+        .expect("the builder runs cargo build");
+    for flag in [
+        "--profile dist",
+        "--locked",
+        "--package ado-scaler",
+        "--bin ado-scaler",
+    ] {
+        assert!(build.contains(flag), "{flag} missing in {build}");
+    }
+    assert!(
+        !build.contains("--workspace") && !build.contains("ado-sim"),
+        "{build}"
+    );
+}
+
 #[test]
 fn scaler_exposes_the_default_ports() {
     let stages = stages();
