@@ -577,3 +577,45 @@ async fn after_a_crash_the_client_comes_back_within_its_backoff() {
     assert!(reconnect < Duration::from_secs(20), "{reconnect:?}");
     new.stop().await;
 }
+
+/// Text logs carry no colour codes when nobody's terminal reads them (a pipe, a log
+/// collector, the demo's output).
+#[test]
+fn piped_text_logs_have_no_escape_codes() {
+    let dir = std::env::temp_dir().join(format!("ado-scaler-plain-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pat = dir.join("pat");
+    std::fs::write(&pat, "not-a-real-pat\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ado-scaler"))
+        .args(["serve", "--auth", "pat", "--pat-file"])
+        .arg(&pat)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("ADO_SCALER_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let serving = line.contains("ado-scaler serving");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(" WARN ") && l.contains("PAT file")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("ado-scaler serving")),
+        "{seen:#?}"
+    );
+    assert!(!seen.iter().any(|l| l.contains('\x1b')), "{seen:#?}");
+}
