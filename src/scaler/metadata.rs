@@ -301,9 +301,14 @@ fn placeholder(
     PlaceholderSpec::new(agent_name_prefix, agent_version, offered)
 }
 
-/// KEDA's `jobsToFetch` and `fetchUnfinishedJobsOnly` are accepted and ignored; said once.
+/// KEDA's `jobsToFetch` and `fetchUnfinishedJobsOnly`: accepted, and ignored.
+fn has_ignored_keys(meta: &HashMap<String, String>) -> bool {
+    meta.contains_key("jobsToFetch") || meta.contains_key("fetchUnfinishedJobsOnly")
+}
+
+/// Says once per process that [`has_ignored_keys`]' keys are ignored.
 fn note_ignored_keys(meta: &HashMap<String, String>) {
-    if meta.contains_key("jobsToFetch") || meta.contains_key("fetchUnfinishedJobsOnly") {
+    if has_ignored_keys(meta) {
         IGNORED_KEYS_LOGGED.call_once(|| {
             tracing::info!("trigger keys jobsToFetch and fetchUnfinishedJobsOnly are ignored: ado-scaler always reads every unfinished request");
         });
@@ -337,6 +342,38 @@ mod tests {
             Err(Error::InvalidMetadata { key, reason }) => (key, reason),
             other => panic!("{pairs:?}: expected InvalidMetadata, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_teardown_window_may_be_exactly_the_longest() {
+        let window = |v| {
+            parse(
+                &meta(&[("teardownWindow", v)]),
+                &OrgAllowlist::default_cloud(),
+            )
+            .map(|t| t.filter.teardown_window)
+        };
+        assert_eq!(window("10m").unwrap(), MAX_TEARDOWN_WINDOW);
+        assert!(window("601s").is_err());
+        assert_eq!(window("").unwrap(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn keda_fetch_keys_are_ignored_either_one() {
+        assert!(!has_ignored_keys(&meta(&[])));
+        assert!(has_ignored_keys(&meta(&[("jobsToFetch", "250")])));
+        assert!(has_ignored_keys(&meta(&[(
+            "fetchUnfinishedJobsOnly",
+            "true"
+        )])));
+        // Accepted: they change nothing.
+        let with = parse(
+            &meta(&[("jobsToFetch", "250"), ("fetchUnfinishedJobsOnly", "true")]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
+        let without = parse(&meta(&[]), &OrgAllowlist::default_cloud()).unwrap();
+        assert_eq!(with, without);
     }
 
     #[test]
