@@ -728,6 +728,64 @@ mod tests {
     }
 
     #[test]
+    fn credentials_resolve_from_the_mode_and_name_the_flag() {
+        let settings = |mode, pat_file: Option<&str>| CredentialSettings {
+            mode,
+            pat_file: pat_file.map(PathBuf::from),
+            pat_flag: "--pat-file",
+            ca_file: None,
+        };
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let config = |r: Result<AuthSettings>| match r {
+            Err(Error::Config(msg)) => msg,
+            other => panic!("expected a configuration error, got {other:?}"),
+        };
+        let none = env(&[]);
+
+        // A PAT file only with --auth pat; --auth pat only with a file.
+        for mode in [AuthMode::WorkloadIdentity, AuthMode::ManagedIdentity] {
+            let msg = config(settings(mode, Some("/p")).resolve(&none));
+            assert_eq!(msg, "--pat-file is only used with --auth pat");
+        }
+        assert!(matches!(
+            settings(AuthMode::Pat, Some("/p")).resolve(&none),
+            Ok(AuthSettings::Pat { file }) if file == PathBuf::from("/p")
+        ));
+        let msg = config(settings(AuthMode::Pat, None).resolve(&none));
+        assert_eq!(msg, "--auth pat needs --pat-file");
+
+        // A managed identity: user-assigned by a non-empty client id, else system-assigned.
+        let mi = |vars| settings(AuthMode::ManagedIdentity, None).resolve(&env(vars));
+        assert!(matches!(
+            mi(&[("AZURE_CLIENT_ID", "cid")]),
+            Ok(AuthSettings::ManagedIdentity { client_id: Some(c) }) if c == "cid"
+        ));
+        assert!(matches!(
+            mi(&[("AZURE_CLIENT_ID", "")]),
+            Ok(AuthSettings::ManagedIdentity { client_id: None })
+        ));
+
+        // Workload identity: the webhook's variables, the first missing one named.
+        let wi = |vars| settings(AuthMode::WorkloadIdentity, None).resolve(&env(vars));
+        let vars = &[
+            ("AZURE_CLIENT_ID", "cid"),
+            ("AZURE_TENANT_ID", "tid"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/t"),
+        ];
+        assert!(matches!(
+            wi(vars),
+            Ok(AuthSettings::WorkloadIdentity(w)) if w.client_id == "cid" && w.tenant_id == "tid"
+        ));
+        assert!(config(wi(&vars[..2])).starts_with("AZURE_FEDERATED_TOKEN_FILE is not set"));
+    }
+
+    #[test]
     fn ca_file_must_hold_a_certificate() {
         let err = http_client(Some(b"not a pem")).unwrap_err();
         assert!(err.to_string().contains("--ca-file"), "{err}");

@@ -699,6 +699,8 @@ mod tests {
         assert!(matches!(err("ftp://x"), OrgUrlError::Scheme(_)));
         assert!(matches!(err("ftp://127.0.0.1/o"), OrgUrlError::Scheme(_)));
         assert_eq!(err("https://u:p@dev.azure.com/x"), OrgUrlError::Credentials);
+        assert_eq!(err("https://u@dev.azure.com/x"), OrgUrlError::Credentials);
+        assert_eq!(err("https://:p@dev.azure.com/x"), OrgUrlError::Credentials);
         assert!(matches!(
             err("https://dev.azure.com/x?a=1"),
             OrgUrlError::QueryOrFragment(_)
