@@ -755,7 +755,7 @@ mod tests {
         }
         assert!(matches!(
             settings(AuthMode::Pat, Some("/p")).resolve(&none),
-            Ok(AuthSettings::Pat { file }) if file == PathBuf::from("/p")
+            Ok(AuthSettings::Pat { file }) if file == std::path::Path::new("/p")
         ));
         let msg = config(settings(AuthMode::Pat, None).resolve(&none));
         assert_eq!(msg, "--auth pat needs --pat-file");
