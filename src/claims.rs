@@ -123,7 +123,11 @@ async fn watch_pool(inner: Arc<Inner>, key: PoolKey, labels: PoolLabels) {
 /// Recounts the pool's claims after each poll, until no trigger asked recently, the pool is
 /// gone, or the server stops.
 async fn follow(inner: &Inner, key: &PoolKey, labels: &PoolLabels) {
-    let mut state = inner.poller.subscribe(key, &labels.pool, None);
+    // The trigger that noticed the pool subscribed first, so this finds its watcher; a pool
+    // refused by --max-pools was never noticed.
+    let Ok(mut state) = inner.poller.subscribe(key, &labels.pool, None) else {
+        return;
+    };
     // Never keep an unused pool's watcher alive longer than the poller would.
     let recent = RECENT.min(inner.poller.settings().idle_timeout);
     loop {

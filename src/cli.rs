@@ -17,6 +17,7 @@ use crate::{
     placeholder, poller, refresh,
     scaler::{
         self,
+        access::{Access, NamespaceAllowlist, PoolAllowlist},
         allowlist::{DEFAULT_ALLOWED_ORGS, OrgAllowlist},
     },
     telemetry::LogFormat,
@@ -103,6 +104,14 @@ pub struct CheckArgs {
     /// what its next run would delete (nothing is deleted).
     #[command(flatten)]
     pub gc: GcArgs,
+
+    /// `serve`'s access flags: printed, and the trigger judged by them as `serve` would.
+    #[command(flatten)]
+    pub access: AccessArgs,
+
+    /// The namespace of the trigger's ScaledJob, judged against --allowed-namespaces.
+    #[arg(long = "namespace", env = "ADO_SCALER_CHECK_NAMESPACE")]
+    pub scaledjob_namespace: Option<String>,
 }
 
 /// gRPC over TLS for KEDA's `enableTLS` / `caCert`, and mTLS for `tlsClientCert`/`tlsClientKey`
@@ -124,6 +133,28 @@ pub struct TlsArgs {
     /// How often the TLS files are checked for a change (cert-manager rotates them in place).
     #[arg(long = "tls-reload-interval", env = "ADO_SCALER_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub reload_interval: Duration,
+}
+
+/// Who may make the scaler act (README: "Security"); `check` takes them too, to say whether
+/// its trigger would be served.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// Organisation URLs trigger metadata may name; `*` matches one host label or path segment.
+    #[arg(long, env = "ADO_SCALER_ALLOWED_ORGS", value_delimiter = ',', default_value = DEFAULT_ALLOWED_ORGS)]
+    pub allowed_orgs: Vec<String>,
+
+    /// Namespaces whose ScaledJobs are served (comma list); empty: every namespace (warned at start).
+    #[arg(long, env = "ADO_SCALER_ALLOWED_NAMESPACES", value_delimiter = ',')]
+    pub allowed_namespaces: Vec<String>,
+
+    /// Pools triggers may name, per organisation: `ORG_URL=pool1,pool2;ORG_URL2=*` (`#42` for a
+    /// poolID); empty: every pool of an allowed organisation (warned at start).
+    #[arg(long, env = "ADO_SCALER_ALLOWED_POOLS", value_delimiter = ';')]
+    pub allowed_pools: Vec<String>,
+
+    /// The most pools watched at once; a trigger that would add one more is refused.
+    #[arg(long, env = "ADO_SCALER_MAX_POOLS", default_value_t = poller::DEFAULT_MAX_POOLS)]
+    pub max_pools: usize,
 }
 
 /// How to authenticate to Azure DevOps.
@@ -152,9 +183,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ADO_SCALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// Organisation URLs trigger metadata may name; `*` matches one host label or path segment.
-    #[arg(long, env = "ADO_SCALER_ALLOWED_ORGS", value_delimiter = ',', default_value = DEFAULT_ALLOWED_ORGS)]
-    pub allowed_orgs: Vec<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
 
     /// One job-requests call per pool per interval.
     #[arg(long, env = "ADO_SCALER_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
@@ -335,6 +365,26 @@ impl AuthArgs {
     }
 }
 
+impl AccessArgs {
+    /// The three lists, validated; errors name the flag.
+    pub fn access(&self) -> std::result::Result<Access, String> {
+        let orgs = OrgAllowlist::parse(&self.allowed_orgs)?;
+        Ok(Access {
+            namespaces: NamespaceAllowlist::parse(&self.allowed_namespaces)?,
+            pools: PoolAllowlist::parse(&self.allowed_pools, &orgs)?,
+            orgs,
+        })
+    }
+
+    /// `--max-pools`, at least 1.
+    pub fn max_pools(&self) -> std::result::Result<usize, String> {
+        match self.max_pools {
+            0 => Err("--max-pools must be at least 1".into()),
+            n => Ok(n),
+        }
+    }
+}
+
 impl GcArgs {
     /// Validates the `--gc-*` flags; `None` when the collector is off. Errors name the flag.
     pub fn settings(&self) -> std::result::Result<Option<GcSettings>, String> {
@@ -417,6 +467,9 @@ impl CheckArgs {
             scaler_metrics_url: self.scaler_metrics_url.clone(),
             credential: self.auth.credential(),
             gc: self.gc.settings(),
+            access: self.access.access(),
+            max_pools: self.access.max_pools(),
+            namespace: self.scaledjob_namespace.clone(),
         }
     }
 }
@@ -459,17 +512,19 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
             "--max-staleness must be at least --poll-interval".into(),
         ));
     }
-    let allowlist = OrgAllowlist::parse(&args.allowed_orgs).map_err(Error::Config)?;
-    let gc = gc_settings(&args.gc, &allowlist)?;
+    let access = args.access.access().map_err(Error::Config)?;
+    let max_pools = args.access.max_pools().map_err(Error::Config)?;
+    let gc = gc_settings(&args.gc, &access.orgs)?;
     let connection = args.auth.credential().connect()?;
     Ok(scaler::server::ServeSettings {
         gc,
-        allowlist,
         poller: poller::PollerSettings {
             interval: args.poll_interval,
             max_staleness: args.max_staleness,
+            max_pools,
             ..Default::default()
         },
+        access,
         placeholders: placeholder::PlaceholderSettings {
             interval: args.placeholder_interval,
             ..Default::default()

@@ -19,6 +19,25 @@ pub enum Error {
     OrgNotAllowed { org: String },
 
     #[error(
+        "ScaledJob namespace {namespace:?} is not in --allowed-namespaces (ADO_SCALER_ALLOWED_NAMESPACES): \
+         the scaler acts only for ScaledJobs in the namespaces it lists; add this one there to serve it"
+    )]
+    NamespaceNotAllowed { namespace: String },
+
+    #[error(
+        "agent pool {pool} of {org} is not in --allowed-pools (ADO_SCALER_ALLOWED_POOLS): the scaler \
+         polls and registers placeholders only in the pools it lists; add it there as {org}={pool}"
+    )]
+    PoolNotAllowed { org: String, pool: String },
+
+    #[error(
+        "the scaler already watches its bound of {max} pools (--max-pools, ADO_SCALER_MAX_POOLS): this \
+         trigger would start another, so it is refused while the pools already watched keep working; \
+         raise --max-pools or remove ScaledJobs of pools no longer used"
+    )]
+    TooManyPools { max: usize },
+
+    #[error(
         "could not get an Entra token for Azure DevOps: {message}{}",
         hint.map(|h| format!(" — to fix: {h}")).unwrap_or_default()
     )]
@@ -115,6 +134,9 @@ impl Error {
         match self {
             Error::InvalidMetadata { .. } => "invalid_metadata",
             Error::OrgNotAllowed { .. } => "org_not_allowed",
+            Error::NamespaceNotAllowed { .. } => "namespace_not_allowed",
+            Error::PoolNotAllowed { .. } => "pool_not_allowed",
+            Error::TooManyPools { .. } => "too_many_pools",
             Error::Token { .. } => "token",
             Error::NotAccepted { .. } => "not_accepted",
             Error::Forbidden { .. } => "forbidden",
@@ -132,18 +154,41 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
         }
     }
-}
 
-impl From<Error> for tonic::Status {
-    fn from(err: Error) -> Self {
+    /// The [`Error::reason`] of every refusal ([`Error::is_refusal`]), for the metric's zero
+    /// series.
+    pub const REFUSAL_REASONS: [&'static str; 4] = [
+        "namespace_not_allowed",
+        "org_not_allowed",
+        "pool_not_allowed",
+        "too_many_pools",
+    ];
+
+    /// A refusal of the scaler's own policy (who may make it act), as opposed to a failure:
+    /// counted in `ado_scaler_denied_total` and logged once per ScaledJob, not at every call.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::OrgNotAllowed { .. }
+                | Error::NamespaceNotAllowed { .. }
+                | Error::PoolNotAllowed { .. }
+                | Error::TooManyPools { .. }
+        )
+    }
+
+    /// The gRPC status code KEDA gets for this error.
+    pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &err {
+        match self {
             Error::InvalidMetadata { .. } => Code::InvalidArgument,
-            Error::OrgNotAllowed { .. } | Error::Forbidden { .. } => Code::PermissionDenied,
+            Error::OrgNotAllowed { .. }
+            | Error::NamespaceNotAllowed { .. }
+            | Error::PoolNotAllowed { .. }
+            | Error::Forbidden { .. } => Code::PermissionDenied,
             Error::Token { .. } | Error::NotAccepted { .. } => Code::Unauthenticated,
             Error::NotFound(_) => Code::NotFound,
             Error::AmbiguousPool { .. } => Code::FailedPrecondition,
-            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::RateLimited { .. } | Error::TooManyPools { .. } => Code::ResourceExhausted,
             Error::Upstream { .. }
             | Error::Transport { .. }
             | Error::Stale { .. }
@@ -151,8 +196,13 @@ impl From<Error> for tonic::Status {
             | Error::Kubernetes(_)
             | Error::ShuttingDown => Code::Unavailable,
             Error::Decode { .. } | Error::Config(_) | Error::Agent(_) => Code::Internal,
-        };
-        tonic::Status::new(code, err.to_string())
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        tonic::Status::new(err.grpc_code(), err.to_string())
     }
 }
 
@@ -172,7 +222,10 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (
-                Error::OrgNotAllowed { org: "o".into() },
+                Error::Forbidden {
+                    org: "o".into(),
+                    resource: "pool".into(),
+                },
                 Code::PermissionDenied,
             ),
             (
@@ -184,6 +237,13 @@ mod tests {
                 Code::Unauthenticated,
             ),
             (Error::NotFound("pool".into()), Code::NotFound),
+            (
+                Error::RateLimited {
+                    org: "o".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                Code::ResourceExhausted,
+            ),
             (
                 Error::AmbiguousPool {
                     name: "p".into(),
@@ -201,10 +261,60 @@ mod tests {
             ),
         ];
         for (err, code) in cases {
+            assert!(!err.is_refusal(), "{err}");
             let msg = err.to_string();
             let status = tonic::Status::from(err);
             assert_eq!(status.code(), code, "{msg}");
             assert_eq!(status.message(), msg);
         }
+    }
+
+    #[test]
+    fn refusals_name_their_setting_and_map_to_their_codes() {
+        let refusals = [
+            (
+                Error::OrgNotAllowed { org: "o".into() },
+                Code::PermissionDenied,
+                "--allowed-orgs",
+                "org_not_allowed",
+            ),
+            (
+                Error::NamespaceNotAllowed {
+                    namespace: "team-b".into(),
+                },
+                Code::PermissionDenied,
+                "--allowed-namespaces",
+                "namespace_not_allowed",
+            ),
+            (
+                Error::PoolNotAllowed {
+                    org: "o".into(),
+                    pool: "gpu".into(),
+                },
+                Code::PermissionDenied,
+                "--allowed-pools",
+                "pool_not_allowed",
+            ),
+            (
+                Error::TooManyPools { max: 50 },
+                Code::ResourceExhausted,
+                "--max-pools",
+                "too_many_pools",
+            ),
+        ];
+        for (err, code, flag, reason) in refusals {
+            assert!(err.is_refusal(), "{err}");
+            assert!(Error::REFUSAL_REASONS.contains(&reason), "{reason}");
+            assert_eq!(err.grpc_code(), code, "{err}");
+            assert_eq!(err.reason(), reason);
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        assert!(
+            !Error::InvalidMetadata {
+                key: "poolName",
+                reason: "x".into()
+            }
+            .is_refusal()
+        );
     }
 }

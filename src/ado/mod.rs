@@ -222,9 +222,17 @@ impl AdoClient {
             .append_pair("poolName", name)
             .append_pair("api-version", "7.1");
         let pools: List<Pool> = self.get_json(org, "pools", url).await?;
-        match pools.value.len() {
+        // Only the pool of that very name (as ADO compares them, regardless of case): the
+        // name is what --allowed-pools allowed, whatever else the filter may match.
+        let wanted = name.to_lowercase();
+        let mut pools: Vec<Pool> = pools
+            .value
+            .into_iter()
+            .filter(|p| p.name.to_lowercase() == wanted)
+            .collect();
+        match pools.len() {
             0 => Err(Error::NotFound(format!("agent pool `{name}` in {org}"))),
-            1 => Ok(pools.value.into_iter().next().expect("one pool")),
+            1 => Ok(pools.remove(0)),
             count => Err(Error::AmbiguousPool {
                 name: name.to_owned(),
                 count,

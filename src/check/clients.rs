@@ -10,6 +10,8 @@ use crate::scaler::tls::Refusal;
 
 pub const GRPC_CLIENTS: &str = "gRPC clients";
 pub const REFRESH: &str = "ScaledJob refresh";
+pub const POOL_BOUND: &str = "watched pools";
+pub const REFUSED_CALLS: &str = "refused calls";
 
 /// One sample of an OpenMetrics text: its labels and value.
 type Sample = (BTreeMap<String, String>, f64);
@@ -97,6 +99,8 @@ pub fn judge(text: &str, report: &mut Report) {
         ),
     }
 
+    judge_refusals(text, report);
+
     let refreshes = samples(text, "ado_scaler_scaledjob_refreshes_total");
     let mut by_job: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for (labels, value) in &refreshes {
@@ -146,6 +150,54 @@ pub fn judge(text: &str, report: &mut Report) {
     }
 }
 
+/// The pools watched against `--max-pools`, and the calls the access settings refused.
+fn judge_refusals(text: &str, report: &mut Report) {
+    let denied = samples(text, "ado_scaler_denied_total");
+    let by_reason = |reason: &str| {
+        total(&denied, |l| {
+            l.get("reason").map(String::as_str) == Some(reason)
+        })
+    };
+    let watched = total(&samples(text, "ado_scaler_watched_pools"), |_| true);
+    let max = total(&samples(text, "ado_scaler_max_pools"), |_| true);
+    let over = by_reason("too_many_pools");
+    if over > 0.0 {
+        report.fail(
+            POOL_BOUND,
+            format!("{watched} of --max-pools {max} watched; {over} calls refused for a pool past the bound"),
+            "raise --max-pools (ADO_SCALER_MAX_POOLS) if the pools are real, or find the ScaledJobs naming unknown pools in the scaler's log (one line per ScaledJob)",
+        );
+    } else {
+        report.pass(
+            POOL_BOUND,
+            format!("{watched} of --max-pools {max} watched"),
+        );
+    }
+    let refused: Vec<String> = [
+        "namespace_not_allowed",
+        "org_not_allowed",
+        "pool_not_allowed",
+    ]
+    .iter()
+    .map(|reason| (reason, by_reason(reason)))
+    .filter(|(_, n)| *n > 0.0)
+    .map(|(reason, n)| format!("{reason}: {n}"))
+    .collect();
+    report.push(
+        super::Status::Info,
+        REFUSED_CALLS,
+        if refused.is_empty() {
+            "none refused by --allowed-namespaces, --allowed-orgs or --allowed-pools".to_owned()
+        } else {
+            format!(
+                "{} (the scaler's log names each ScaledJob once)",
+                refused.join(", ")
+            )
+        },
+        None,
+    );
+}
+
 /// Reads `url` and judges it; an unreachable scaler is said, not failed (check may run
 /// before the scaler does).
 pub async fn check_clients(url: &str, report: &mut Report) {
@@ -190,6 +242,48 @@ ado_scaler_scaledjob_refreshes_total{namespace=\"ado-agents\",scaledjob=\"ok\",r
 ado_scaler_scaledjob_refreshes_total{namespace=\"ado-agents\",scaledjob=\"broken\",result=\"error\"} 1
 # EOF
 ";
+
+    #[test]
+    fn the_pool_bound_and_refused_calls_are_judged() {
+        let mut report = Report::default();
+        judge(
+            "ado_scaler_watched_pools 12\nado_scaler_max_pools 50\n# EOF\n",
+            &mut report,
+        );
+        let bound = item(&report, POOL_BOUND);
+        assert_eq!(bound.status, Status::Pass);
+        assert_eq!(bound.detail, "12 of --max-pools 50 watched");
+        assert_eq!(
+            item(&report, REFUSED_CALLS).detail,
+            "none refused by --allowed-namespaces, --allowed-orgs or --allowed-pools"
+        );
+
+        let mut report = Report::default();
+        judge(
+            "ado_scaler_watched_pools 50
+ado_scaler_max_pools 50
+ado_scaler_denied_total{reason=\"too_many_pools\"} 3
+ado_scaler_denied_total{reason=\"namespace_not_allowed\"} 4
+ado_scaler_denied_total{reason=\"org_not_allowed\"} 0
+ado_scaler_denied_total{reason=\"pool_not_allowed\"} 1
+# EOF
+",
+            &mut report,
+        );
+        let bound = item(&report, POOL_BOUND);
+        assert_eq!(bound.status, Status::Fail);
+        assert_eq!(
+            bound.detail,
+            "50 of --max-pools 50 watched; 3 calls refused for a pool past the bound"
+        );
+        assert!(bound.fix.as_deref().unwrap().contains("--max-pools"));
+        let refused = item(&report, REFUSED_CALLS);
+        assert_eq!(refused.status, Status::Info);
+        assert_eq!(
+            refused.detail,
+            "namespace_not_allowed: 4, pool_not_allowed: 1 (the scaler's log names each ScaledJob once)"
+        );
+    }
 
     fn item<'r>(report: &'r Report, title: &str) -> &'r crate::check::Item {
         report

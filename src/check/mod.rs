@@ -1,6 +1,7 @@
 //! `ado-scaler check`: runs the real auth and REST calls of the scaler (or an agent) and prints
 //! a checklist, ✔ or ✗ with the fix, so that a setup mistake explains itself.
 
+mod access;
 mod clients;
 mod collector;
 
@@ -11,11 +12,12 @@ use crate::{
     auth::{
         AssertionClaims, AuthMode, AuthSettings, CredentialSettings, TokenSource, WorkloadIdentity,
     },
-    count::{Capabilities, DemandRule, Filter, claims, parse_demands},
+    count::{Filter, claims},
     error::{Error, Result},
     gc::GcSettings,
-    placeholder::{self, DEFAULT_AGENT_VERSION, PlaceholderSpec},
+    placeholder,
     poller::Answer,
+    scaler::{access::Access, metadata::Trigger},
 };
 
 const AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -46,6 +48,12 @@ pub struct CheckSettings {
     pub credential: CredentialSettings,
     /// The collector's settings as `serve` would validate them (the error names the flag).
     pub gc: std::result::Result<Option<GcSettings>, String>,
+    /// `--allowed-*` as `serve` would validate them.
+    pub access: std::result::Result<Access, String>,
+    /// `--max-pools` as `serve` would validate it.
+    pub max_pools: std::result::Result<usize, String>,
+    /// The namespace of the trigger's ScaledJob; `None`: the namespace list is not judged.
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +159,8 @@ pub const POOL_FOUND: &str = "pool found";
 pub const JOBS_READABLE: &str = "job requests readable";
 pub const PLACEHOLDER: &str = "placeholder registration";
 pub const UNCLAIMED: &str = "unclaimed jobs";
-pub use clients::{GRPC_CLIENTS, REFRESH, check_clients};
+pub use access::{ACCESS_SETTINGS, TRIGGER_ALLOWED};
+pub use clients::{GRPC_CLIENTS, POOL_BOUND, REFRESH, REFUSED_CALLS, check_clients};
 pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
@@ -168,6 +177,8 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
     if let Some(url) = &args.scaler_metrics_url {
         clients::check_clients(url, &mut report).await;
     }
+    // Needs no identity either: the scaler refuses such a trigger before asking ADO.
+    let admitted = access::check_access(args, &mut report);
     let remote = [
         TOKEN_EXCHANGE,
         REACHABLE,
@@ -296,28 +307,16 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
         ),
     );
 
-    let triggers = match check_triggers(args) {
-        Ok(t) => t,
-        Err(e) => {
-            report.fail(UNCLAIMED, e, "fix the --capabilities list".to_owned());
-            return report;
-        }
+    let Some(triggers) = admitted else {
+        report.skip(&[UNCLAIMED]);
+        return report;
     };
     if args.as_ == CheckAs::Scaler && args.placeholder {
-        check_placeholders(
-            &ado,
-            &org,
-            pool.id,
-            &pool.name,
-            args,
-            &triggers,
-            &mut report,
-        )
-        .await;
+        check_placeholders(&ado, &org, pool.id, &pool.name, &triggers, &mut report).await;
     }
     let named: Vec<(String, Filter)> = triggers
         .iter()
-        .map(|(n, f, _)| (n.clone(), f.clone()))
+        .map(|(n, t)| (n.clone(), t.filter.clone()))
         .collect();
     let found = claims(&jobs, &named);
     let several = named.len() > 1;
@@ -384,57 +383,21 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
     report
 }
 
-/// A trigger `check` was told about: its name, its filter, and what its placeholder offers.
-type CheckTrigger = (String, Filter, Capabilities);
-
-/// One trigger per `--capabilities`, and the `--demands` one (also when nothing else is
-/// given, as a trigger with no demands).
-fn check_triggers(args: &CheckSettings) -> std::result::Result<Vec<CheckTrigger>, String> {
-    let mut triggers = Vec::new();
-    for (i, list) in args.capabilities.iter().enumerate() {
-        let caps = Capabilities::parse(list).map_err(|e| format!("--capabilities: {e}"))?;
-        let name = if args.capabilities.len() > 1 {
-            format!("--capabilities #{}", i + 1)
-        } else {
-            "--capabilities".to_owned()
-        };
-        let filter = Filter {
-            capabilities: Some(caps.as_counted(DEFAULT_AGENT_VERSION)),
-            ..Filter::default()
-        };
-        triggers.push((name, filter, caps));
-    }
-    if !args.demands.trim().is_empty() || triggers.is_empty() {
-        let demands = parse_demands(args.demands.split(','));
-        let offered = demands.iter().map(|d| d.as_capability()).collect();
-        let filter = Filter {
-            demands,
-            rule: DemandRule::JobSubsetOfTrigger,
-            ..Filter::default()
-        };
-        triggers.push(("--demands".to_owned(), filter, offered));
-    }
-    Ok(triggers)
-}
-
 /// Checks (and creates, as `serve` would) each trigger's placeholder registration.
 async fn check_placeholders(
     ado: &AdoClient,
     org: &OrgUrl,
     pool_id: u32,
     pool_name: &str,
-    args: &CheckSettings,
-    triggers: &[CheckTrigger],
+    triggers: &[(String, Trigger)],
     report: &mut Report,
 ) {
-    for (name, _, offered) in triggers {
-        let spec = PlaceholderSpec::new(
-            args.agent_name_prefix.as_deref(),
-            DEFAULT_AGENT_VERSION,
-            offered.clone(),
-        );
+    for (name, trigger) in triggers {
+        let Some(spec) = &trigger.placeholder else {
+            continue;
+        };
         let title = format!("{PLACEHOLDER} {}", spec.name);
-        match placeholder::ensure(ado, org, pool_id, &spec).await {
+        match placeholder::ensure(ado, org, pool_id, spec).await {
             Ok(done) => report.pass(&title, format!("{done:?} for {name}: ADO queues jobs while no agent runs")),
             Err(e @ Error::Forbidden { .. }) => report.fail(
                 &title,

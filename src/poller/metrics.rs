@@ -1,6 +1,6 @@
 //! What the pollers report: each pool's queue (jobs by state, starts, finishes, how long
-//! jobs waited), the age of the last good poll, why polls failed, and whether an answer may
-//! have been cut short by ADO.
+//! jobs waited), the age of the last good poll, why polls failed, whether an answer may
+//! have been cut short by ADO, and how many pools are watched against `--max-pools`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -39,6 +39,10 @@ pub struct PollMetrics {
     pub failures: Family<PollFailureLabels, Counter>,
     pub possibly_truncated: Family<PoolLabels, Gauge>,
     pub interval: Family<PoolLabels, Gauge<f64, AtomicU64>>,
+    /// Pools polled now, to compare with `max_pools`.
+    pub watched_pools: Gauge,
+    /// `--max-pools`.
+    pub max_pools: Gauge,
 }
 
 impl Default for PollMetrics {
@@ -52,6 +56,8 @@ impl Default for PollMetrics {
             failures: Family::default(),
             possibly_truncated: Family::default(),
             interval: Family::default(),
+            watched_pools: Gauge::default(),
+            max_pools: Gauge::default(),
         }
     }
 }
@@ -87,6 +93,16 @@ impl PollMetrics {
             "Age of the last successful job-requests poll of a pool",
             Unit::Seconds,
             metrics.age.clone(),
+        );
+        registry.register(
+            "watched_pools",
+            "Pools polled now; a trigger that would add one past ado_scaler_max_pools is refused",
+            metrics.watched_pools.clone(),
+        );
+        registry.register(
+            "max_pools",
+            "--max-pools: the most pools polled at once",
+            metrics.max_pools.clone(),
         );
         let poll = registry.sub_registry_with_prefix("poll");
         poll.register(
@@ -135,6 +151,12 @@ impl PollMetrics {
                 })
                 .set(value);
         }
+    }
+
+    /// The number of watchers, after one started or stopped.
+    pub(super) fn watched(&self, pools: usize) {
+        self.watched_pools
+            .set(i64::try_from(pools).unwrap_or(i64::MAX));
     }
 
     pub fn failed(&self, labels: &PoolLabels, error: &Error) {

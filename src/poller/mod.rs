@@ -9,7 +9,10 @@ pub use snapshot::{Answer, FinishedRecord, Snapshot};
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -39,7 +42,13 @@ pub struct PollerSettings {
     /// Upper bound of the backoff after failed polls; a quarter of `max_staleness` bounds it
     /// too (see [`retry_delay`]).
     pub max_backoff: Duration,
+    /// `--max-pools`: the most pools watched at once. Each costs the identity's ADO rate
+    /// budget at every interval, and pool names come from anyone who can write a ScaledJob.
+    pub max_pools: usize,
 }
+
+/// `--max-pools` unless set.
+pub const DEFAULT_MAX_POOLS: usize = 50;
 
 impl Default for PollerSettings {
     fn default() -> Self {
@@ -48,6 +57,7 @@ impl Default for PollerSettings {
             max_staleness: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),
             max_backoff: Duration::from_secs(60),
+            max_pools: DEFAULT_MAX_POOLS,
         }
     }
 }
@@ -136,6 +146,9 @@ struct Inner {
     metrics: Arc<PollMetrics>,
     watchers: Mutex<HashMap<PoolKey, Arc<Watcher>>>,
     pool_ids: Mutex<HashMap<(OrgUrl, String), PoolIdCell>>,
+    /// Pool names being looked up for the first time: each may become a watcher, so they
+    /// count against `max_pools` until their lookup ends.
+    lookups: AtomicUsize,
     /// Job demands ADO's own parser would refuse, each logged once.
     unknown_demands: Mutex<HashSet<String>>,
     shutdown: CancellationToken,
@@ -151,6 +164,9 @@ impl Poller {
         metrics: Arc<PollMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
+        metrics
+            .max_pools
+            .set(i64::try_from(settings.max_pools).unwrap_or(i64::MAX));
         Self {
             inner: Arc::new(Inner {
                 ado,
@@ -158,6 +174,7 @@ impl Poller {
                 metrics,
                 watchers: Mutex::default(),
                 pool_ids: Mutex::default(),
+                lookups: AtomicUsize::new(0),
                 unknown_demands: Mutex::default(),
                 shutdown,
             }),
@@ -174,12 +191,21 @@ impl Poller {
 
     /// Resolves a pool name once per organisation; concurrent first callers share one request,
     /// and a failure is not cached.
+    ///
+    /// A name not resolved yet may become one more watcher: with `max_pools` pools watched or
+    /// being looked up, it is refused before any request ([`Error::TooManyPools`]).
     pub async fn pool_id(&self, org: &OrgUrl, name: &str) -> Result<u32> {
-        let cell = {
+        let (cell, _lookup) = {
             let mut ids = self.inner.pool_ids.lock().expect("pool id cache poisoned");
-            ids.entry((org.clone(), name.to_owned()))
-                .or_default()
-                .clone()
+            match ids.get(&(org.clone(), name.to_owned())) {
+                Some(cell) => (cell.clone(), None),
+                None => {
+                    let lookup = self.reserve_lookup()?;
+                    let cell = PoolIdCell::default();
+                    ids.insert((org.clone(), name.to_owned()), cell.clone());
+                    (cell, Some(lookup))
+                }
+            }
         };
         let resolved = cell
             .get_or_try_init(|| async {
@@ -196,6 +222,19 @@ impl Poller {
         resolved
     }
 
+    /// Counts a first lookup against `max_pools` until the returned guard drops.
+    fn reserve_lookup(&self) -> Result<LookupGuard<'_>> {
+        let watched = self.inner.watchers.lock().expect("watchers poisoned").len();
+        let lookups = &self.inner.lookups;
+        if watched + lookups.load(Ordering::SeqCst) >= self.inner.settings.max_pools {
+            return Err(Error::TooManyPools {
+                max: self.inner.settings.max_pools,
+            });
+        }
+        lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(LookupGuard(lookups))
+    }
+
     /// Drops a cached name → id mapping, for a pool that was deleted (and maybe recreated).
     pub fn forget_pool_name(&self, org: &OrgUrl, name: &str) {
         self.inner
@@ -205,15 +244,14 @@ impl Poller {
             .remove(&(org.clone(), name.to_owned()));
     }
 
-    /// The current snapshot of a pool, starting its watcher if needed. A cold pool's first
+    /// The pool's current snapshot from a [`Poller::subscribe`] receiver. A cold pool's first
     /// callers all wait for the same first poll.
     pub async fn snapshot(
         &self,
+        rx: &mut watch::Receiver<PoolState>,
         key: &PoolKey,
-        pool_label: &str,
         parent: Option<&str>,
     ) -> Result<Arc<Snapshot>> {
-        let mut rx = self.subscribe(key, pool_label, parent);
         loop {
             if let Some(result) = rx.borrow_and_update().usable(
                 key,
@@ -230,18 +268,29 @@ impl Poller {
     /// A receiver that sees every poll of the pool; while it lives the watcher keeps polling.
     ///
     /// A `parent` the pool's polls do not read matches for yet is added, and the pool is
-    /// polled at once rather than at the end of its interval.
+    /// polled at once rather than at the end of its interval. A pool not watched yet is
+    /// refused when `max_pools` pools are watched or being looked up; the pools already
+    /// watched go on.
     pub fn subscribe(
         &self,
         key: &PoolKey,
         pool_label: &str,
         parent: Option<&str>,
-    ) -> watch::Receiver<PoolState> {
+    ) -> Result<watch::Receiver<PoolState>> {
         let mut watchers = self.inner.watchers.lock().expect("watchers poisoned");
-        let watcher = watchers
-            .entry(key.clone())
-            .or_insert_with(|| self.spawn_watcher(key.clone(), pool_label))
-            .clone();
+        let watcher = match watchers.get(key) {
+            Some(watcher) => watcher.clone(),
+            None => {
+                let max = self.inner.settings.max_pools;
+                if watchers.len() + self.inner.lookups.load(Ordering::SeqCst) >= max {
+                    return Err(Error::TooManyPools { max });
+                }
+                let watcher = self.spawn_watcher(key.clone(), pool_label);
+                watchers.insert(key.clone(), watcher.clone());
+                self.inner.metrics.watched(watchers.len());
+                watcher
+            }
+        };
         *watcher.last_used.lock().expect("last_used poisoned") = Instant::now();
         if let Some(parent) = parent {
             let mut parents = watcher.parents.lock().expect("parents poisoned");
@@ -252,7 +301,7 @@ impl Poller {
                 watcher.poll_now.notify_one();
             }
         }
-        watcher.state.subscribe()
+        Ok(watcher.state.subscribe())
     }
 
     /// Sets each pool's `poll_age_seconds`; called before each scrape so the gauge is current.
@@ -289,6 +338,15 @@ impl Poller {
         tracing::info!(org = %key.org, pool = pool_label, "start polling pool");
         tokio::spawn(poll_loop(self.inner.clone(), key, watcher.clone()));
         watcher
+    }
+}
+
+/// A first pool-name lookup in progress, counted against `max_pools`.
+struct LookupGuard<'a>(&'a AtomicUsize);
+
+impl Drop for LookupGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -358,6 +416,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
                 });
                 if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
                     watchers.remove(&key);
+                    inner.metrics.watched(watchers.len());
                 }
                 return;
             }
@@ -406,6 +465,7 @@ async fn poll_loop(inner: Arc<Inner>, key: PoolKey, watcher: Arc<Watcher>) {
         if idle && watcher.state.receiver_count() == 0 {
             if watchers.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watcher)) {
                 watchers.remove(&key);
+                inner.metrics.watched(watchers.len());
             }
             tracing::info!(org = %key.org, pool = %watcher.labels.pool, "stop polling idle pool");
             return;

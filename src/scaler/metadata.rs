@@ -101,6 +101,81 @@ fn integer(
 
 static IGNORED_KEYS_LOGGED: Once = Once::new();
 
+/// Bounds on the metadata strings that reach Azure DevOps: in a request (`poolName`,
+/// `parent`) or in a registration the scaler writes (the placeholder's name, version and
+/// capabilities, which come from `agentNamePrefix`, `agentVersion`, `capabilities` and
+/// `demands`). Generous for real pools and agents, small enough that a trigger cannot make
+/// the scaler's identity write pages of text into a pool.
+pub mod limits {
+    /// `poolName` and `parent` (an agent's name).
+    pub const NAME: usize = 256;
+    /// `agentNamePrefix`: the placeholder is named `{prefix}placeholder`.
+    pub const AGENT_NAME_PREFIX: usize = 64;
+    /// `agentVersion`, e.g. `4.261.0`.
+    pub const AGENT_VERSION: usize = 64;
+    /// Entries of `capabilities`, and of `demands`.
+    pub const CAPABILITIES: usize = 100;
+    /// A capability's (or a demand's) name.
+    pub const CAPABILITY_NAME: usize = 128;
+    /// A capability's value (or the value a demand compares with).
+    pub const CAPABILITY_VALUE: usize = 1024;
+}
+
+/// Characters no metadata string that reaches ADO may hold: control characters (which
+/// would end up in registrations and logs) and the invisible ones that make a name look
+/// like another (zero-width, bidirectional overrides, byte-order mark).
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Refuses `value` (what `key` says about `what`) when it holds a hidden character or is
+/// longer than `max` characters. The error shows the start of it, escaped.
+fn bounded(key: &'static str, what: &str, value: &str, max: usize) -> Result<()> {
+    if let Some(c) = value.chars().find(|&c| is_hidden(c)) {
+        return Err(invalid(
+            key,
+            format!(
+                "{what} {value:?} holds the control or invisible character {:?}; remove it",
+                c
+            ),
+        ));
+    }
+    let length = value.chars().count();
+    if length > max {
+        let start: String = value.chars().take(32).collect();
+        return Err(invalid(
+            key,
+            format!(
+                "{what} \"{}…\" is {length} characters long; at most {max}",
+                start.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a list of more than `max` entries.
+fn at_most(key: &'static str, count: usize, max: usize) -> Result<()> {
+    if count > max {
+        return Err(invalid(key, format!("{count} entries; at most {max}")));
+    }
+    Ok(())
+}
+
+/// A non-empty metadata string within [`bounded`]'s rules.
+fn bounded_text<'a>(
+    meta: &'a HashMap<String, String>,
+    key: &'static str,
+    max: usize,
+) -> Result<Option<&'a str>> {
+    let value = non_empty(meta, key);
+    if let Some(v) = value {
+        bounded(key, "value", v, max)?;
+    }
+    Ok(value)
+}
+
 /// Parses and validates one trigger's metadata, one key group at a time, in this order (the
 /// first bad key is the one reported). Unknown keys (KEDA adds `scalerAddress`) are ignored.
 pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result<Trigger> {
@@ -117,7 +192,8 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
     let teardown_window = teardown_window(meta)?;
     let agent_version = agent_version(meta)?;
     let capabilities = capabilities(meta)?;
-    let agent_name_prefix = non_empty(meta, "agentNamePrefix").map(str::to_owned);
+    let agent_name_prefix =
+        bounded_text(meta, "agentNamePrefix", limits::AGENT_NAME_PREFIX)?.map(str::to_owned);
     let placeholder = match (boolean(meta, "placeholder", true)?, &parent) {
         (true, None) => Some(placeholder(
             capabilities.as_ref(),
@@ -199,7 +275,8 @@ fn organisation(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Res
 
 /// `poolName`, else `poolID`.
 fn pool(meta: &HashMap<String, String>) -> Result<PoolRef> {
-    match (non_empty(meta, "poolName"), non_empty(meta, "poolID")) {
+    let name = bounded_text(meta, "poolName", limits::NAME)?;
+    match (name, non_empty(meta, "poolID")) {
         (Some(name), _) => Ok(PoolRef::Name(name.to_owned())),
         (None, Some(id)) => id
             .parse::<u32>()
@@ -226,9 +303,9 @@ fn demands(meta: &HashMap<String, String>) -> Result<Demands> {
         (true, false) => DemandRule::Equal,
         (false, false) => DemandRule::JobSubsetOfTrigger,
     };
-    let parent = non_empty(meta, "parent").map(str::to_owned);
+    let parent = bounded_text(meta, "parent", limits::NAME)?.map(str::to_owned);
     let demands = match (&parent, meta.get("demands")) {
-        (None, Some(list)) => parse_demands(list.split(',')),
+        (None, Some(list)) => bounded_demands(list)?,
         _ => Vec::new(),
     };
     Ok(Demands {
@@ -236,6 +313,19 @@ fn demands(meta: &HashMap<String, String>) -> Result<Demands> {
         parent,
         demands,
     })
+}
+
+/// `demands`: each becomes a capability of the placeholder, so each is bounded as one.
+fn bounded_demands(list: &str) -> Result<Vec<crate::count::Demand>> {
+    // Checked once parsed: whitespace (a YAML block's newlines too) only separates words.
+    let demands = parse_demands(list.split(','));
+    at_most("demands", demands.len(), limits::CAPABILITIES)?;
+    for demand in &demands {
+        let (name, value) = demand.as_capability();
+        bounded("demands", "name", name, limits::CAPABILITY_NAME)?;
+        bounded("demands", "value", value, limits::CAPABILITY_VALUE)?;
+    }
+    Ok(demands)
 }
 
 /// `teardownWindow`: 10 s unless set, at most [`MAX_TEARDOWN_WINDOW`].
@@ -256,7 +346,7 @@ fn teardown_window(meta: &HashMap<String, String>) -> Result<Duration> {
 
 /// `agentVersion`: the version the agents (and the placeholder) report.
 fn agent_version(meta: &HashMap<String, String>) -> Result<String> {
-    match non_empty(meta, "agentVersion") {
+    match bounded_text(meta, "agentVersion", limits::AGENT_VERSION)? {
         None => Ok(DEFAULT_AGENT_VERSION.to_owned()),
         Some(v) if crate::count::demand::is_version(v) => Ok(v.to_owned()),
         Some(v) => Err(invalid(
@@ -281,9 +371,17 @@ fn capabilities(meta: &HashMap<String, String>) -> Result<Option<Capabilities>> 
             ));
         }
     }
-    Capabilities::parse(list)
-        .map(Some)
-        .map_err(|e| invalid("capabilities", e))
+    let capabilities = Capabilities::parse(list).map_err(|e| invalid("capabilities", e))?;
+    at_most(
+        "capabilities",
+        capabilities.iter().count(),
+        limits::CAPABILITIES,
+    )?;
+    for (name, value) in capabilities.iter() {
+        bounded("capabilities", "name", name, limits::CAPABILITY_NAME)?;
+        bounded("capabilities", "value", value, limits::CAPABILITY_VALUE)?;
+    }
+    Ok(Some(capabilities))
 }
 
 /// The registration kept in the pool: it offers the trigger's `capabilities`, else whatever
@@ -618,6 +716,181 @@ mod tests {
                 "{off:?}"
             );
         }
+    }
+
+    #[test]
+    fn strings_that_reach_ado_are_bounded_at_exactly_their_limits() {
+        let cloud = OrgAllowlist::default_cloud();
+        let x = |n: usize| "x".repeat(n);
+        let caps = |n: usize| {
+            (0..n)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // At the limit: taken.
+        for pairs in [
+            vec![("poolName", x(limits::NAME))],
+            vec![("parent", x(limits::NAME))],
+            vec![("agentNamePrefix", x(limits::AGENT_NAME_PREFIX))],
+            vec![(
+                "agentVersion",
+                format!("4.261.0-{}", x(limits::AGENT_VERSION - 8)),
+            )],
+            vec![("capabilities", caps(limits::CAPABILITIES))],
+            vec![("demands", caps(limits::CAPABILITIES))],
+            vec![(
+                "capabilities",
+                format!(
+                    "{}={}",
+                    x(limits::CAPABILITY_NAME),
+                    x(limits::CAPABILITY_VALUE)
+                ),
+            )],
+            vec![(
+                "demands",
+                format!(
+                    "{} -equals {}",
+                    x(limits::CAPABILITY_NAME),
+                    x(limits::CAPABILITY_VALUE)
+                ),
+            )],
+        ] {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert!(parse(&meta(&pairs), &cloud).is_ok(), "{:?}", pairs[0].0);
+        }
+        // One past it: refused, naming the key and the limit.
+        type Row = (&'static str, String, String);
+        let rows: Vec<Row> = vec![
+            (
+                "poolName",
+                x(limits::NAME + 1),
+                format!("at most {}", limits::NAME),
+            ),
+            (
+                "parent",
+                x(limits::NAME + 1),
+                format!("at most {}", limits::NAME),
+            ),
+            (
+                "agentNamePrefix",
+                x(limits::AGENT_NAME_PREFIX + 1),
+                format!("at most {}", limits::AGENT_NAME_PREFIX),
+            ),
+            (
+                "agentVersion",
+                format!("4.261.0-{}", x(limits::AGENT_VERSION - 7)),
+                format!("at most {}", limits::AGENT_VERSION),
+            ),
+            (
+                "capabilities",
+                caps(limits::CAPABILITIES + 1),
+                format!(
+                    "{} entries; at most {}",
+                    limits::CAPABILITIES + 1,
+                    limits::CAPABILITIES
+                ),
+            ),
+            (
+                "demands",
+                caps(limits::CAPABILITIES + 1),
+                format!(
+                    "{} entries; at most {}",
+                    limits::CAPABILITIES + 1,
+                    limits::CAPABILITIES
+                ),
+            ),
+            (
+                "capabilities",
+                x(limits::CAPABILITY_NAME + 1),
+                "name \"xxxx".to_owned(),
+            ),
+            (
+                "capabilities",
+                format!("a={}", x(limits::CAPABILITY_VALUE + 1)),
+                "value \"xxxx".to_owned(),
+            ),
+            (
+                "demands",
+                x(limits::CAPABILITY_NAME + 1),
+                format!("at most {}", limits::CAPABILITY_NAME),
+            ),
+            (
+                "demands",
+                format!("a -equals {}", x(limits::CAPABILITY_VALUE + 1)),
+                format!("at most {}", limits::CAPABILITY_VALUE),
+            ),
+        ];
+        for (key, value, fragment) in rows {
+            let (k, reason) = err_key(&[(key, &value)]);
+            assert_eq!(k, key, "{key}: {reason}");
+            assert!(reason.contains(&fragment), "{key}: {reason}");
+            // Over-long values are shown by their start only.
+            assert!(reason.len() < 120, "{key}: {reason}");
+        }
+    }
+
+    #[test]
+    fn control_and_invisible_characters_are_refused() {
+        let hidden = [
+            '\u{0}', '\u{7}', '\u{1f}', '\u{7f}', '\u{9f}', '\u{200b}', '\u{200f}', '\u{202a}',
+            '\u{202e}', '\u{2060}', '\u{2064}', '\u{2066}', '\u{2069}', '\u{feff}', '\n', '\t',
+        ];
+        for c in hidden {
+            assert!(is_hidden(c), "{c:?}");
+            for key in [
+                "poolName",
+                "parent",
+                "agentNamePrefix",
+                "capabilities",
+                "demands",
+            ] {
+                if c.is_whitespace() && matches!(key, "capabilities" | "demands") {
+                    // Lists are split into words first: there it separates, as a space.
+                    continue;
+                }
+                let value = format!("a{c}b");
+                let (k, reason) = err_key(&[(key, &value)]);
+                assert_eq!(k, key, "{c:?}");
+                assert!(
+                    reason.contains("control or invisible character"),
+                    "{reason}"
+                );
+                assert!(
+                    !reason.contains(c),
+                    "the character is shown escaped: {reason}"
+                );
+            }
+        }
+        let (k, reason) = err_key(&[("agentVersion", "4.261.0-b\u{7}x")]);
+        assert_eq!(k, "agentVersion");
+        assert!(reason.contains("'\\u{7}'"), "{reason}");
+        // Neighbours of the refused ranges, and ordinary non-ASCII text, are fine.
+        for c in [
+            ' ', '~', '\u{a0}', '\u{200a}', '\u{2010}', '\u{2029}', '\u{202f}', '\u{2065}',
+            '\u{206a}', 'é', '中',
+        ] {
+            assert!(!is_hidden(c), "{c:?}");
+        }
+        let t = parse(
+            &meta(&[
+                ("capabilities", "team=Équipe-中"),
+                ("agentNamePrefix", "é-"),
+            ]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
+        assert_eq!(t.placeholder.unwrap().name, "é-placeholder");
+        // A YAML block's newlines separate demands as spaces do; nothing of them is kept.
+        let t = parse(
+            &meta(&[("demands", "maven,\njava\t-equals\n17\n")]),
+            &OrgAllowlist::default_cloud(),
+        )
+        .unwrap();
+        assert_eq!(
+            t.placeholder.unwrap().capabilities.to_string(),
+            "java=17,maven"
+        );
     }
 
     #[test]

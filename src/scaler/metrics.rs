@@ -1,16 +1,17 @@
 //! What the gRPC service reports: KEDA's calls by method and status, their latency, the value
-//! each trigger got last, and the open streams.
+//! each trigger got last, the open streams, and the calls its policy refused.
 
 use std::sync::Arc;
 
+use crate::{
+    error::Error,
+    telemetry::{GrpcLabels, MethodLabels, ReasonLabels, TriggerLabels, latency_histogram},
+};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use tokio::time::Instant;
-use tonic::Status;
-
-use crate::telemetry::{GrpcLabels, MethodLabels, TriggerLabels, latency_histogram};
 
 #[derive(Debug)]
 pub struct ScalerMetrics {
@@ -18,6 +19,7 @@ pub struct ScalerMetrics {
     pub active_streams: Gauge,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_request_duration: Family<MethodLabels, Histogram>,
+    pub denied: Family<ReasonLabels, Counter>,
 }
 
 impl Default for ScalerMetrics {
@@ -27,13 +29,14 @@ impl Default for ScalerMetrics {
             active_streams: Gauge::default(),
             grpc_requests: Family::default(),
             grpc_request_duration: Family::new_with_constructor(latency_histogram),
+            denied: Family::default(),
         }
     }
 }
 
 impl ScalerMetrics {
-    /// Registers `ado_scaler_trigger_value`, `ado_scaler_active_streams` and
-    /// `ado_scaler_grpc_*`.
+    /// Registers `ado_scaler_trigger_value`, `ado_scaler_active_streams`,
+    /// `ado_scaler_denied` and `ado_scaler_grpc_*`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Self::default();
         registry.register(
@@ -46,6 +49,16 @@ impl ScalerMetrics {
             "Open StreamIsActive/StreamMetricSpec streams",
             metrics.active_streams.clone(),
         );
+        registry.register(
+            "denied",
+            "KEDA calls refused by --allowed-namespaces, --allowed-orgs, --allowed-pools or \
+             --max-pools, by reason",
+            metrics.denied.clone(),
+        );
+        // Zero series from the start: the dashboard and `increase()` see the first refusal.
+        for reason in Error::REFUSAL_REASONS {
+            let _ = metrics.denied.get_or_create(&ReasonLabels { reason });
+        }
         let grpc = registry.sub_registry_with_prefix("grpc");
         grpc.register(
             "requests",
@@ -61,16 +74,17 @@ impl ScalerMetrics {
         Arc::new(metrics)
     }
 
-    /// One answered call: counted by its status, timed, and logged when it failed.
+    /// One answered call: counted by its status, timed, and logged when it failed. A refusal
+    /// is counted in `denied` too, and logged by the caller, once per ScaledJob.
     pub(super) fn call<T>(
         &self,
         method: &'static str,
         started: Instant,
-        result: &Result<T, Status>,
+        result: &Result<T, Error>,
     ) {
         let code = match result {
             Ok(_) => "OK".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
+            Err(e) => format!("{:?}", e.grpc_code()),
         };
         self.grpc_requests
             .get_or_create(&GrpcLabels { method, code })
@@ -78,8 +92,16 @@ impl ScalerMetrics {
         self.grpc_request_duration
             .get_or_create(&MethodLabels { method })
             .observe(started.elapsed().as_secs_f64());
-        if let Err(status) = result {
-            tracing::warn!(method, code = ?status.code(), message = status.message(), "request failed");
+        match result {
+            Err(e) if e.is_refusal() => {
+                self.denied
+                    .get_or_create(&ReasonLabels { reason: e.reason() })
+                    .inc();
+            }
+            Err(e) => {
+                tracing::warn!(method, code = ?e.grpc_code(), message = %e, "request failed");
+            }
+            Ok(_) => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The KEDA external-scaler gRPC service: metadata in, queue length out.
 
+pub mod access;
 pub mod allowlist;
 pub mod metadata;
 mod metrics;
@@ -28,7 +29,7 @@ use crate::{
     poller::{Poller, PoolKey, Snapshot},
     telemetry::TriggerLabels,
 };
-use allowlist::OrgAllowlist;
+use access::{Access, RefusalLog};
 use metadata::{PoolRef, Trigger};
 pub use metrics::ScalerMetrics;
 use metrics::StreamGuard;
@@ -41,7 +42,8 @@ use proto::{
 #[derive(Clone)]
 pub struct ScalerService {
     poller: Poller,
-    allowlist: Arc<OrgAllowlist>,
+    access: Arc<Access>,
+    refusals: Arc<RefusalLog>,
     metrics: Arc<ScalerMetrics>,
     /// Cancelled when the server stops: ends open streams so that shutdown can drain.
     streams_end: CancellationToken,
@@ -70,6 +72,14 @@ impl Evaluation {
     }
 }
 
+/// A trigger the scaler acts for, its pool, and a subscription to the pool's polls (which
+/// keeps the pool's watcher going while it lives).
+struct Resolved {
+    trigger: Trigger,
+    key: PoolKey,
+    state: tokio::sync::watch::Receiver<crate::poller::PoolState>,
+}
+
 /// The name a trigger goes by in logs: its ScaledJob (or ScaledObject).
 fn trigger_name(r: &ScaledObjectRef) -> String {
     format!("{}/{}", r.namespace, r.name)
@@ -78,7 +88,7 @@ fn trigger_name(r: &ScaledObjectRef) -> String {
 impl ScalerService {
     pub fn new(
         poller: Poller,
-        allowlist: OrgAllowlist,
+        access: Access,
         metrics: Arc<ScalerMetrics>,
         streams_end: CancellationToken,
         placeholders: Placeholders,
@@ -86,7 +96,8 @@ impl ScalerService {
     ) -> Self {
         Self {
             poller,
-            allowlist: Arc::new(allowlist),
+            access: Arc::new(access),
+            refusals: Arc::default(),
             metrics,
             streams_end,
             placeholders,
@@ -116,16 +127,30 @@ impl ScalerService {
         })
     }
 
-    /// The first step of every call that needs a value: the trigger parsed, its pool found,
-    /// and the keepers told it asked.
-    async fn resolve(&self, r: &ScaledObjectRef) -> Result<(Trigger, PoolKey)> {
-        let trigger = metadata::parse(&r.scaler_metadata, &self.allowlist)?;
-        let key = self
-            .pool_key(&trigger)
-            .await
-            .map_err(|e| self.failed(&trigger, e))?;
+    /// The first step of every call: the trigger parsed, if the scaler may act for it.
+    fn admit(&self, r: &ScaledObjectRef) -> Result<Trigger> {
+        self.access.admit(&r.namespace, &r.scaler_metadata)
+    }
+
+    /// The first steps of every call that needs a value: the trigger admitted, its pool found
+    /// and subscribed to (within `--max-pools`), and only then the keepers told it asked, so
+    /// that a refused trigger gets no placeholder.
+    async fn resolve(&self, r: &ScaledObjectRef) -> Result<Resolved> {
+        let trigger = self.admit(r)?;
+        let subscribed = async {
+            let key = self.pool_key(&trigger).await?;
+            let parent = trigger.filter.parent.as_deref();
+            let state = self.poller.subscribe(&key, &trigger.pool.label(), parent)?;
+            Ok((key, state))
+        }
+        .await;
+        let (key, state) = subscribed.map_err(|e| self.failed(&trigger, e))?;
         self.noticed(r, &trigger, &key);
-        Ok((trigger, key))
+        Ok(Resolved {
+            trigger,
+            key,
+            state,
+        })
     }
 
     /// The last step: the trigger's value in a snapshot, recorded for the dashboard.
@@ -158,14 +183,43 @@ impl ScalerService {
 
     /// Parses the trigger and counts it against the pool's current snapshot.
     pub async fn evaluate(&self, r: &ScaledObjectRef) -> Result<Evaluation> {
-        let (trigger, key) = self.resolve(r).await?;
+        let Resolved {
+            trigger,
+            key,
+            mut state,
+        } = self.resolve(r).await?;
         let parent = trigger.filter.parent.as_deref();
         let snapshot = self
             .poller
-            .snapshot(&key, &trigger.pool.label(), parent)
+            .snapshot(&mut state, &key, parent)
             .await
             .map_err(|e| self.failed(&trigger, e))?;
         Ok(self.evaluation(r, trigger, &snapshot))
+    }
+
+    /// The last step of every call: counted, timed, a failure logged (a refusal once per
+    /// ScaledJob and reason), and turned into KEDA's status.
+    fn answered<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        r: Option<&ScaledObjectRef>,
+        result: Result<T>,
+    ) -> Result<T, Status> {
+        self.metrics.call(method, started, &result);
+        if let (Err(e), Some(r)) = (&result, r)
+            && e.is_refusal()
+            && self.refusals.first(&trigger_name(r), e.reason())
+        {
+            tracing::warn!(
+                namespace = r.namespace,
+                name = r.name,
+                reason = e.reason(),
+                error = %e,
+                "refused a ScaledJob's trigger (logged once per ScaledJob; counted in ado_scaler_denied_total)"
+            );
+        }
+        result.map_err(Status::from)
     }
 
     fn metric_spec(trigger: &Trigger) -> GetMetricSpecResponse {
@@ -200,13 +254,12 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
         let started = Instant::now();
+        let r = request.get_ref();
         let result = self
-            .evaluate(request.get_ref())
+            .evaluate(r)
             .await
-            .map(|e| Response::new(IsActiveResponse { result: e.active() }))
-            .map_err(Status::from);
-        self.metrics.call("IsActive", started, &result);
-        result
+            .map(|e| Response::new(IsActiveResponse { result: e.active() }));
+        self.answered("IsActive", started, Some(r), result)
     }
 
     type StreamIsActiveStream = StreamOf<IsActiveResponse>;
@@ -217,16 +270,18 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let opened = self.resolve(&r).await.map_err(Status::from);
-        self.metrics.call("StreamIsActive", started, &opened);
-        let (trigger, key) = opened?;
+        let opened = self.resolve(&r).await;
+        let Resolved {
+            trigger,
+            key,
+            mut state,
+        } = self.answered("StreamIsActive", started, Some(&r), opened)?;
 
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
             let _guard = StreamGuard::new(&this.metrics);
             let parent = trigger.filter.parent.as_deref();
-            let mut state = this.poller.subscribe(&key, &trigger.pool.label(), parent);
             let max_staleness = this.poller.settings().max_staleness;
             let mut last_sent: Option<bool> = None;
             loop {
@@ -272,11 +327,9 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let started = Instant::now();
-        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
-            .map(|t| Response::new(Self::metric_spec(&t)))
-            .map_err(Status::from);
-        self.metrics.call("GetMetricSpec", started, &result);
-        result
+        let r = request.get_ref();
+        let result = self.admit(r).map(|t| Response::new(Self::metric_spec(&t)));
+        self.answered("GetMetricSpec", started, Some(r), result)
     }
 
     async fn get_metrics(
@@ -285,14 +338,13 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<GetMetricsResponse>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
+        let r = request.scaled_object_ref.as_ref();
         let result = async {
-            let r = request
-                .scaled_object_ref
-                .ok_or_else(|| Error::InvalidMetadata {
-                    key: "scaledObjectRef",
-                    reason: "missing".into(),
-                })?;
-            let evaluation = self.evaluate(&r).await?;
+            let r = r.ok_or_else(|| Error::InvalidMetadata {
+                key: "scaledObjectRef",
+                reason: "missing".into(),
+            })?;
+            let evaluation = self.evaluate(r).await?;
             let value = evaluation.value();
             tracing::debug!(
                 namespace = r.namespace,
@@ -313,10 +365,8 @@ impl ExternalScaler for ScalerService {
                 }],
             }))
         }
-        .await
-        .map_err(Status::from);
-        self.metrics.call("GetMetrics", started, &result);
-        result
+        .await;
+        self.answered("GetMetrics", started, r, result)
     }
 
     type StreamMetricSpecStream = StreamOf<GetMetricSpecResponse>;
@@ -326,10 +376,10 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
         let started = Instant::now();
-        let result = metadata::parse(&request.get_ref().scaler_metadata, &self.allowlist)
-            .map_err(Status::from);
-        self.metrics.call("StreamMetricSpec", started, &result);
-        let spec = Self::metric_spec(&result?);
+        let r = request.get_ref();
+        let result = self.admit(r);
+        let spec =
+            Self::metric_spec(&self.answered("StreamMetricSpec", started, Some(r), result)?);
         let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
         tokio::spawn(async move {

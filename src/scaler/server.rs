@@ -24,7 +24,7 @@ use crate::{
     refresh::{RefreshMetrics, RefreshSettings},
     scaler::{
         ScalerMetrics, ScalerService,
-        allowlist::OrgAllowlist,
+        access::Access,
         proto::external_scaler_server::ExternalScalerServer,
         tls::{ReloadingConfig, TlsMetrics, TlsSettings},
     },
@@ -38,7 +38,8 @@ pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4
 /// Everything `serve` needs, already parsed.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
-    pub allowlist: OrgAllowlist,
+    /// Who may make the scaler act: organisations, namespaces, pools.
+    pub access: Access,
     pub poller: PollerSettings,
     pub placeholders: PlaceholderSettings,
     /// The stale-agent collector; `None`: off.
@@ -167,6 +168,7 @@ impl Parts {
                 "authenticating with a PAT file: for local development only; use workload identity in clusters"
             );
         }
+        settings.access.warn_if_open();
         let ado = AdoClient::new(settings.http.clone(), token, AdoMetrics::register(concern))
             .with_max_body(settings.max_body);
         let placeholders = Placeholders::new(
@@ -198,7 +200,7 @@ impl Parts {
         );
         let service = ScalerService::new(
             poller.clone(),
-            settings.allowlist,
+            settings.access,
             ScalerMetrics::register(concern),
             streams.clone(),
             placeholders,

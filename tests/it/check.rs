@@ -7,10 +7,10 @@ use clap::Parser;
 use ado_scaler::{
     auth::AuthMode,
     check::{
-        self, ACCEPTED, CheckAs, FEDERATED_TOKEN, JOBS_READABLE, POOL_FOUND, REACHABLE, Report,
-        Status, TOKEN_EXCHANGE, WI_VARIABLES,
+        self, ACCEPTED, ACCESS_SETTINGS, CheckAs, FEDERATED_TOKEN, JOBS_READABLE, POOL_FOUND,
+        REACHABLE, Report, Status, TOKEN_EXCHANGE, TRIGGER_ALLOWED, WI_VARIABLES,
     },
-    cli::{AuthArgs, CheckArgs, Cli, Command, GcArgs},
+    cli::{AccessArgs, AuthArgs, CheckArgs, Cli, Command, GcArgs},
 };
 use ado_sim::{Endpoint, Fault, SimCloud};
 
@@ -31,16 +31,28 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
             ca_file: Some(sim.ca_file.clone()),
         },
         gc: gc_args(&[]),
+        access: access_args(&["--allowed-orgs", &sim.org_url]),
+        scaledjob_namespace: None,
+    }
+}
+
+/// `check` as clap parses it with these flags (defaults included).
+fn parsed(flags: &[&str]) -> CheckArgs {
+    let argv = [&["ado-scaler", "check", "--org", "o", "--pool", "p"], flags].concat();
+    match Cli::parse_from(argv).command {
+        Command::Check(args) => args,
+        _ => unreachable!("parsed the check subcommand"),
     }
 }
 
 /// The collector's flags as clap parses them (defaults included).
 fn gc_args(flags: &[&str]) -> GcArgs {
-    let argv = [&["ado-scaler", "check", "--org", "o", "--pool", "p"], flags].concat();
-    match Cli::parse_from(argv).command {
-        Command::Check(args) => args.gc,
-        _ => unreachable!("parsed the check subcommand"),
-    }
+    parsed(flags).gc
+}
+
+/// The access flags as clap parses them (defaults included).
+fn access_args(flags: &[&str]) -> AccessArgs {
+    parsed(flags).access
 }
 
 fn pod_env(sim: &SimCloud) -> HashMap<&'static str, String> {
@@ -450,5 +462,83 @@ async fn the_collector_check_lists_what_the_next_run_deletes() {
         settings.detail.contains("--gc-agent-prefix"),
         "{}",
         settings.detail
+    );
+}
+
+#[tokio::test]
+async fn the_access_settings_are_printed_and_a_refused_trigger_is_named() {
+    let sim = SimCloud::start().await.unwrap();
+    let linux = sim.ado.add_pool("linux");
+    let gpu = sim.ado.add_pool("gpu");
+    let allowed_pools = format!("{}=linux", sim.org_url);
+    let access = access_args(&[
+        "--allowed-orgs",
+        &sim.org_url,
+        "--allowed-namespaces",
+        "ado-agents",
+        "--allowed-pools",
+        &allowed_pools,
+        "--max-pools",
+        "7",
+    ]);
+    let env = pod_env(&sim);
+    let judged = |pool: &str, namespace: Option<&str>| {
+        let mut a = args(&sim, pool);
+        a.access = access.clone();
+        a.scaledjob_namespace = namespace.map(str::to_owned);
+        a
+    };
+    let refused = format!("{TRIGGER_ALLOWED} (--demands)");
+
+    // Another namespace: named, with the flag; nothing registered in the pool.
+    let report = run(&judged("gpu", Some("team-b")), &env).await;
+    let settings = report.item(ACCESS_SETTINGS).unwrap();
+    assert_eq!(settings.status, Status::Info);
+    assert_eq!(
+        settings.detail,
+        format!(
+            "--allowed-namespaces: ado-agents; --allowed-pools: {allowed_pools}; --max-pools: 7"
+        )
+    );
+    let item = failed(&report, &refused);
+    assert!(item.detail.contains("\"team-b\""), "{report}");
+    assert!(item.detail.contains("--allowed-namespaces"), "{report}");
+    // The identity checks still run: they need no trigger.
+    assert_eq!(report.item(POOL_FOUND).unwrap().status, Status::Pass);
+
+    // The agents' namespace, a pool not listed.
+    let report = run(&judged("gpu", Some("ado-agents")), &env).await;
+    let item = failed(&report, &refused);
+    assert!(item.detail.contains("agent pool gpu"), "{report}");
+    assert!(item.detail.contains("--allowed-pools"), "{report}");
+    assert!(sim.ado.agents(gpu).is_empty(), "serve would not register");
+
+    // A bad capability is the trigger's fault, named by its key.
+    let mut bad = judged("linux", None);
+    bad.capabilities = vec!["docker,ja\u{7}va".into()];
+    let report = run(&bad, &env).await;
+    let item = failed(&report, &format!("{TRIGGER_ALLOWED} (--capabilities)"));
+    assert!(item.detail.contains("`capabilities`"), "{report}");
+
+    // Allowed: passes, and the placeholder is checked as before.
+    let report = run(&judged("linux", None), &env).await;
+    assert!(report.ok(), "{report}");
+    let item = report.item(TRIGGER_ALLOWED).unwrap();
+    assert_eq!(item.status, Status::Pass);
+    assert!(
+        item.detail
+            .contains("in ado-agents (pass --namespace to check one)"),
+        "{report}"
+    );
+    assert_eq!(sim.ado.agents(linux).len(), 1, "placeholder registered");
+
+    // A setting serve would refuse is named.
+    let mut broken = judged("linux", None);
+    broken.access = access_args(&["--allowed-orgs", &sim.org_url, "--max-pools", "0"]);
+    let report = run(&broken, &env).await;
+    assert!(
+        failed(&report, ACCESS_SETTINGS)
+            .detail
+            .contains("--max-pools must be at least 1")
     );
 }

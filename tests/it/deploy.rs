@@ -333,7 +333,7 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(alerts.len(), 13);
+    assert_eq!(alerts.len(), 14);
     let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
     let base = settings["runbookBaseURL"].as_str().unwrap();
     // GitHub's anchors: a heading, lower-cased.
@@ -462,6 +462,76 @@ fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
     .into_iter()
     .collect();
     assert_eq!(granted, expected);
+}
+
+/// The scaler as deploy/ configures it serves exactly deploy/'s ScaledJob: its namespace and
+/// its pool (the same settings as the collector's), and refuses a ScaledJob elsewhere or a
+/// trigger for another pool. Judged by serve's own flag parsing and access policy.
+#[test]
+fn the_scaler_serves_only_the_scaled_jobs_namespace_and_pool() {
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    let docs = rendered();
+    let container =
+        &find(&docs, "Deployment", "ado-scaler")["spec"]["template"]["spec"]["containers"][0];
+    let value = |n: &str| env_of(container, n)["value"].as_str().unwrap().to_owned();
+    assert_eq!(
+        value("ADO_SCALER_ALLOWED_POOLS"),
+        value("ADO_SCALER_GC_POOLS")
+    );
+    let argv = [
+        "ado-scaler".to_owned(),
+        "serve".into(),
+        "--allowed-orgs".into(),
+        value("ADO_SCALER_ALLOWED_ORGS"),
+        "--allowed-namespaces".into(),
+        value("ADO_SCALER_ALLOWED_NAMESPACES"),
+        "--allowed-pools".into(),
+        value("ADO_SCALER_ALLOWED_POOLS"),
+        "--max-pools".into(),
+        value("ADO_SCALER_MAX_POOLS"),
+    ];
+    let ado_scaler::cli::Command::Serve(serve) = ado_scaler::cli::Cli::parse_from(argv).command
+    else {
+        unreachable!("parsed serve");
+    };
+    let access = serve.access.access().unwrap();
+    assert_eq!(serve.access.max_pools().unwrap(), 50);
+
+    let job = find(&docs, "ScaledJob", "ado-agent");
+    let namespace = job["metadata"]["namespace"].as_str().unwrap();
+    let meta: HashMap<String, String> = job["spec"]["triggers"][0]["metadata"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let trigger = access.admit(namespace, &meta).unwrap();
+    assert_eq!(trigger.pool.label(), meta["poolName"]);
+
+    let err = access.admit("team-b", &meta).unwrap_err();
+    assert_eq!(err.reason(), "namespace_not_allowed");
+    let mut other_pool = meta.clone();
+    other_pool.insert("poolName".into(), "gpu".into());
+    let err = access.admit(namespace, &other_pool).unwrap_err();
+    assert_eq!(err.reason(), "pool_not_allowed");
+
+    // Editing the settings' pool moves the scaler's allowed pool with it.
+    let tree = edited_copy(
+        "allowed-pool",
+        &[("poolName=aks-linux", "poolName=gpu-pool")],
+    );
+    let docs = tools::rendered_in(&tree);
+    let container =
+        &find(&docs, "Deployment", "ado-scaler")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        env_of(container, "ADO_SCALER_ALLOWED_POOLS")["value"]
+            .as_str()
+            .unwrap()
+            .ends_with("=gpu-pool")
+    );
+    let _ = std::fs::remove_dir_all(&tree);
 }
 
 #[test]

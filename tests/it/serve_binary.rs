@@ -75,6 +75,14 @@ async fn serve_from_env_answers_keda_and_stops_on_sigterm_without_leaking_secret
             break event["grpc_addr"].as_str().unwrap().to_owned();
         }
     };
+    // Nothing restricts namespaces or pools here: serve says so as it starts.
+    for open in ["--allowed-namespaces is empty", "--allowed-pools is empty"] {
+        assert!(
+            logs.iter()
+                .any(|l| l.contains(open) && l.contains("\"WARN\"")),
+            "{open}: {logs:#?}"
+        );
+    }
 
     let mut client = ExternalScalerClient::connect(format!("http://{grpc_addr}"))
         .await
@@ -239,6 +247,41 @@ fn bad_flags_fail_fast_and_name_the_problem() {
         err.contains("--placeholder-interval must be at least 10s"),
         "{err}"
     );
+
+    // Who may make the scaler act: each bad setting named by its flag.
+    let access = |extra: &[&str]| {
+        let mut args = vec!["serve", "--allowed-orgs", "https://dev.azure.com/contoso"];
+        args.extend_from_slice(extra);
+        run(&args, &[("AZURE_CLIENT_ID", "x")])
+    };
+    let err = access(&["--allowed-namespaces", "ado-agents,Team_B"]);
+    assert!(
+        err.contains("--allowed-namespaces: \"Team_B\" is not a namespace name"),
+        "{err}"
+    );
+    let err = access(&["--allowed-pools", "https://dev.azure.com/fabrikam=linux"]);
+    assert!(
+        err.contains(
+            "--allowed-pools: organisation https://dev.azure.com/fabrikam is not in --allowed-orgs"
+        ),
+        "{err}"
+    );
+    let err = run(
+        &["serve"],
+        &[
+            ("AZURE_CLIENT_ID", "x"),
+            (
+                "ADO_SCALER_ALLOWED_POOLS",
+                "https://dev.azure.com/contoso=a;https://dev.azure.com/x",
+            ),
+        ],
+    );
+    assert!(
+        err.contains("\"https://dev.azure.com/x\" is not ORG_URL=POOL"),
+        "{err}"
+    );
+    let err = access(&["--max-pools", "0"]);
+    assert!(err.contains("--max-pools must be at least 1"), "{err}");
 
     // The collector: each required flag named, no empty prefix, orgs from the allowlist.
     let gc = |extra: &[&str]| {

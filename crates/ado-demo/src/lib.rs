@@ -28,6 +28,7 @@ use ado_scaler::{
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
+        access::{Access, NamespaceAllowlist, PoolAllowlist},
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
         server::{ServeSettings, serve},
     },
@@ -212,8 +213,15 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     let prefixes = (0..triggers)
         .filter_map(|sj| trigger_metadata(&config, &sim.org_url, sj).remove("agentNamePrefix"))
         .collect();
+    // As deploy/ sets them: the agents' namespace, the one pool.
+    let access = Access {
+        namespaces: NamespaceAllowlist::parse(&[SIM_AGENT_NAMESPACE]).map_err(Error::Config)?,
+        pools: PoolAllowlist::parse(&[format!("{}=linux", sim.org_url)], &sim.allowlist())
+            .map_err(Error::Config)?,
+        orgs: sim.allowlist(),
+    };
     let settings = ServeSettings {
-        allowlist: sim.allowlist(),
+        access,
         poller: PollerSettings {
             interval: config.scaler_poll,
             max_staleness: config.scaler_poll * 30,
@@ -270,7 +278,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             client: ExternalScalerClient::new(channel.clone()),
             scaled_object: ScaledObjectRef {
                 name: format!("agents-{sj}"),
-                namespace: "demo".into(),
+                namespace: SIM_AGENT_NAMESPACE.into(),
                 scaler_metadata: meta.into_iter().collect(),
             },
             world: world.clone(),

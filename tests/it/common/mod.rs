@@ -10,6 +10,7 @@ use ado_scaler::{
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
     scaler::{
+        access::Access,
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
         server::{ServeSettings, serve},
     },
@@ -97,7 +98,7 @@ impl Harness {
             .register_offline_agent(pool_id, TEMPLATE, &capabilities(&["maven", "gpu", "d3"]));
         let mut settings = ServeSettings {
             gc: gc(&sim),
-            allowlist: sim.allowlist(),
+            access: Access::within(sim.allowlist()),
             poller,
             placeholders,
             auth: sim.auth_settings(),

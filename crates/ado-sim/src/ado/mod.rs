@@ -86,6 +86,8 @@ struct AdoState {
     tokens: Arc<TokenStore>,
     store: Mutex<Store>,
     requests: Mutex<HashMap<Endpoint, u64>>,
+    /// Every request, as `METHOD /path?query`, newest last.
+    log: Mutex<std::collections::VecDeque<String>>,
     faults: Mutex<Vec<Fault>>,
     paging: Mutex<Paging>,
     /// ADO keeps listing a finished request for a while despite `completedRequestCount=0`.
@@ -150,6 +152,7 @@ impl AdoSim {
                     ..Store::default()
                 }),
                 requests: Mutex::default(),
+                log: Mutex::default(),
                 faults: Mutex::default(),
                 paging: Mutex::default(),
                 finished_visible_for: Duration::from_secs(2),
@@ -448,6 +451,17 @@ impl AdoSim {
             .get(&endpoint)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The request log: every request received, as `METHOD /path?query`, oldest first.
+    pub fn request_log(&self) -> Vec<String> {
+        self.state
+            .log
+            .lock()
+            .expect("request log")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn total_requests(&self) -> u64 {

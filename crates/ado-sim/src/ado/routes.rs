@@ -42,7 +42,32 @@ pub(super) fn router(state: Arc<AdoState>) -> Router {
             get(list_packages),
         )
         .route("/_sim/downloads/{file}", get(download_package))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), logged))
         .with_state(state)
+}
+
+/// How many requests the log keeps (the oldest go first).
+const LOGGED_REQUESTS: usize = 10_000;
+
+/// Puts every request, answered or not, into the request log: `METHOD /path?query`.
+async fn logged(
+    State(state): State<Arc<AdoState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let line = format!(
+        "{} {}",
+        request.method(),
+        request.uri().path_and_query().map_or("", |p| p.as_str())
+    );
+    {
+        let mut log = state.log.lock().expect("request log");
+        if log.len() == LOGGED_REQUESTS {
+            log.pop_front();
+        }
+        log.push_back(line);
+    }
+    next.run(request).await
 }
 
 /// Counting, faults, organisation and bearer-token checks every endpoint shares.
