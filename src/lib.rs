@@ -2,7 +2,8 @@
 //!
 //! The data path, one module per step:
 //!
-//! - [`scaler`]: KEDA's external-scaler gRPC service; parses trigger metadata, answers from
+//! - [`scaler`]: KEDA's external-scaler gRPC service; admits a trigger (its namespace,
+//!   organisation, pool and bounded metadata) before anything reaches ADO, answers from
 //! - [`poller`]: one background poll per pool, shared by every trigger on it, using
 //! - [`ado`]: the Azure DevOps REST client and its serde models (big answers decoded as they
 //!   arrive, in bounded memory); each trigger's value comes from

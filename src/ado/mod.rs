@@ -222,8 +222,9 @@ impl AdoClient {
             .append_pair("poolName", name)
             .append_pair("api-version", "7.1");
         let pools: List<Pool> = self.get_json(org, "pools", url).await?;
-        // Only the pool of that very name (as ADO compares them, regardless of case): the
-        // name is what --allowed-pools allowed, whatever else the filter may match.
+        // Only a pool of that very name (regardless of case, as the simulator's filter; two
+        // such pools are ambiguous): whatever else ADO's filter may match, the name is what
+        // --allowed-pools allowed.
         let wanted = name.to_lowercase();
         let mut pools: Vec<Pool> = pools
             .value

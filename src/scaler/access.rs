@@ -129,7 +129,8 @@ fn is_dns_label(name: &str) -> bool {
 enum Pools {
     /// `*`: every pool the identity can see there.
     Every,
-    /// Names, compared as ADO compares pool names (regardless of case), and `#ID`s, which
+    /// Names, compared exactly (whether ADO's `poolName` filter ignores case is not
+    /// documented: an exact match allows no pool the list does not spell), and `#ID`s, which
     /// only a `poolID` trigger can match (an id is never looked up to a name: that would be
     /// an ADO request for a trigger not yet allowed).
     Listed {
@@ -192,9 +193,7 @@ impl PoolAllowlist {
         let allowed = match (self.pools_of(org), pool) {
             (None, _) => false,
             (Some(Pools::Every), _) => true,
-            (Some(Pools::Listed { names, .. }), PoolRef::Name(name)) => {
-                names.contains(&name.to_lowercase())
-            }
+            (Some(Pools::Listed { names, .. }), PoolRef::Name(name)) => names.contains(name),
             (Some(Pools::Listed { ids, .. }), PoolRef::Id(id)) => ids.contains(id),
         };
         if allowed {
@@ -236,7 +235,7 @@ fn parse_pools(raw: &str) -> Result<Pools, String> {
                         })?);
                     }
                     None => {
-                        names.insert(item.to_lowercase());
+                        names.insert(item.to_owned());
                     }
                 }
             }
@@ -346,9 +345,10 @@ mod tests {
         .unwrap();
         let contoso = org("https://dev.azure.com/contoso");
         assert!(list.check(&contoso, &name("linux")).is_ok());
-        // ADO compares pool names regardless of case; so does the list.
-        assert!(list.check(&contoso, &name("LINUX")).is_ok());
-        assert!(list.check(&contoso, &name("windows")).is_ok());
+        // Names are exact: the list allows only what it spells.
+        assert!(list.check(&contoso, &name("LINUX")).is_err());
+        assert!(list.check(&contoso, &name("Windows")).is_ok());
+        assert!(list.check(&contoso, &name("windows")).is_err());
         assert!(list.check(&contoso, &PoolRef::Id(42)).is_ok());
         // The organisation's path too.
         assert!(
@@ -380,7 +380,7 @@ mod tests {
         );
         assert_eq!(
             list.to_string(),
-            "https://dev.azure.com/contoso=linux,windows,#42;https://dev.azure.com/fabrikam=*"
+            "https://dev.azure.com/contoso=Windows,linux,#42;https://dev.azure.com/fabrikam=*"
         );
 
         let open = PoolAllowlist::parse::<&str>(&[" "], &orgs).unwrap();

@@ -124,7 +124,7 @@ pub mod limits {
 /// Characters no metadata string that reaches ADO may hold: control characters (which
 /// would end up in registrations and logs) and the invisible ones that make a name look
 /// like another (zero-width, bidirectional overrides, byte-order mark).
-fn is_hidden(c: char) -> bool {
+pub fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }

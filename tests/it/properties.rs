@@ -16,7 +16,10 @@ use ado_scaler::{
     count::{Capabilities, Demand, Filter, Requirement},
     error::Error,
     poller::{Answer, Snapshot},
-    scaler::{allowlist::OrgAllowlist, metadata},
+    scaler::{
+        allowlist::OrgAllowlist,
+        metadata::{self, limits},
+    },
     standby::Standby,
 };
 use proptest::prelude::*;
@@ -116,6 +119,19 @@ proptest! {
         match metadata::parse(&meta, &allowlist) {
             Ok(trigger) => {
                 prop_assert!(trigger.target >= 1);
+                // Nothing unbounded or hidden reaches a registration.
+                if let Some(spec) = &trigger.placeholder {
+                    let clean = |s: &str, max: usize| {
+                        !s.chars().any(metadata::is_hidden) && s.chars().count() <= max
+                    };
+                    prop_assert!(clean(&spec.name, limits::AGENT_NAME_PREFIX + 32), "{:?}", spec.name);
+                    prop_assert!(clean(&spec.agent_version, limits::AGENT_VERSION), "{:?}", spec.agent_version);
+                    prop_assert!(spec.capabilities.iter().count() <= limits::CAPABILITIES);
+                    for (name, value) in spec.capabilities.iter() {
+                        prop_assert!(clean(name, limits::CAPABILITY_NAME), "{name:?}");
+                        prop_assert!(clean(value, limits::CAPABILITY_VALUE), "{value:?}");
+                    }
+                }
                 if let Some(standby) = &trigger.standby {
                     let _ = standby.at(jiff::Timestamp::now());
                 }
