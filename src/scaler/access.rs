@@ -419,6 +419,46 @@ mod tests {
         }
     }
 
+    /// What `warn_if_open` logs for `access`.
+    fn start_warnings(access: &Access) -> String {
+        let buffer = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Writer(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || access.warn_if_open());
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    struct Writer(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_is_left_open_is_said_at_start() {
+        let orgs = OrgAllowlist::default_cloud();
+        let open = start_warnings(&Access::within(orgs.clone()));
+        assert!(open.contains("WARN"), "{open}");
+        assert!(open.contains("--allowed-namespaces is empty"), "{open}");
+        assert!(open.contains("--allowed-pools is empty"), "{open}");
+        let closed = Access {
+            namespaces: NamespaceAllowlist::parse(&["ado-agents"]).unwrap(),
+            pools: PoolAllowlist::parse(&["https://dev.azure.com/contoso=linux"], &orgs).unwrap(),
+            orgs,
+        };
+        assert_eq!(start_warnings(&closed), "");
+    }
+
     #[test]
     fn each_refusal_is_logged_once_per_scaled_job_and_reason() {
         let log = RefusalLog::default();
