@@ -428,8 +428,7 @@ mod tests {
             .with_writer(move || Writer(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, || access.warn_if_open());
-        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
-        text
+        String::from_utf8(buffer.lock().unwrap().clone()).unwrap()
     }
 
     struct Writer(std::sync::Arc<Mutex<Vec<u8>>>);
