@@ -165,25 +165,41 @@ impl CredentialSettings {
 /// Redirects are not followed: ADO redirects an unaccepted caller to a sign-in page, and a
 /// bearer token must never be replayed to wherever a redirect points.
 pub fn http_client(extra_roots_pem: Option<&[u8]>) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .user_agent(concat!("ado-scaler/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
-        .pool_idle_timeout(Duration::from_secs(90));
+    let mut builder = client_builder();
     if let Some(pem) = extra_roots_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| Error::Config(format!("--ca-file: not a PEM bundle: {e}")))?;
-        if certs.is_empty() {
-            return Err(Error::Config(
-                "--ca-file: no certificate in the file".into(),
-            ));
-        }
-        builder = builder.tls_certs_merge(certs);
+        builder = builder.tls_certs_merge(pem_roots(pem, "--ca-file")?);
     }
     builder
         .build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
+/// The same client for a server of our own (the registrar), trusting *only* the roots in
+/// `roots_pem`: a certificate they did not sign fails the handshake, so the bearer token is
+/// never sent to whoever answered.
+pub fn pinned_http_client(roots_pem: &[u8], flag: &str) -> Result<reqwest::Client> {
+    client_builder()
+        .tls_certs_only(pem_roots(roots_pem, flag)?)
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("ado-scaler/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .pool_idle_timeout(Duration::from_secs(90))
+}
+
+fn pem_roots(pem: &[u8], flag: &str) -> Result<Vec<reqwest::Certificate>> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| Error::Config(format!("{flag}: not a PEM bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!("{flag}: no certificate in the file")));
+    }
+    Ok(certs)
 }
 
 /// Gives out `Authorization` header values for ADO.

@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Result},
     gc::{self, GcSettings, rules::Rules},
     k8s::{self, lease::LeaseTiming},
-    placeholder, poller, refresh,
+    placeholder, poller, refresh, serve,
     scaler::{
         self,
         access::{Access, NamespaceAllowlist, PoolAllowlist},
@@ -42,8 +42,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve KEDA's external-scaler gRPC API.
     Serve(ServeArgs),
-    /// Entrypoint of an ephemeral agent pod: register, run one job, deregister.
-    Agent(AgentArgs),
+    /// Entrypoint of an ephemeral agent pod: register, run one job, deregister; or, with
+    /// --config-dir, run the registration `agent prepare` made.
+    Agent(AgentCommand),
     /// Explain what is wrong with a setup: runs the real auth and REST calls, prints a checklist.
     Check(CheckArgs),
 }
@@ -221,6 +222,25 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub gc: GcArgs,
+
+    #[command(flatten)]
+    pub registrar: RegistrarArgs,
+}
+
+/// The registrar: agent pods' keys registered by the scaler (README: "Security").
+#[derive(Debug, Clone, Args)]
+pub struct RegistrarArgs {
+    /// Serve the registrar (HTTPS, with --tls-cert/--tls-key) on this address, e.g. 0.0.0.0:9443.
+    #[arg(long, env = "ADO_SCALER_REGISTRAR_ADDR")]
+    pub registrar_addr: Option<SocketAddr>,
+
+    /// Namespaces whose agent pods may register (comma list; required with --registrar-addr).
+    #[arg(long, env = "ADO_SCALER_REGISTRAR_NAMESPACES", value_delimiter = ',')]
+    pub registrar_namespaces: Vec<String>,
+
+    /// Service accounts agent pods run as (comma list).
+    #[arg(long, env = "ADO_SCALER_REGISTRAR_SERVICE_ACCOUNTS", value_delimiter = ',', default_value = crate::registrar::DEFAULT_SERVICE_ACCOUNT)]
+    pub registrar_service_accounts: Vec<String>,
 }
 
 /// The stale-agent collector (README: "Cleaning the pool").
@@ -275,11 +295,63 @@ pub struct GcArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// `agent` and its `prepare` step.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentCommand {
+    #[command(subcommand)]
+    pub step: Option<AgentStep>,
+    #[command(flatten)]
+    pub args: AgentArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AgentStep {
+    /// Init container: make the agent's key here, have the scaler's registrar register its
+    /// public half, write the agent's files into --config-dir.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrepareArgs {
+    /// The registrar's base URL, e.g. https://ado-scaler.ado-scaler.svc:9443.
+    #[arg(long, env = "AZP_REGISTRAR")]
+    pub registrar: String,
+
+    /// The projected service-account token (audience ado-scaler), mounted in this container only.
+    #[arg(long, env = "AZP_REGISTRAR_TOKEN_FILE", default_value = "/var/run/secrets/ado-scaler/token")]
+    pub registrar_token_file: PathBuf,
+
+    /// The CA that signed the registrar's certificate; nothing else is trusted.
+    #[arg(long, env = "AZP_REGISTRAR_CA_FILE", default_value = "/var/run/ado-scaler-ca/ca.crt")]
+    pub registrar_ca_file: PathBuf,
+
+    /// Where the agent's files are written (a volume shared with the agent container).
+    #[arg(long, env = "AZP_CONFIG_DIR", default_value = "/azp/config")]
+    pub config_dir: PathBuf,
+
+    /// Where the agent's listener is (for its --version).
+    #[arg(long, env = "AZP_AGENT_DIR", default_value = "/azp/agent")]
+    pub agent_dir: PathBuf,
+
+    /// Agent work folder, written into `.agent`.
+    #[arg(long, env = "AZP_WORK", default_value = "_work")]
+    pub work: String,
+
+    /// How long registration may retry while the registrar, ADO or Entra fail.
+    #[arg(long, env = "AZP_REGISTRAR_TIMEOUT", value_parser = humantime::parse_duration, default_value = "120s")]
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// Organisation URL.
+    /// Organisation URL (not needed with --config-dir).
     #[arg(long, env = "AZP_URL")]
-    pub url: String,
+    pub url: Option<String>,
+
+    /// The registration `agent prepare` wrote: run it, with no token of our own.
+    #[arg(long, env = "AZP_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
 
     /// Agent pool name.
     #[arg(long, env = "AZP_POOL", default_value = "Default")]
@@ -438,6 +510,7 @@ impl AgentArgs {
                 ca_file: self.ca_file,
             },
             url: self.url,
+            config_dir: self.config_dir,
             pool: self.pool,
             agent_name: self.agent_name,
             work: self.work,
@@ -449,6 +522,20 @@ impl AgentArgs {
             idle_timeout: self.idle_timeout,
             keep_identity_env: self.keep_identity_env,
             run_args: self.run_args,
+        }
+    }
+}
+
+impl PrepareArgs {
+    pub fn settings(self) -> agent::prepare::PrepareSettings {
+        agent::prepare::PrepareSettings {
+            registrar: self.registrar,
+            token_file: self.registrar_token_file,
+            ca_file: self.registrar_ca_file,
+            config_dir: self.config_dir,
+            agent_dir: self.agent_dir,
+            work: self.work,
+            timeout: self.timeout,
         }
     }
 }
@@ -478,7 +565,11 @@ impl CheckArgs {
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Serve(args) => run_serve(args).await.map(|()| 0),
-        Command::Agent(args) => agent::run(args.settings()).await,
+        Command::Agent(AgentCommand {
+            step: Some(AgentStep::Prepare(args)),
+            ..
+        }) => agent::prepare::run(args.settings()).await,
+        Command::Agent(command) => agent::run(command.args.settings()).await,
         Command::Check(args) => check::run(args.settings()).await,
     }
 }
@@ -490,13 +581,19 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))
     };
-    let grpc = bind(args.grpc_addr).await?;
-    let http = bind(args.http_addr).await?;
-    scaler::server::serve(settings, grpc, http, shutdown_signal()).await
+    let listeners = serve::Listeners {
+        grpc: bind(args.grpc_addr).await?,
+        http: bind(args.http_addr).await?,
+        registrar: match args.registrar.registrar_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        },
+    };
+    serve::serve(settings, listeners, shutdown_signal()).await
 }
 
 /// Validates the `serve` flags into settings.
-pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings> {
+pub fn serve_settings(args: &ServeArgs) -> Result<serve::ServeSettings> {
     if args.poll_interval.is_zero() {
         return Err(Error::Config(
             "--poll-interval must be greater than 0".into(),
@@ -516,7 +613,7 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
     let max_pools = args.access.max_pools().map_err(Error::Config)?;
     let gc = gc_settings(&args.gc, &access.orgs)?;
     let connection = args.auth.credential().connect()?;
-    Ok(scaler::server::ServeSettings {
+    Ok(serve::ServeSettings {
         gc,
         poller: poller::PollerSettings {
             interval: args.poll_interval,
@@ -534,7 +631,49 @@ pub fn serve_settings(args: &ServeArgs) -> Result<scaler::server::ServeSettings>
         max_body: args.max_body.as_u64(),
         grpc_tls: grpc_tls_settings(&args.tls)?,
         refresh: refresh_settings(args)?,
+        registrar: registrar_settings(args)?,
     })
+}
+
+/// `--registrar-*`: namespaces required (no agent pod registers by default), the names
+/// Kubernetes allows, and a certificate to serve.
+fn registrar_settings(args: &ServeArgs) -> Result<Option<serve::RegistrarServe>> {
+    let flags = &args.registrar;
+    if flags.registrar_addr.is_none() {
+        return Ok(None);
+    }
+    let names = |flag: &str, items: &[String]| -> Result<Vec<String>> {
+        let names: Vec<String> = items
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Err(Error::Config(format!(
+                "{flag} is required with --registrar-addr: list the agents' namespaces and service accounts"
+            )));
+        }
+        NamespaceAllowlist::parse(&names).map_err(|e| Error::Config(format!("{flag}: {e}")))?;
+        Ok(names)
+    };
+    let namespaces = names("--registrar-namespaces", &flags.registrar_namespaces)?;
+    let service_accounts = names(
+        "--registrar-service-accounts",
+        &flags.registrar_service_accounts,
+    )?;
+    let tls = grpc_tls_settings(&args.tls)?.ok_or_else(|| {
+        Error::Config(
+            "--registrar-addr needs --tls-cert and --tls-key: the registrar serves HTTPS only".into(),
+        )
+    })?;
+    Ok(Some(serve::RegistrarServe {
+        settings: crate::registrar::RegistrarSettings {
+            namespaces,
+            service_accounts,
+        },
+        tls,
+        kubeconfig: args.gc.kubeconfig.clone(),
+    }))
 }
 
 /// `--tls-*`: both the certificate and its key, or neither; a client CA only with them.

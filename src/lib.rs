@@ -41,7 +41,9 @@ pub mod k8s;
 pub mod placeholder;
 pub mod poller;
 pub mod refresh;
+pub mod registrar;
 pub mod scaler;
+pub mod serve;
 pub mod standby;
 pub mod telemetry;
 

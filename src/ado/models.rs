@@ -82,16 +82,25 @@ pub struct Agent {
     pub user_capabilities: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_description: Option<String>,
+    /// `1` for every agent `config.sh` registers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallelism: Option<u32>,
     /// Sent at registration and replacement; never read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AgentAuthorization>,
 }
 
-/// `TaskAgentAuthorization`: the public half of the agent's RSA key.
+/// `TaskAgentAuthorization`: the public half of the agent's RSA key; ADO's answer to a
+/// registration adds the OAuth client the listener signs its session assertions as, and the
+/// URL it posts them to. Neither is a secret: only the private key can use them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentAuthorization {
     pub public_key: AgentPublicKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
 }
 
 impl AgentAuthorization {
@@ -110,6 +119,7 @@ impl AgentAuthorization {
                 exponent: b64.encode(&public.e),
                 modulus: b64.encode(&public.n),
             },
+            ..Self::default()
         })
     }
 }

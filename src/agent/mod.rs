@@ -8,10 +8,16 @@
 //! - [`proctable`]: `/proc` queries (is a job running, where is the listener).
 //! - [`env`]: the agent's scrubbed environment.
 //! - [`download`]: the `--download` flag.
+//! - [`credentials`]: the agent's own files (`.agent`, `.credentials`, the key).
+//! - [`prepare`]: `agent prepare`, the init container that has the registrar register the
+//!   pod's key; with `--config-dir` the entrypoint then runs that registration, holding no
+//!   credential that can register or deregister anything.
 
+pub mod credentials;
 pub mod download;
 pub mod env;
 pub mod listener;
+pub mod prepare;
 pub mod proctable;
 pub mod reaper;
 pub mod signals;
@@ -45,8 +51,11 @@ const LOCAL_CONFIG: &str = ".agent";
 /// The entrypoint's settings, from its flags (`AZP_*`).
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
-    /// Organisation URL, validated when the entrypoint starts (errors name `--url`).
-    pub url: String,
+    /// Organisation URL, validated when the entrypoint starts (errors name `--url`); not
+    /// needed with `config_dir`.
+    pub url: Option<String>,
+    /// A registration made by `agent prepare`: run it, with no token of our own.
+    pub config_dir: Option<PathBuf>,
     pub pool: String,
     /// Name registered in the pool; `None`: the pod's name.
     pub agent_name: Option<String>,
@@ -88,6 +97,9 @@ enum Registration {
 
 /// Runs the entrypoint; the result is the process exit code.
 pub async fn run(settings: AgentSettings) -> Result<u8> {
+    if let Some(dir) = settings.config_dir.clone() {
+        return run_registered(settings, &dir).await;
+    }
     let started = Instant::now();
     let mut signals = Signals::install()?;
     let agent = Agent::new(settings, Reaper::start()?)?;
@@ -134,37 +146,13 @@ pub async fn run(settings: AgentSettings) -> Result<u8> {
                 "agent registered"
             );
             // 3. Exactly one job, stopped gracefully if we are asked to stop.
-            let phase = Instant::now();
-            let outcome = ListenerRun {
-                reaper: &agent.reaper,
-                signals: &mut signals,
-                policy: StopPolicy {
-                    drain: agent.settings.drain_timeout,
-                    cancel: agent.settings.cancel_timeout,
-                    idle: agent.settings.idle_timeout,
-                },
-                agent_dir: &agent.settings.agent_dir,
-            }
-            .run(|| agent.listener_command())
-            .await;
-            match outcome {
-                Ok(outcome) => {
-                    let code = outcome.exit_code();
-                    tracing::info!(
-                        ending = outcome.ending.as_str(),
-                        code,
-                        listener_code = ?outcome.listener_code,
-                        job_seen = outcome.job_seen,
-                        elapsed_ms = phase.elapsed().as_millis() as u64,
-                        "agent stopped"
-                    );
-                    code
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "the listener could not be started");
-                    1
-                }
-            }
+            run_listener(
+                &agent.settings,
+                &agent.reaper,
+                &mut signals,
+                &agent.env,
+            )
+            .await
         }
         Registration::Failed(code) => {
             tracing::error!(
@@ -199,9 +187,103 @@ pub async fn run(settings: AgentSettings) -> Result<u8> {
     Ok(code)
 }
 
+/// With `--config-dir`: the files `agent prepare` wrote go into the agent directory and the
+/// listener runs one job with today's whole lifecycle. There is no token here to register,
+/// deregister or reach ADO with: the registrar removes the registration once this container
+/// has ended, and the collector is the safety net.
+async fn run_registered(settings: AgentSettings, config_dir: &Path) -> Result<u8> {
+    let started = Instant::now();
+    let mut signals = Signals::install()?;
+    let reaper = Reaper::start()?;
+    let registered = credentials::install(config_dir, &settings.agent_dir)?;
+    tracing::info!(
+        agent = %registered.agent_name,
+        agent_id = registered.agent_id,
+        pool = %registered.pool_name,
+        "agent entrypoint starting with the registration its init container made"
+    );
+    let env = env::agent_environment(std::env::vars(), settings.keep_identity_env);
+    let code = run_listener(&settings, &reaper, &mut signals, &env).await;
+    tracing::info!(
+        code,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "agent entrypoint done"
+    );
+    Ok(code)
+}
+
+/// Exactly one job, stopped gracefully if we are asked to stop; the exit code.
+async fn run_listener(
+    settings: &AgentSettings,
+    reaper: &Reaper,
+    signals: &mut Signals,
+    env: &[(String, String)],
+) -> u8 {
+    let phase = Instant::now();
+    let outcome = ListenerRun {
+        reaper,
+        signals,
+        policy: StopPolicy {
+            drain: settings.drain_timeout,
+            cancel: settings.cancel_timeout,
+            idle: settings.idle_timeout,
+        },
+        agent_dir: &settings.agent_dir,
+    }
+    .run(|| listener_command(&settings.agent_dir, env, &settings.run_args))
+    .await;
+    match outcome {
+        Ok(outcome) => {
+            let code = outcome.exit_code();
+            tracing::info!(
+                ending = outcome.ending.as_str(),
+                code,
+                listener_code = ?outcome.listener_code,
+                job_seen = outcome.job_seen,
+                elapsed_ms = phase.elapsed().as_millis() as u64,
+                "agent stopped"
+            );
+            code
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the listener could not be started");
+            1
+        }
+    }
+}
+
+/// An agent program with the scrubbed environment, started in the agent directory.
+fn agent_command(agent_dir: &Path, env: &[(String, String)], program: &str) -> Command {
+    let mut cmd = Command::new(agent_dir.join(program));
+    cmd.current_dir(agent_dir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// `bin/Agent.Listener run --once …` directly, so that it is our child and SIGINT reaches
+/// it alone (`run.sh` adds a shell in between and nothing else; exit code 4 is handled by
+/// [`listener`] as `run.sh` would). `run.sh` for a layout without the listener binary.
+fn listener_command(agent_dir: &Path, env: &[(String, String)], run_args: &[String]) -> Command {
+    let mut cmd = if agent_dir.join("bin/Agent.Listener").exists() {
+        let mut cmd = agent_command(agent_dir, env, "bin/Agent.Listener");
+        cmd.arg("run");
+        cmd
+    } else {
+        agent_command(agent_dir, env, "run.sh")
+    };
+    cmd.arg("--once").args(run_args);
+    cmd
+}
+
 impl Agent {
     fn new(settings: AgentSettings, reaper: Reaper) -> Result<Self> {
-        let org = OrgUrl::parse(&settings.url).map_err(|e| Error::Config(format!("--url: {e}")))?;
+        let url = settings.url.as_deref().ok_or_else(|| {
+            Error::Config(
+                "--url (AZP_URL) is required unless --config-dir (AZP_CONFIG_DIR) holds a registration made by `agent prepare`".into(),
+            )
+        })?;
+        let org = OrgUrl::parse(url).map_err(|e| Error::Config(format!("--url: {e}")))?;
         let name = match &settings.agent_name {
             Some(n) if !n.trim().is_empty() => n.trim().to_owned(),
             _ => crate::k8s::pod_name().ok_or_else(|| {
@@ -234,13 +316,8 @@ impl Agent {
         download::install(&ado, &self.http, &self.org, &self.settings.agent_dir).await
     }
 
-    /// An agent program with the scrubbed environment, started in the agent directory.
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.settings.agent_dir.join(program));
-        cmd.current_dir(&self.settings.agent_dir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd
+        agent_command(&self.settings.agent_dir, &self.env, program)
     }
 
     /// `config.sh`; a stop request interrupts it with SIGINT (the agent's config stage exits
@@ -293,21 +370,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    /// `bin/Agent.Listener run --once …` directly, so that it is our child and SIGINT reaches
-    /// it alone (`run.sh` adds a shell in between and nothing else; exit code 4 is handled by
-    /// [`listener`] as `run.sh` would). `run.sh` for a layout without the listener binary.
-    fn listener_command(&self) -> Command {
-        let mut cmd = if self.settings.agent_dir.join("bin/Agent.Listener").exists() {
-            let mut cmd = self.command("bin/Agent.Listener");
-            cmd.arg("run");
-            cmd
-        } else {
-            self.command("run.sh")
-        };
-        cmd.arg("--once").args(&self.settings.run_args);
-        cmd
     }
 
     /// Removes the registration with a fresh token each attempt, retried with backoff until

@@ -4,7 +4,6 @@ pub mod access;
 pub mod allowlist;
 pub mod metadata;
 mod metrics;
-pub mod server;
 pub mod tls;
 
 /// Generated from `proto/externalscaler.proto`.

@@ -35,6 +35,10 @@ pub struct TlsSettings {
     pub reload_interval: Duration,
 }
 
+/// gRPC clients (grpc-go in KEDA since 1.67) refuse a server that does not agree on h2.
+const GRPC_ALPN: &[u8] = b"h2";
+const HTTP1_ALPN: &[u8] = b"http/1.1";
+
 /// A client that does not finish its handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -224,6 +228,8 @@ struct Loaded {
 /// The current server configuration, swapped when the files change.
 pub struct ReloadingConfig {
     settings: TlsSettings,
+    /// What the server speaks, told to clients in ALPN.
+    alpn: &'static [u8],
     current: RwLock<Loaded>,
     metrics: Arc<TlsMetrics>,
     refusals: RefusalLog,
@@ -232,10 +238,29 @@ pub struct ReloadingConfig {
 impl ReloadingConfig {
     /// Loads the files; a bad one fails here, naming its flag.
     pub fn load(settings: TlsSettings, metrics: Arc<TlsMetrics>) -> Result<Arc<Self>> {
+        Self::load_speaking(settings, GRPC_ALPN, metrics)
+    }
+
+    /// The same certificate for an HTTP/1.1 server (the registrar), where clients bring no
+    /// certificate of their own.
+    pub fn load_https(settings: TlsSettings, metrics: Arc<TlsMetrics>) -> Result<Arc<Self>> {
+        let settings = TlsSettings {
+            client_ca: None,
+            ..settings
+        };
+        Self::load_speaking(settings, HTTP1_ALPN, metrics)
+    }
+
+    fn load_speaking(
+        settings: TlsSettings,
+        alpn: &'static [u8],
+        metrics: Arc<TlsMetrics>,
+    ) -> Result<Arc<Self>> {
         let files = read_files(&settings)?;
-        let config = build(&files)?;
+        let config = build(&files, alpn)?;
         Ok(Arc::new(Self {
             settings,
+            alpn,
             current: RwLock::new(Loaded { files, config }),
             metrics,
             refusals: RefusalLog::default(),
@@ -263,7 +288,7 @@ impl ReloadingConfig {
         if self.current.read().expect("tls config poisoned").files == files {
             return;
         }
-        match build(&files) {
+        match build(&files, self.alpn) {
             Ok(config) => {
                 *self.current.write().expect("tls config poisoned") = Loaded { files, config };
                 self.metrics
@@ -313,7 +338,7 @@ fn read_files(settings: &TlsSettings) -> Result<Vec<Vec<u8>>> {
     ])
 }
 
-fn build(files: &[Vec<u8>]) -> Result<Arc<ServerConfig>> {
+fn build(files: &[Vec<u8>], alpn: &[u8]) -> Result<Arc<ServerConfig>> {
     let config_err = |flag: &str, e: &dyn std::fmt::Display| Error::Config(format!("{flag}: {e}"));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files[0])
         .collect::<std::result::Result<_, _>>()
@@ -347,8 +372,7 @@ fn build(files: &[Vec<u8>]) -> Result<Arc<ServerConfig>> {
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| config_err("--tls-cert/--tls-key", &e))?;
-    // gRPC clients (grpc-go in KEDA since 1.67) refuse a server that does not agree on h2.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -508,7 +508,7 @@ async fn an_endless_stream_does_not_hold_shutdown_past_the_drain_deadline() {
     result.unwrap();
     let took = started.elapsed();
     assert!(
-        took >= ado_scaler::scaler::server::DRAIN_DEADLINE && took < Duration::from_secs(6),
+        took >= ado_scaler::serve::DRAIN_DEADLINE && took < Duration::from_secs(6),
         "{took:?}"
     );
     assert_eq!(

@@ -30,8 +30,8 @@ use ado_scaler::{
     scaler::{
         access::{Access, NamespaceAllowlist, PoolAllowlist},
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
-        server::{ServeSettings, serve},
     },
+    serve::{Listeners, ServeSettings, serve},
 };
 use ado_sim::{AdoSim, Endpoint, SIM_AGENT_NAMESPACE, SimCloud};
 
@@ -245,9 +245,15 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         max_body: ado_scaler::ado::DEFAULT_MAX_BODY,
         grpc_tls: None,
         refresh: None,
+        registrar: None,
     };
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(settings, grpc, http, async move {
+    let listeners = Listeners {
+        grpc,
+        http,
+        registrar: None,
+    };
+    let server = tokio::spawn(serve(settings, listeners, async move {
         let _ = server_stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{grpc_addr}"))

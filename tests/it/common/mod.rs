@@ -12,8 +12,8 @@ use ado_scaler::{
     scaler::{
         access::Access,
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
-        server::{ServeSettings, serve},
     },
+    serve::{Listeners, ServeSettings, serve},
 };
 use ado_sim::SimCloud;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -37,6 +37,8 @@ pub struct Harness {
     pub channel: Channel,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The registrar's address, when the settings turn it on.
+    pub registrar_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<ado_scaler::Result<()>>>,
     /// For the hygiene check when the harness ends: the settings' `Debug` print, the
@@ -106,6 +108,7 @@ impl Harness {
             max_body: ado_scaler::ado::DEFAULT_MAX_BODY,
             grpc_tls: None,
             refresh: None,
+            registrar: None,
         };
         tune(&sim, &mut settings);
         let settings_debug = format!("{settings:?}");
@@ -113,8 +116,18 @@ impl Harness {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let registrar = match settings.registrar {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let registrar_addr = registrar.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(settings, grpc, http, async move {
+        let listeners = Listeners {
+            grpc,
+            http,
+            registrar,
+        };
+        let server = tokio::spawn(serve(settings, listeners, async move {
             let _ = stopped.await;
         }));
         // The listener is bound already, so connecting cannot race the server's start. Lazily:
@@ -129,6 +142,7 @@ impl Harness {
             channel,
             grpc_addr,
             http_addr,
+            registrar_addr,
             stop: Some(stop),
             server: Some(server),
             settings_debug,

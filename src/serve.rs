@@ -22,6 +22,7 @@ use crate::{
     placeholder::{PlaceholderMetrics, PlaceholderSettings, Placeholders},
     poller::{PollMetrics, Poller, PollerSettings},
     refresh::{RefreshMetrics, RefreshSettings},
+    registrar::{Registrar, RegistrarMetrics, RegistrarSettings},
     scaler::{
         ScalerMetrics, ScalerService,
         access::Access,
@@ -53,6 +54,25 @@ pub struct ServeSettings {
     pub grpc_tls: Option<TlsSettings>,
     /// ScaledJobs kept refreshed for KEDA's trigger TLS; `None`: off.
     pub refresh: Option<RefreshSettings>,
+    /// The registrar (HTTPS); `None`: off.
+    pub registrar: Option<RegistrarServe>,
+}
+
+/// What the registrar needs beyond its own settings.
+#[derive(Debug, Clone)]
+pub struct RegistrarServe {
+    pub settings: RegistrarSettings,
+    /// Its certificate (client certificates are never asked for).
+    pub tls: TlsSettings,
+    /// The Kubernetes API for TokenReviews and owner checks; `None`: in-cluster.
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// The bound listeners: KEDA's gRPC, metrics and probes, and the registrar's when it is on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub registrar: Option<TcpListener>,
 }
 
 #[derive(Clone)]
@@ -70,8 +90,7 @@ struct HttpState {
 /// whenever this function returns early.
 pub async fn serve(
     settings: ServeSettings,
-    grpc: TcpListener,
-    http: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let root = CancellationToken::new();
@@ -87,7 +106,12 @@ pub async fn serve(
         .clone()
         .map(|tls| ReloadingConfig::load(tls, tls_metrics))
         .transpose()?;
-    let parts = Parts::start(settings, &mut registry, &root, &serving, &streams).await?;
+    let Listeners {
+        grpc,
+        http,
+        registrar,
+    } = listeners;
+    let parts = Parts::start(settings, registrar, &mut registry, &root, &serving, &streams).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExternalScalerServer<ScalerService>>()
@@ -152,6 +176,7 @@ struct Parts {
 impl Parts {
     async fn start(
         settings: ServeSettings,
+        registrar_listener: Option<TcpListener>,
         registry: &mut MetricsRegistry,
         root: &CancellationToken,
         serving: &CancellationToken,
@@ -186,6 +211,35 @@ impl Parts {
         let refresh_metrics = RefreshMetrics::register(concern);
         if let Some(refresh) = settings.refresh {
             crate::refresh::start(refresh, refresh_metrics, serving.clone()).await?;
+        }
+        let registrar_metrics = RegistrarMetrics::register(concern);
+        match (settings.registrar, registrar_listener) {
+            (Some(registrar), Some(listener)) => {
+                let tls = ReloadingConfig::load_https(
+                    registrar.tls,
+                    TlsMetrics::register(concern.sub_registry_with_prefix("registrar")),
+                )?;
+                let kube = crate::k8s::client(registrar.kubeconfig.as_deref()).await?;
+                let server = Registrar::new(
+                    registrar.settings,
+                    settings.access.clone(),
+                    ado.clone(),
+                    kube,
+                    registrar_metrics,
+                );
+                let stop = serving.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(listener, tls, stop).await {
+                        tracing::error!(error = %e, "registrar stopped");
+                    }
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "the registrar needs both its settings and a bound listener".into(),
+                ));
+            }
         }
         let poller = Poller::new(
             ado,
