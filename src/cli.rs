@@ -14,12 +14,13 @@ use crate::{
     error::{Error, Result},
     gc::{self, GcSettings, rules::Rules},
     k8s::{self, lease::LeaseTiming},
-    placeholder, poller, refresh, serve,
+    placeholder, poller, refresh,
     scaler::{
         self,
         access::{Access, NamespaceAllowlist, PoolAllowlist},
         allowlist::{DEFAULT_ALLOWED_ORGS, OrgAllowlist},
     },
+    serve,
     telemetry::LogFormat,
 };
 
@@ -319,11 +320,19 @@ pub struct PrepareArgs {
     pub registrar: String,
 
     /// The projected service-account token (audience ado-scaler), mounted in this container only.
-    #[arg(long, env = "AZP_REGISTRAR_TOKEN_FILE", default_value = "/var/run/secrets/ado-scaler/token")]
+    #[arg(
+        long,
+        env = "AZP_REGISTRAR_TOKEN_FILE",
+        default_value = "/var/run/secrets/ado-scaler/token"
+    )]
     pub registrar_token_file: PathBuf,
 
     /// The CA that signed the registrar's certificate; nothing else is trusted.
-    #[arg(long, env = "AZP_REGISTRAR_CA_FILE", default_value = "/var/run/ado-scaler-ca/ca.crt")]
+    #[arg(
+        long,
+        env = "AZP_REGISTRAR_CA_FILE",
+        default_value = "/var/run/ado-scaler-ca/ca.crt"
+    )]
     pub registrar_ca_file: PathBuf,
 
     /// Where the agent's files are written (a volume shared with the agent container).
@@ -663,7 +672,8 @@ fn registrar_settings(args: &ServeArgs) -> Result<Option<serve::RegistrarServe>>
     )?;
     let tls = grpc_tls_settings(&args.tls)?.ok_or_else(|| {
         Error::Config(
-            "--registrar-addr needs --tls-cert and --tls-key: the registrar serves HTTPS only".into(),
+            "--registrar-addr needs --tls-cert and --tls-key: the registrar serves HTTPS only"
+                .into(),
         )
     })?;
     Ok(Some(serve::RegistrarServe {

@@ -111,7 +111,15 @@ pub async fn serve(
         http,
         registrar,
     } = listeners;
-    let parts = Parts::start(settings, registrar, &mut registry, &root, &serving, &streams).await?;
+    let parts = Parts::start(
+        settings,
+        registrar,
+        &mut registry,
+        &root,
+        &serving,
+        &streams,
+    )
+    .await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExternalScalerServer<ScalerService>>()

@@ -146,13 +146,7 @@ pub async fn run(settings: AgentSettings) -> Result<u8> {
                 "agent registered"
             );
             // 3. Exactly one job, stopped gracefully if we are asked to stop.
-            run_listener(
-                &agent.settings,
-                &agent.reaper,
-                &mut signals,
-                &agent.env,
-            )
-            .await
+            run_listener(&agent.settings, &agent.reaper, &mut signals, &agent.env).await
         }
         Registration::Failed(code) => {
             tracing::error!(

@@ -94,10 +94,7 @@ fn registrar_url(base: &str) -> Result<url::Url> {
         )));
     }
     let mut url = url;
-    let path = format!(
-        "{}{REGISTRATIONS_PATH}",
-        url.path().trim_end_matches('/')
-    );
+    let path = format!("{}{REGISTRATIONS_PATH}", url.path().trim_end_matches('/'));
     url.set_path(&path);
     Ok(url)
 }
@@ -141,7 +138,10 @@ async fn register(
                     .await
                     .map(|r| format!("{}: {}", r.reason, r.message))
                     .unwrap_or_else(|_| "no reason given".into());
-                let message = format!("the registrar refused (HTTP {}): {refusal}", status.as_u16());
+                let message = format!(
+                    "the registrar refused (HTTP {}): {refusal}",
+                    status.as_u16()
+                );
                 if !(status.is_server_error() || status.as_u16() == 429) {
                     return Err(Error::Agent(message));
                 }
@@ -214,9 +214,23 @@ fn os_description() -> String {
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     };
-    let text = format!("{} {} {}", read("ostype"), read("osrelease"), read("version"));
-    let text: String = text.trim().chars().filter(|c| !c.is_control()).take(256).collect();
-    if text.is_empty() { "Linux".into() } else { text }
+    let text = format!(
+        "{} {} {}",
+        read("ostype"),
+        read("osrelease"),
+        read("version")
+    );
+    let text: String = text
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(256)
+        .collect();
+    if text.is_empty() {
+        "Linux".into()
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]

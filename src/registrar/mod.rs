@@ -177,7 +177,9 @@ impl RegistrarMetrics {
             .into_iter()
             .chain(Refused::REASONS)
         {
-            let _ = metrics.registrations.get_or_create(&ResultLabels { result });
+            let _ = metrics
+                .registrations
+                .get_or_create(&ResultLabels { result });
         }
         registry.register(
             "registrations",
@@ -284,7 +286,11 @@ impl Registrar {
         if !self.settings.namespaces.contains(&who.namespace) {
             return Err(Refused::Namespace(who.namespace.clone()));
         }
-        if !self.settings.service_accounts.contains(&who.service_account) {
+        if !self
+            .settings
+            .service_accounts
+            .contains(&who.service_account)
+        {
             return Err(Refused::ServiceAccount(who.service_account.clone()));
         }
         Ok(())
@@ -305,10 +311,7 @@ impl Registrar {
         {
             match self.access.admit(&who.namespace, meta) {
                 Ok(t) => {
-                    if !admitted
-                        .iter()
-                        .any(|a| a.org == t.org && a.pool == t.pool)
-                    {
+                    if !admitted.iter().any(|a| a.org == t.org && a.pool == t.pool) {
                         admitted.push(t);
                     }
                 }
@@ -384,8 +387,9 @@ impl Registrar {
     fn cell(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<Option<Record>>> {
         let mut records = self.records.lock().expect("records");
         records.retain(|_, cell| {
-            cell.try_lock()
-                .map_or(true, |r| r.as_ref().is_none_or(|r| r.at.elapsed() < REMEMBER_FOR))
+            cell.try_lock().map_or(true, |r| {
+                r.as_ref().is_none_or(|r| r.at.elapsed() < REMEMBER_FOR)
+            })
         });
         records.entry(pod_uid.to_owned()).or_default().clone()
     }
@@ -457,7 +461,9 @@ fn parse_request(body: &[u8]) -> Result<RegistrationRequest, Refused> {
         ));
     }
     if exponent != [1, 0, 1] {
-        return Err(Refused::BadRequest("publicKey.exponent: must be 65537".into()));
+        return Err(Refused::BadRequest(
+            "publicKey.exponent: must be 65537".into(),
+        ));
     }
     let printable = |s: &str, max: usize| {
         !s.trim().is_empty() && s.len() <= max && s.chars().all(|c| !c.is_control())
@@ -552,7 +558,10 @@ mod tests {
         assert!(refused(body).starts_with("osDescription"));
         let mut body = key_json(256, &[1, 0, 1]);
         body["privateKey"] = "oops".into();
-        assert!(refused(body).contains("privateKey"), "unknown fields are refused");
+        assert!(
+            refused(body).contains("privateKey"),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

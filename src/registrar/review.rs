@@ -148,7 +148,11 @@ pub async fn workload(client: &Client, who: &PodIdentity) -> Result<Workload, Re
 }
 
 /// The controller reference of the expected kind, if there is one.
-fn controller<'a>(meta: &'a ObjectMeta, api_version: &str, kind: &str) -> Option<&'a OwnerReference> {
+fn controller<'a>(
+    meta: &'a ObjectMeta,
+    api_version: &str,
+    kind: &str,
+) -> Option<&'a OwnerReference> {
     meta.owner_references
         .as_deref()
         .unwrap_or_default()
@@ -261,7 +265,13 @@ mod tests {
             Err(Refused::NotPodBound)
         ));
         let mut user = review(true, &[TOKEN_AUDIENCE], &BOUND);
-        user.status.as_mut().unwrap().user.as_mut().unwrap().username = Some("alice".into());
+        user.status
+            .as_mut()
+            .unwrap()
+            .user
+            .as_mut()
+            .unwrap()
+            .username = Some("alice".into());
         assert!(matches!(identity(user), Err(Refused::NotPodBound)));
     }
 }

@@ -620,7 +620,8 @@ async fn a_package_escaping_the_agent_dir_is_refused() {
 async fn the_simulated_agent_dies_to_sigterm_like_the_real_one() {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let pod = Pod::with_job(60_000, |b| b.report_ms = 500).await;
-    std::fs::write(pod.dir.join(".agent"), "{}").unwrap();
+    pod.sim
+        .write_registration(pod.pool_id, "linux", "sigterm-agent", &pod.dir);
     let mut run = Command::new(pod.dir.join("run.sh"));
     run.arg("--once")
         .current_dir(&pod.dir)
@@ -666,4 +667,138 @@ async fn the_simulated_agent_dies_to_sigterm_like_the_real_one() {
         pod.events()
     );
     assert!(!pod.has("worker cancelled"));
+}
+
+/// The simulated listener holds the registration files to the real agent's format and opens
+/// its session only with an assertion the registered key signed: a field named otherwise, a
+/// missing file or another key fails, as it would against Azure DevOps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_listener_runs_only_with_the_real_agents_files_and_key() {
+    use ado_scaler::agent::credentials::{CREDENTIALS_FILE, KEY_FILE, RsaParams, SETTINGS_FILE};
+    let pod = Pod::with_job(50, |_| {}).await;
+    let listen = |dir: &Path| {
+        let mut cmd = Command::new(dir.join("bin/Agent.Listener"));
+        cmd.args(["run", "--once"])
+            .current_dir(dir)
+            .env("AGENT_ALLOW_RUNASROOT", "1");
+        cmd
+    };
+    let rewrite = |file: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = pod.dir.join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    };
+    let rename = |json: &mut serde_json::Value, from: &str, to: &str| {
+        let map = json.as_object_mut().unwrap();
+        let value = map.remove(from).unwrap();
+        map.insert(to.into(), value);
+    };
+    let cases: [(&str, &dyn Fn()); 6] = [
+        ("as written", &|| {}),
+        ("clientId named client_id", &|| {
+            rewrite(CREDENTIALS_FILE, &|j| {
+                rename(&mut j["data"], "clientId", "client_id")
+            })
+        }),
+        ("agentId named id", &|| {
+            rewrite(SETTINGS_FILE, &|j| rename(j, "agentId", "id"))
+        }),
+        ("inverseQ named inverse_q", &|| {
+            rewrite(KEY_FILE, &|j| rename(j, "inverseQ", "inverse_q"))
+        }),
+        ("no key file", &|| {
+            std::fs::remove_file(pod.dir.join(KEY_FILE)).unwrap()
+        }),
+        ("another key", &|| {
+            let other = RsaParams::generate().unwrap();
+            std::fs::write(pod.dir.join(KEY_FILE), serde_json::to_vec(&other).unwrap()).unwrap()
+        }),
+    ];
+    for (i, (case, spoil)) in cases.iter().enumerate() {
+        let name = format!("format-{i}");
+        pod.sim
+            .write_registration(pod.pool_id, "linux", &name, &pod.dir);
+        spoil();
+        let out = output(listen(&pod.dir)).await;
+        let events = pod.events();
+        let last_start = events
+            .iter()
+            .rposition(|(_, e)| e.starts_with("listener start"))
+            .unwrap();
+        let after: Vec<&String> = events[last_start..].iter().map(|(_, e)| e).collect();
+        if i == 0 {
+            assert_eq!(out.status.code(), Some(0), "{case}: {after:?}");
+            assert!(
+                after
+                    .iter()
+                    .any(|e| e.starts_with("listener session opened")),
+                "{case}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{case}: {after:?}");
+            assert!(
+                after
+                    .iter()
+                    .any(|e| e.starts_with("listener not configured")
+                        || e.starts_with("listener session refused")),
+                "{case}: {after:?}"
+            );
+            assert!(
+                !after.iter().any(|e| e.starts_with("worker start")),
+                "{case}"
+            );
+        }
+    }
+    assert_eq!(pod.sim.ado.agent_sessions().len(), 1);
+    let refused = pod.sim.ado.refused_assertions();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("does not verify"), "{refused:?}");
+}
+
+/// The token service refuses an assertion used twice, one for another audience, and one
+/// that lives longer than five minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_token_service_refuses_replays_and_foreign_assertions() {
+    let pod = Pod::start(|_| {}).await;
+    pod.sim
+        .write_registration(pod.pool_id, "linux", "assertions", &pod.dir);
+    let key: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod.dir.join(".credentials_rsaparams")).unwrap())
+            .unwrap();
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod.dir.join(".credentials")).unwrap()).unwrap();
+    let client_id = credentials["data"]["clientId"].as_str().unwrap();
+    let url = pod.sim.authorization_url();
+    let http = pod.sim.http_client().unwrap();
+    let post = |assertion: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            http.post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let good = ado_sim::jwt::sign_assertion(&key, client_id, &url, now).unwrap();
+    assert_eq!(post(good.clone()).await, 200);
+    assert_eq!(post(good).await, 400, "a replay");
+    let foreign =
+        ado_sim::jwt::sign_assertion(&key, client_id, "https://elsewhere/token", now).unwrap();
+    assert_eq!(post(foreign).await, 400, "another audience");
+    let stale = ado_sim::jwt::sign_assertion(&key, client_id, &url, now - 3600).unwrap();
+    assert_eq!(post(stale).await, 400, "expired");
+    let refused = pod.sim.ado.refused_assertions();
+    assert!(refused[0].contains("replay"), "{refused:?}");
+    assert!(refused[1].contains("aud"), "{refused:?}");
+    assert!(refused[2].contains("not valid now"), "{refused:?}");
 }

@@ -13,6 +13,7 @@ mod dockerfile;
 mod faults;
 mod gc;
 mod properties;
+mod registrar;
 mod scale_from_zero;
 mod scaler_e2e;
 mod secret_hygiene;

@@ -213,6 +213,10 @@ pub fn main() -> ExitCode {
             return 2;
         };
         match (role.as_str(), args.get(1).map(String::as_str)) {
+            ("Agent.Listener", Some("--version")) => {
+                println!("{}", super::ado::SIM_AGENT_VERSION);
+                0
+            }
             ("Agent.Listener", Some("configure")) => sim.configure(&args[2..]).await,
             ("Agent.Listener", Some("remove")) => sim.remove().await,
             ("Agent.Listener", Some("run")) => sim.listen(&args[2..]).await,
@@ -234,7 +238,99 @@ struct LocalConfig {
     agent_id: u32,
     agent_name: String,
     pool_id: u32,
+    pool_name: String,
     server_url: String,
+    work_folder: String,
+}
+
+/// What `run` reads from the agent directory, checked as the real listener depends on it:
+/// `.agent`'s members, the OAuth `.credentials` and the eight key members.
+struct Registration {
+    local: LocalConfig,
+    client_id: String,
+    authorization_url: String,
+    oauth_endpoint_url: String,
+    key: serde_json::Value,
+}
+
+impl Registration {
+    fn load(dir: &Path) -> Result<Self, String> {
+        let read = |name: &str| -> Result<serde_json::Value, String> {
+            let bytes = std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            serde_json::from_slice(&bytes).map_err(|e| format!("{name}: {e}"))
+        };
+        let agent = read(".agent")?;
+        let text = |v: &serde_json::Value, file: &str, name: &str| -> Result<String, String> {
+            v[name]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{file}: {name} is missing or empty"))
+        };
+        let id = |name: &str| -> Result<u32, String> {
+            agent[name]
+                .as_u64()
+                .filter(|&n| n > 0)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!(".agent: {name} is missing or not an id"))
+        };
+        let local = LocalConfig {
+            agent_id: id("agentId")?,
+            agent_name: text(&agent, ".agent", "agentName")?,
+            pool_id: id("poolId")?,
+            pool_name: text(&agent, ".agent", "poolName")?,
+            server_url: text(&agent, ".agent", "serverUrl")?,
+            work_folder: text(&agent, ".agent", "workFolder")?,
+        };
+        let credentials = read(".credentials")?;
+        if credentials["scheme"] != "OAuth" {
+            return Err(".credentials: scheme must be OAuth".into());
+        }
+        let data = &credentials["data"];
+        let authorization_url = text(data, ".credentials", "authorizationUrl")?;
+        let key = read(".credentials_rsaparams")?;
+        for member in crate::jwt::RSA_MEMBERS {
+            text(&key, ".credentials_rsaparams", member)?;
+        }
+        Ok(Self {
+            local,
+            client_id: text(data, ".credentials", "clientId")?,
+            // Optional: the agent falls back to the authorization URL.
+            oauth_endpoint_url: text(data, ".credentials", "oauthEndpointUrl")
+                .unwrap_or_else(|_| authorization_url.clone()),
+            authorization_url,
+            key,
+        })
+    }
+
+    /// Opens the session: the client assertion, posted as the listener does.
+    async fn open_session(&self, http: &reqwest::Client) -> Result<(), String> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let assertion =
+            crate::jwt::sign_assertion(&self.key, &self.client_id, &self.authorization_url, now)?;
+        let answer = http
+            .post(&self.oauth_endpoint_url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "HTTP {}: {}",
+                answer.status().as_u16(),
+                answer.text().await.unwrap_or_default()
+            ))
+        }
+    }
 }
 
 struct SimAgent {
@@ -327,13 +423,14 @@ impl SimAgent {
                 return 1;
             }
         };
-        let (pool_id, agent_id) = match registered {
-            Ok(ids) => ids,
+        let (pool_id, created, key) = match registered {
+            Ok(done) => done,
             Err(e) => {
                 self.event(&format!("configure failed: {e}"));
                 return 1;
             }
         };
+        let agent_id = created.id;
         self.event(&format!("configure registered id={agent_id}"));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(self.behaviour.configure_ms)) => {}
@@ -350,18 +447,37 @@ impl SimAgent {
             agent_id,
             agent_name: name,
             pool_id,
+            pool_name: pool,
             server_url: url,
+            work_folder: option("--work").unwrap_or_else(|| "_work".into()),
         };
-        let _ = std::fs::write(
-            self.dir.join(".agent"),
-            serde_json::to_vec(&local).unwrap_or_default(),
-        );
-        let _ = std::fs::write(self.dir.join(".credentials"), "{}");
+        let authorization = created.authorization.unwrap_or_default();
+        let credentials = serde_json::json!({
+            "scheme": "OAuth",
+            "data": {
+                "clientId": authorization.client_id,
+                "authorizationUrl": authorization.authorization_url,
+                "oauthEndpointUrl": authorization.authorization_url,
+            },
+        });
+        for (name, body) in [
+            (".credentials_rsaparams", serde_json::to_vec(&key)),
+            (".agent", serde_json::to_vec(&local)),
+            (".credentials", serde_json::to_vec(&credentials)),
+        ] {
+            let _ = std::fs::write(self.dir.join(name), body.unwrap_or_default());
+        }
         0
     }
 
-    /// Registers `name` in `pool` (replacing an agent of that name); returns (pool id, agent id).
-    async fn register(&self, url: &str, pool: &str, name: &str) -> Result<(u32, u32), String> {
+    /// Registers `name` in `pool` (replacing an agent of that name) with a new key; returns
+    /// the pool id, the registration as answered and the key.
+    async fn register(
+        &self,
+        url: &str,
+        pool: &str,
+        name: &str,
+    ) -> Result<(u32, Agent, ado_scaler::agent::credentials::RsaParams), String> {
         let http = self.http().ok_or("no http client")?;
         let auth = self.authorization().ok_or("no VSTS_AGENT_INPUT_TOKEN")?;
         let get = |u: String| {
@@ -389,13 +505,17 @@ impl SimAgent {
                 .send()
                 .await;
         }
+        let key =
+            ado_scaler::agent::credentials::RsaParams::generate().map_err(|e| e.to_string())?;
+        let public = key.public_key();
         let body = serde_json::json!({
             "name": name,
             "version": super::ado::SIM_AGENT_VERSION,
             "enabled": true,
             "osDescription": "Linux (simulated)",
             "systemCapabilities": self.capabilities(name),
-            "authorization": { "publicKey": { "exponent": "AQAB", "modulus": "c2lt" } },
+            "maxParallelism": 1,
+            "authorization": { "publicKey": { "exponent": public.exponent, "modulus": public.modulus } },
         });
         let created: Agent = json(
             http.post(format!("{agents_url}?api-version=7.1"))
@@ -405,7 +525,7 @@ impl SimAgent {
                 .await,
         )
         .await?;
-        Ok((pool_id, created.id))
+        Ok((pool_id, created, key))
     }
 
     /// Every environment variable but those `VSO_AGENT_IGNORE` names and values of 1024
@@ -456,8 +576,9 @@ impl SimAgent {
         match sent.map(|r| r.status().as_u16()) {
             // Gone already is fine: the real agent's unconfigure succeeds then too.
             Ok(200..=202 | 204 | 404) => {
-                let _ = std::fs::remove_file(self.dir.join(".agent"));
-                let _ = std::fs::remove_file(self.dir.join(".credentials"));
+                for file in [".agent", ".credentials", ".credentials_rsaparams"] {
+                    let _ = std::fs::remove_file(self.dir.join(file));
+                }
                 self.event(&format!("remove deleted id={}", local.agent_id));
                 0
             }
@@ -506,10 +627,25 @@ impl SimAgent {
             std::process::id(),
             args.join(" ")
         ));
-        if !self.dir.join(".agent").exists() {
-            self.event("listener not configured");
+        let registration = match Registration::load(&self.dir) {
+            Ok(r) => r,
+            Err(e) => {
+                self.event(&format!("listener not configured: {e}"));
+                return 1;
+            }
+        };
+        let Some(http) = self.http() else {
+            self.event("listener has no http client");
+            return 1;
+        };
+        if let Err(e) = registration.open_session(&http).await {
+            self.event(&format!("listener session refused: {e}"));
             return 1;
         }
+        self.event(&format!(
+            "listener session opened agent={} id={}",
+            registration.local.agent_name, registration.local.agent_id
+        ));
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         if self.count("updates") < self.behaviour.updates {

@@ -5,6 +5,7 @@
 pub mod ado;
 pub mod agent;
 pub mod entra;
+pub mod jwt;
 pub mod kube;
 pub mod tls;
 pub mod tools;
@@ -58,6 +59,9 @@ pub struct SimCloud {
     pub ado_network: Arc<tls::Network>,
     tokens: Arc<TokenStore>,
     pub ca_file: PathBuf,
+    /// A server certificate for `localhost`/`127.0.0.1` signed by `ca_file`, and its key.
+    pub server_cert_file: PathBuf,
+    pub server_key_file: PathBuf,
     pub token_file: PathBuf,
     dir: PathBuf,
     stop: CancellationToken,
@@ -82,6 +86,8 @@ impl SimCloud {
         };
         let ca = tls::SimCa::generate()?;
         let ca_file = write("ca.pem", &ca.ca_pem)?;
+        let server_cert_file = write("server.pem", &ca.server_cert_pem)?;
+        let server_key_file = write("server-key.pem", &ca.server_key_pem)?;
         let token_file = write(
             "azure-identity-token",
             &entra::service_account_token(SIM_ISSUER, SIM_SUBJECT),
@@ -161,6 +167,8 @@ impl SimCloud {
             ado_network,
             tokens,
             ca_file,
+            server_cert_file,
+            server_key_file,
             token_file,
             dir,
             stop,
@@ -218,6 +226,43 @@ impl SimCloud {
     /// Invalidates every issued token, as if the identity left the organisation.
     pub fn revoke_tokens(&self) {
         self.tokens.revoke_all();
+    }
+
+    /// The token service URL the simulated organisation gives registrations.
+    pub fn authorization_url(&self) -> String {
+        let base = self.org_url.trim_end_matches(SIM_ORG).trim_end_matches('/');
+        format!("{base}/_sim/vstoken/{SIM_ORG}")
+    }
+
+    /// Registers `name` in the pool with a new key and writes the agent's three files into
+    /// `dir`, as `config.sh` (or `agent prepare`) leaves them; returns the agent id.
+    pub fn write_registration(&self, pool_id: u32, pool: &str, name: &str, dir: &Path) -> u32 {
+        use ado_scaler::agent::credentials::{self, AgentSettingsFile, CredentialsFile, RsaParams};
+        let key = RsaParams::generate().expect("key");
+        let url = self.authorization_url();
+        let (id, client_id) = self
+            .ado
+            .register_with_key(pool_id, name, key.public_key(), &url);
+        std::fs::create_dir_all(dir).expect("agent dir");
+        std::fs::write(
+            dir.join(credentials::KEY_FILE),
+            serde_json::to_vec(&key).expect("key"),
+        )
+        .expect("key file");
+        credentials::write_registration(
+            dir,
+            &AgentSettingsFile {
+                agent_id: id,
+                agent_name: name.into(),
+                pool_id,
+                pool_name: pool.into(),
+                server_url: self.org_url.clone(),
+                work_folder: "_work".into(),
+            },
+            &CredentialsFile::oauth(&client_id, &url),
+        )
+        .expect("registration files");
+        id
     }
 
     pub fn dir(&self) -> &Path {

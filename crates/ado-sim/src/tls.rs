@@ -24,6 +24,10 @@ use ado_scaler::error::{Error, Result};
 pub struct SimCa {
     pub ca_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The same server certificate (chain) and key as PEM, for a server of ours that loads
+    /// files (the scaler's registrar in tests).
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
@@ -69,6 +73,8 @@ impl SimCa {
         Ok(Self {
             ca_pem: ca_cert.pem(),
             server_config: Arc::new(config),
+            server_cert_pem: format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
+            server_key_pem: leaf_key.serialize_pem(),
         })
     }
 }

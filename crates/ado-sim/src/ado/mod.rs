@@ -55,6 +55,12 @@ struct Store {
     deletions: Vec<(u32, std::time::Instant)>,
     /// Job-request answers given as they are: see `record_job_requests_answer`.
     recorded_answers: HashMap<u32, axum::body::Bytes>,
+    /// `jti` of every client assertion accepted (a replay is refused).
+    assertions_seen: std::collections::HashSet<String>,
+    /// Agent ids whose listener's client assertion was accepted, in order.
+    sessions: Vec<u32>,
+    /// Why each refused client assertion was refused.
+    refused_assertions: Vec<String>,
 }
 
 impl Store {
@@ -352,6 +358,35 @@ impl AdoSim {
         self.register(pool_id, name, capabilities, "online")
     }
 
+    /// Registers an agent with its public key, offline until its listener opens a session, as
+    /// `POST …/agents` does; returns its id and OAuth client id.
+    pub fn register_with_key(
+        &self,
+        pool_id: u32,
+        name: &str,
+        public_key: ado_scaler::ado::models::AgentPublicKey,
+        authorization_url: &str,
+    ) -> (u32, String) {
+        let client_id = format!("{:032x}", rand::random::<u128>());
+        let id = self.add_registration(
+            Agent {
+                name: name.to_owned(),
+                version: Some(SIM_AGENT_VERSION.into()),
+                status: Some("offline".into()),
+                enabled: Some(true),
+                system_capabilities: system_capabilities(name).to_map(),
+                authorization: Some(ado_scaler::ado::models::AgentAuthorization {
+                    public_key,
+                    client_id: Some(client_id.clone()),
+                    authorization_url: Some(authorization_url.to_owned()),
+                }),
+                ..Agent::default()
+            },
+            pool_id,
+        );
+        (id, client_id)
+    }
+
     /// Registers an offline agent, as the "template" agent users of KEDA's scaler keep so
     /// that ADO queues jobs while no agent runs.
     pub fn register_offline_agent(
@@ -451,6 +486,25 @@ impl AdoSim {
             .get(&endpoint)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Agent ids whose listener's client assertion was accepted (a session opened), in order.
+    pub fn agent_sessions(&self) -> Vec<u32> {
+        self.store().sessions.clone()
+    }
+
+    /// Why each refused client assertion was refused.
+    pub fn refused_assertions(&self) -> Vec<String> {
+        self.store().refused_assertions.clone()
+    }
+
+    /// The public key a registration carried, as `(modulus, exponent)` base64.
+    pub fn registered_key(&self, pool_id: u32, name: &str) -> Option<(String, String)> {
+        self.agents(pool_id)
+            .into_iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .and_then(|a| a.authorization)
+            .map(|a| (a.public_key.modulus, a.public_key.exponent))
     }
 
     /// The request log: every request received, as `METHOD /path?query`, oldest first.

@@ -42,6 +42,10 @@ pub(super) fn router(state: Arc<AdoState>) -> Router {
             get(list_packages),
         )
         .route("/_sim/downloads/{file}", get(download_package))
+        .route(
+            "/_sim/vstoken/{org}",
+            axum::routing::post(client_credentials),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), logged))
         .with_state(state)
 }
@@ -505,8 +509,9 @@ async fn replace_agent(
 async fn add_agent(
     State(state): State<Arc<AdoState>>,
     Path((org, pool_id)): Path<(String, u32)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-    Json(agent): Json<Agent>,
+    Json(mut agent): Json<Agent>,
 ) -> Response {
     if let Err(r) = registration_allowed(&state, &org, &headers, &agent).await {
         return r;
@@ -528,6 +533,14 @@ async fn add_agent(
         )
             .into_response();
     }
+    // The OAuth client the listener will sign its session assertions as, and where it posts
+    // them (Azure DevOps Services: the token service, which the agent also uses as
+    // `oauthEndpointUrl`).
+    let host = authority(&headers, &uri);
+    if let Some(auth) = agent.authorization.as_mut() {
+        auth.client_id = Some(format!("{:032x}", rand::random::<u128>()));
+        auth.authorization_url = Some(format!("https://{host}/_sim/vstoken/{org}"));
+    }
     // A new registration is offline until its listener opens a session.
     let id = sim.add_registration(
         Agent {
@@ -536,12 +549,145 @@ async fn add_agent(
         },
         pool_id,
     );
+    // The answer carries the authorization back (client id, URL, public key), as ADO's does.
     let created = sim
         .agents(pool_id)
         .into_iter()
         .find(|a| a.id == id)
-        .map(|a| listed(&a, true));
+        .map(|a| {
+            let authorization = a.authorization.clone();
+            Agent {
+                authorization,
+                ..listed(&a, true)
+            }
+        });
     with_rate_headers(&state, Json(created))
+}
+
+/// The token service's `client_credentials` grant with a JWT client assertion, as the
+/// listener uses it at every session start (REALITY.md: `OAuthCredential.cs`): the assertion
+/// must be signed by the key the registration carried, name the registration's client id as
+/// `iss` and `sub` and this URL as `aud`, be valid now for at most five minutes, and not be
+/// replayed. A deleted registration's client is unknown.
+async fn client_credentials(
+    State(state): State<Arc<AdoState>>,
+    Path(org): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    let host = authority(&headers, &uri);
+    let here = format!("https://{host}/_sim/vstoken/{org}");
+    match accept_assertion(&state, &form, &here) {
+        Ok(agent_id) => {
+            state.store.lock().expect("store").sessions.push(agent_id);
+            Json(json!({
+                "access_token": format!("sim-session-{:032x}", rand::random::<u128>()),
+                "token_type": "bearer",
+                "expires_in": 3600,
+            }))
+            .into_response()
+        }
+        Err(why) => {
+            state
+                .store
+                .lock()
+                .expect("store")
+                .refused_assertions
+                .push(why.clone());
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "invalid_client", "error_description": why })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The host and port the client asked for: `Host` over HTTP/1.1, `:authority` over h2.
+fn authority(headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+fn accept_assertion(
+    state: &AdoState,
+    form: &HashMap<String, String>,
+    here: &str,
+) -> Result<u32, String> {
+    let field = |name: &str| {
+        form.get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("{name} is missing"))
+    };
+    if field("grant_type")? != "client_credentials" {
+        return Err("grant_type must be client_credentials".into());
+    }
+    if field("client_assertion_type")? != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+        return Err("client_assertion_type must be jwt-bearer".into());
+    }
+    let assertion = field("client_assertion")?;
+    // Who it claims to be, before the signature says whether it is.
+    let claimed = assertion
+        .split('.')
+        .nth(1)
+        .and_then(|c| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
+        .and_then(|c| c["iss"].as_str().map(str::to_owned))
+        .ok_or("the assertion names no issuer")?;
+    let mut store = state.store.lock().expect("store");
+    let agent = store
+        .agents
+        .values()
+        .flatten()
+        .find(|a| {
+            a.authorization
+                .as_ref()
+                .is_some_and(|z| z.client_id.as_deref() == Some(claimed.as_str()))
+        })
+        .cloned()
+        .ok_or("no registration has this client id")?;
+    let authorization = agent.authorization.clone().unwrap_or_default();
+    let (header, claims) = crate::jwt::verify(
+        assertion,
+        &authorization.public_key.modulus,
+        &authorization.public_key.exponent,
+    )?;
+    if header["alg"] != "RS256" {
+        return Err("alg must be RS256".into());
+    }
+    if claims["sub"].as_str() != Some(claimed.as_str()) {
+        return Err("sub must equal iss (the client id)".into());
+    }
+    if claims["aud"].as_str() != Some(here)
+        || authorization.authorization_url.as_deref() != Some(here)
+    {
+        return Err(format!("aud must be the authorization URL {here}"));
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (Some(nbf), Some(exp)) = (claims["nbf"].as_i64(), claims["exp"].as_i64()) else {
+        return Err("nbf and exp are required".into());
+    };
+    if nbf > now + 60 || exp <= now || exp - nbf > crate::jwt::MAX_LIFETIME_SECS + 60 {
+        return Err("the assertion is not valid now, or lives longer than five minutes".into());
+    }
+    let jti = claims["jti"]
+        .as_str()
+        .filter(|j| !j.is_empty())
+        .ok_or("jti is required")?;
+    if !store.assertions_seen.insert(jti.to_owned()) {
+        return Err("the assertion was used before (replay)".into());
+    }
+    Ok(agent.id)
 }
 
 async fn delete_agent(

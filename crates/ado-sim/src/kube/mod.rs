@@ -78,6 +78,7 @@ struct Access<'a> {
     resource: &'a str,
     namespace: &'a str,
     /// `None` for list, watch and create (RBAC cannot name what does not exist yet).
+    /// Cluster-scoped resources (TokenReviews) have the namespace `""`.
     name: Option<&'a str>,
 }
 
@@ -131,6 +132,62 @@ struct Store {
     pod_events: VecDeque<(u64, String, Value)>,
     /// Custom resources by `(group, plural, namespace, name)`, as JSON.
     custom: BTreeMap<(String, String, String, String), Value>,
+    /// Projected tokens issued to pods, by token.
+    pod_tokens: HashMap<String, PodToken>,
+}
+
+impl Store {
+    /// What a TokenReview says of `token` for `audiences` (none: the API server's own), as
+    /// the real one does for a bound token: valid only while it has not expired and its pod
+    /// (same UID) still exists, and only for an audience it was issued for.
+    fn review(&self, token: &str, audiences: &[String]) -> Value {
+        let refused = |why: &str| json!({ "authenticated": false, "error": why });
+        let Some(issued) = self.pod_tokens.get(token) else {
+            return refused(
+                "[invalid bearer token, square/go-jose: error in cryptographic primitive]",
+            );
+        };
+        if issued.expires <= std::time::Instant::now() {
+            return refused("[invalid bearer token, service account token has expired]");
+        }
+        let pod_alive = self
+            .pods
+            .get(&(issued.namespace.clone(), issued.pod_name.clone()))
+            .is_some_and(|p| p.metadata.uid.as_deref() == Some(issued.pod_uid.as_str()));
+        if !pod_alive {
+            return refused(&format!(
+                "[invalid bearer token, pod \"{}\" not found or its UID changed]",
+                issued.pod_name
+            ));
+        }
+        let wanted: Vec<String> = if audiences.is_empty() {
+            vec![API_SERVER_AUDIENCE.to_owned()]
+        } else {
+            audiences.to_vec()
+        };
+        let matched: Vec<&String> = wanted
+            .iter()
+            .filter(|a| issued.audiences.contains(a))
+            .collect();
+        if matched.is_empty() {
+            return refused(
+                "[invalid bearer token, token audiences [...] is invalid for the target audiences]",
+            );
+        }
+        json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{}:{}", issued.namespace, issued.service_account),
+                "uid": format!("sa-uid-{}", issued.service_account),
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", issued.namespace), "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [issued.pod_name],
+                    "authentication.kubernetes.io/pod-uid": [issued.pod_uid],
+                },
+            },
+            "audiences": matched,
+        })
+    }
 }
 
 impl Store {
@@ -191,10 +248,25 @@ struct KubeState {
     events: broadcast::Sender<(u64, String, Value)>,
 }
 
+/// The audience a token gets when its projection names none: the API server's own.
+pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// A projected service-account token, as the kubelet gets it for a pod.
+#[derive(Debug, Clone)]
+struct PodToken {
+    namespace: String,
+    service_account: String,
+    pod_name: String,
+    pod_uid: String,
+    audiences: Vec<String>,
+    expires: std::time::Instant,
+}
+
 /// The custom resources served, as `(group, version, plural)`: what `ado-scaler serve` reads
 /// to keep KEDA's trigger TLS current.
-pub const CUSTOM_RESOURCES: [(&str, &str, &str); 3] = [
+pub const CUSTOM_RESOURCES: [(&str, &str, &str); 4] = [
     ("keda.sh", "v1alpha1", "scaledjobs"),
+    ("batch", "v1", "jobs"),
     ("keda.sh", "v1alpha1", "triggerauthentications"),
     ("cert-manager.io", "v1", "certificates"),
 ];
@@ -352,6 +424,116 @@ impl KubeSim {
             .pods
             .insert((namespace.to_owned(), name.to_owned()), pod.clone());
         self.record(&mut store, namespace, "ADDED", &pod);
+    }
+
+    /// An agent pod as KEDA's Job makes it: running `service_account`, controlled by the
+    /// Job `owner` (`(name, uid)`) when given; returns the pod's UID.
+    pub fn create_agent_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        owner: Option<(&str, &str)>,
+    ) -> String {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        self.create_pod(namespace, name);
+        let mut store = self.store();
+        let pod = store
+            .pods
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+            .expect("pod just created");
+        pod.metadata.owner_references = owner.map(|(job, uid)| {
+            vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: job.into(),
+                uid: uid.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.service_account_name = Some(service_account.into());
+        }
+        pod.metadata.uid.clone().expect("uid")
+    }
+
+    /// A ScaledJob with these triggers (`[{type, metadata}]`) and one Job it controls, as
+    /// KEDA creates them; returns the Job's `(name, uid)`.
+    pub fn create_scaled_job_with_job(
+        &self,
+        namespace: &str,
+        scaled_job: &str,
+        triggers: Value,
+        job: &str,
+    ) -> (String, String) {
+        let scaled = self.put_custom(
+            "keda.sh",
+            "scaledjobs",
+            json!({
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledJob",
+                "metadata": { "name": scaled_job, "namespace": namespace },
+                "spec": { "jobTargetRef": { "template": {} }, "triggers": triggers },
+            }),
+        );
+        let created = self.put_custom(
+            "batch",
+            "jobs",
+            json!({
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {
+                    "name": job,
+                    "namespace": namespace,
+                    "labels": { "scaledjob.keda.sh/name": scaled_job },
+                    "ownerReferences": [{
+                        "apiVersion": "keda.sh/v1alpha1",
+                        "kind": "ScaledJob",
+                        "name": scaled_job,
+                        "uid": scaled["metadata"]["uid"],
+                        "controller": true,
+                        "blockOwnerDeletion": true,
+                    }],
+                },
+                "spec": { "template": {} },
+            }),
+        );
+        (
+            job.to_owned(),
+            created["metadata"]["uid"].as_str().expect("uid").to_owned(),
+        )
+    }
+
+    /// The projected token the kubelet would mount into the pod (`serviceAccountToken` with
+    /// `audience` and `expirationSeconds`). A secret: the registrar's tests present it.
+    pub fn pod_token(
+        &self,
+        namespace: &str,
+        pod: &str,
+        audience: &str,
+        ttl: std::time::Duration,
+    ) -> String {
+        let mut store = self.store();
+        let found = store
+            .pods
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .expect("the pod exists");
+        let issued = PodToken {
+            namespace: namespace.into(),
+            service_account: found
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            pod_name: pod.into(),
+            pod_uid: found.metadata.uid.clone().expect("uid"),
+            audiences: vec![audience.into()],
+            expires: std::time::Instant::now() + ttl,
+        };
+        let token = format!("sim-projected-{:032x}", rand::random::<u128>());
+        store.pod_tokens.insert(token.clone(), issued);
+        token
     }
 
     /// Deletes a pod (its Job was cleaned up, or its node is gone).

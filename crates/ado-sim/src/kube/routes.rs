@@ -38,6 +38,10 @@ pub(super) fn router(state: Arc<KubeState>) -> Router {
             "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
             get(get_custom).patch(patch_custom),
         )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            axum::routing::post(create_token_review),
+        )
         .fallback(|| async {
             status(
                 404,
@@ -287,6 +291,38 @@ fn watch_pods(state: &KubeState, ns: String, query: &HashMap<String, String>) ->
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
         .unwrap_or_else(|_| status(500, "InternalError", "watch"))
+}
+
+/// `POST tokenreviews`: cluster-scoped, so RBAC needs a ClusterRole grant (namespace `""`).
+async fn create_token_review(
+    State(state): State<Arc<KubeState>>,
+    headers: HeaderMap,
+    Json(review): Json<Value>,
+) -> Response {
+    let access = Access::custom("create", "authentication.k8s.io", "tokenreviews", "", None);
+    if let Some(r) = rejection(&state, &headers, &access) {
+        return r;
+    }
+    let Some(token) = review["spec"]["token"].as_str() else {
+        return status(400, "BadRequest", "spec.token: Required value");
+    };
+    let audiences: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answer = store(&state).review(token, &audiences);
+    Json(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "metadata": { "creationTimestamp": null },
+        "spec": { "audiences": audiences },
+        "status": answer,
+    }))
+    .into_response()
 }
 
 async fn get_pod(

@@ -1,0 +1,501 @@
+//! Just-in-time registration: the registrar in `serve` registers an agent pod's own public
+//! key, proven by the simulated API server (TokenReview, pod → Job → ScaledJob by UID); the
+//! pod's `agent prepare` and `agent --config-dir` run the real binary against it, and the
+//! simulated listener opens its session with the files alone. Every refusal a hostile pod or
+//! a neighbouring team could provoke is asserted here, with what it must not reveal.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use ado_scaler::{
+    ado::models::AgentPublicKey,
+    agent::credentials::{self, RsaParams},
+    poller::PollerSettings,
+    registrar::{RegistrarSettings, wire::TOKEN_AUDIENCE},
+    scaler::tls::TlsSettings,
+    serve::RegistrarServe,
+};
+use ado_sim::{
+    SIM_AGENT_NAMESPACE, SimCloud,
+    agent::{Behaviour, Job, install},
+    kube::API_SERVER_AUDIENCE,
+};
+use serde_json::{Value, json};
+
+use crate::common::{Harness, POOL};
+
+const SERVICE_ACCOUNT: &str = "ado-agent";
+const TEN_MINUTES: Duration = Duration::from_secs(600);
+
+struct Jit {
+    h: Harness,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Jit {
+    async fn start() -> Self {
+        let h = Harness::start_tuned(PollerSettings::default(), |sim, settings| {
+            settings.registrar = Some(registrar(sim));
+        })
+        .await;
+        let port = h.registrar_addr.expect("registrar listener").port();
+        let http = ado_scaler::auth::pinned_http_client(h.sim.ca_pem.as_bytes(), "test").unwrap();
+        Self {
+            url: format!("https://127.0.0.1:{port}/v1/registrations"),
+            http,
+            h,
+        }
+    }
+
+    fn sim(&self) -> &SimCloud {
+        &self.h.sim
+    }
+
+    /// A ScaledJob with our trigger for the test pool, its Job, and the Job's pod.
+    fn agent_pod(&self, namespace: &str, pod: &str, service_account: &str) -> String {
+        let (job, uid) = self.sim().kube.create_scaled_job_with_job(
+            namespace,
+            &format!("{pod}-scaledjob"),
+            self.triggers(),
+            &format!("{pod}-job"),
+        );
+        self.sim()
+            .kube
+            .create_agent_pod(namespace, pod, service_account, Some((&job, &uid)))
+    }
+
+    fn triggers(&self) -> Value {
+        json!([{
+            "type": "external",
+            "metadata": {
+                "scalerAddress": "ado-scaler.ado-scaler:9090",
+                "organizationURL": self.sim().org_url,
+                "poolName": POOL,
+            },
+        }])
+    }
+
+    fn token(&self, namespace: &str, pod: &str) -> String {
+        self.sim()
+            .kube
+            .pod_token(namespace, pod, TOKEN_AUDIENCE, TEN_MINUTES)
+    }
+
+    async fn register(&self, token: &str, key: &AgentPublicKey) -> (u16, Value) {
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(token)
+            .json(&json!({
+                "publicKey": key,
+                "version": ado_sim::SIM_AGENT_VERSION,
+                "osDescription": "Linux 6.8.0 #1 SMP",
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(token), "the answer echoes the token: {text}");
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    async fn refused(&self, token: &str, status: u16, reason: &str) -> String {
+        let key = RsaParams::generate().unwrap().public_key();
+        let (got, body) = self.register(token, &key).await;
+        assert_eq!(
+            (got, body["reason"].as_str()),
+            (status, Some(reason)),
+            "{body}"
+        );
+        body["message"].as_str().unwrap().to_owned()
+    }
+
+    fn agents(&self) -> Vec<String> {
+        self.sim()
+            .ado
+            .agents(self.h.pool_id)
+            .into_iter()
+            .map(|a| a.name)
+            .filter(|n| n != crate::common::TEMPLATE)
+            .collect()
+    }
+
+    async fn registrations(&self, result: &str) -> u64 {
+        let (_, text) = self.h.http_get("/metrics").await;
+        let series = format!("ado_scaler_registrations_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+fn registrar(sim: &SimCloud) -> RegistrarServe {
+    RegistrarServe {
+        settings: RegistrarSettings {
+            namespaces: vec![SIM_AGENT_NAMESPACE.into()],
+            service_accounts: vec![SERVICE_ACCOUNT.into()],
+        },
+        tls: TlsSettings {
+            cert: sim.server_cert_file.clone(),
+            key: sim.server_key_file.clone(),
+            client_ca: None,
+            reload_interval: Duration::from_secs(10),
+        },
+        kubeconfig: Some(sim.kubeconfig.clone()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaledjob_pod_registers_its_own_key_once() {
+    let jit = Jit::start().await;
+    let pod = "agents-x7k2p-abcde";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let token = jit.token(SIM_AGENT_NAMESPACE, pod);
+    let key = RsaParams::generate().unwrap().public_key();
+
+    let (status, answer) = jit.register(&token, &key).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["agentName"], pod, "the agent is named after the pod");
+    assert_eq!(answer["poolName"], POOL);
+    assert_eq!(
+        answer["serverUrl"].as_str(),
+        Some(jit.sim().org_url.as_str())
+    );
+    assert_eq!(
+        answer["authorizationUrl"].as_str(),
+        Some(jit.sim().authorization_url().as_str())
+    );
+    assert!(answer["clientId"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(jit.agents(), [pod]);
+    assert_eq!(
+        jit.sim().ado.registered_key(jit.h.pool_id, pod),
+        Some((key.modulus.clone(), key.exponent.clone())),
+        "ADO holds exactly the pod's public key"
+    );
+
+    // A retried init container (same key) gets the same answer and no second agent.
+    let (status, again) = jit.register(&token, &key).await;
+    assert_eq!((status, &again), (200, &answer));
+    assert_eq!(jit.agents(), [pod]);
+
+    // Another key for the same pod: someone else has its token.
+    let other = RsaParams::generate().unwrap().public_key();
+    let (status, body) = jit.register(&token, &other).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    assert_eq!(
+        jit.sim().ado.registered_key(jit.h.pool_id, pod),
+        Some((key.modulus, key.exponent))
+    );
+    assert_eq!(jit.registrations("registered").await, 1);
+    assert_eq!(jit.registrations("repeated").await, 1);
+    assert_eq!(jit.registrations("conflict").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_another_audience_is_refused_401() {
+    let jit = Jit::start().await;
+    let pod = "agents-aud";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    // The pod's default token: for the API server, not for us.
+    let token =
+        jit.sim()
+            .kube
+            .pod_token(SIM_AGENT_NAMESPACE, pod, API_SERVER_AUDIENCE, TEN_MINUTES);
+    jit.refused(&token, 401, "bad_token").await;
+    jit.refused("not-a-token", 401, "bad_token").await;
+    let (status, body) = {
+        let r = jit
+            .http
+            .post(&jit.url)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, body["reason"].as_str()), (401, Some("bad_token")));
+    assert!(jit.agents().is_empty());
+    assert_eq!(jit.registrations("bad_token").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_in_another_namespace_or_service_account_is_refused_403() {
+    let jit = Jit::start().await;
+    jit.agent_pod("team-b", "agents-elsewhere", SERVICE_ACCOUNT);
+    let token = jit.token("team-b", "agents-elsewhere");
+    let message = jit.refused(&token, 403, "namespace").await;
+    assert!(message.contains("--registrar-namespaces"), "{message}");
+
+    jit.agent_pod(SIM_AGENT_NAMESPACE, "agents-default-sa", "default");
+    let token = jit.token(SIM_AGENT_NAMESPACE, "agents-default-sa");
+    let message = jit.refused(&token, 403, "service_account").await;
+    assert!(
+        message.contains("--registrar-service-accounts"),
+        "{message}"
+    );
+    assert!(jit.agents().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_not_controlled_by_a_scaledjobs_job_is_refused_403() {
+    let jit = Jit::start().await;
+    let kube = &jit.sim().kube;
+    // A bare pod that copies KEDA's labels: labels prove nothing.
+    kube.create_agent_pod(SIM_AGENT_NAMESPACE, "agents-bare", SERVICE_ACCOUNT, None);
+    let token = jit.token(SIM_AGENT_NAMESPACE, "agents-bare");
+    jit.refused(&token, 403, "owner_chain").await;
+
+    // A Job of the user's own, not a ScaledJob's.
+    let job = kube.put_custom(
+        "batch",
+        "jobs",
+        json!({
+            "metadata": { "name": "hand-made", "namespace": SIM_AGENT_NAMESPACE,
+                          "labels": { "scaledjob.keda.sh/name": "agents" } },
+            "spec": {},
+        }),
+    );
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    kube.create_agent_pod(
+        SIM_AGENT_NAMESPACE,
+        "agents-handmade",
+        SERVICE_ACCOUNT,
+        Some(("hand-made", uid)),
+    );
+    let token = jit.token(SIM_AGENT_NAMESPACE, "agents-handmade");
+    jit.refused(&token, 403, "owner_chain").await;
+
+    // A pod naming a ScaledJob's Job by name but with another UID (a namesake).
+    let (job, _) = kube.create_scaled_job_with_job(
+        SIM_AGENT_NAMESPACE,
+        "agents",
+        jit.triggers(),
+        "agents-job",
+    );
+    kube.create_agent_pod(
+        SIM_AGENT_NAMESPACE,
+        "agents-namesake",
+        SERVICE_ACCOUNT,
+        Some((&job, "uid-of-something-else")),
+    );
+    let token = jit.token(SIM_AGENT_NAMESPACE, "agents-namesake");
+    jit.refused(&token, 403, "owner_chain").await;
+
+    // A ScaledJob whose trigger names a pool outside the organisation allowlist.
+    let (job, uid) = kube.create_scaled_job_with_job(
+        SIM_AGENT_NAMESPACE,
+        "elsewhere",
+        json!([{ "type": "external", "metadata": {
+            "organizationURL": "https://dev.azure.com/someone-else", "poolName": POOL } }]),
+        "elsewhere-job",
+    );
+    kube.create_agent_pod(
+        SIM_AGENT_NAMESPACE,
+        "agents-other-org",
+        SERVICE_ACCOUNT,
+        Some((&job, &uid)),
+    );
+    let token = jit.token(SIM_AGENT_NAMESPACE, "agents-other-org");
+    jit.refused(&token, 403, "trigger").await;
+    assert!(jit.agents().is_empty());
+    assert_eq!(jit.registrations("owner_chain").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_token_is_refused_401() {
+    let jit = Jit::start().await;
+    let pod = "agents-gone";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let token = jit.token(SIM_AGENT_NAMESPACE, pod);
+    jit.sim().kube.delete_pod(SIM_AGENT_NAMESPACE, pod);
+    jit.refused(&token, 401, "bad_token").await;
+    // A new pod of the same name (another UID) does not revive the old token.
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    jit.refused(&token, 401, "bad_token").await;
+    assert!(jit.agents().is_empty());
+}
+
+/// The whole pod: `agent prepare` as the init container (token and CA mounted there only),
+/// then `agent --config-dir` as the agent container with neither; the simulated listener
+/// opens its session with the files alone and runs its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_container_registers_and_the_agent_runs_with_no_credential() {
+    let jit = Jit::start().await;
+    let pod = "agents-jit01";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let token = jit.token(SIM_AGENT_NAMESPACE, pod);
+    let root = jit.sim().dir().join("jit-pod");
+    let (agent_dir, config_dir, log) = (root.join("agent"), root.join("config"), root.join("log"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let token_file = root.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut behaviour = Behaviour::new(&jit.sim().ca_file, &log);
+    behaviour.job = Some(Job {
+        after_ms: 100,
+        run_ms: 200,
+    });
+    install(&agent_dir, ado_sim::agent::binary(), &behaviour).unwrap();
+
+    let started = std::time::Instant::now();
+    let prepare = run(prepare_command(
+        &jit,
+        &agent_dir,
+        &config_dir,
+        &token_file,
+        &jit.sim().ca_file,
+    ))
+    .await;
+    let prepared_in = started.elapsed();
+    assert_eq!(prepare.0, Some(0), "{}", prepare.1);
+    assert!(
+        prepare.1.contains("agent registered; files written"),
+        "{}",
+        prepare.1
+    );
+    eprintln!("registrar latency (prepare start → files written): {prepared_in:?}");
+    for name in credentials::FILES {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(config_dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(jit.agents(), [pod]);
+
+    // The agent container: no identity, no token file, no AZP_URL.
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_ado-scaler"));
+    agent
+        .args(["agent", "--config-dir"])
+        .arg(&config_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZP_AGENT_DIR", &agent_dir)
+        .env("AGENT_ALLOW_RUNASROOT", "1")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (code, stderr) = run(agent).await;
+    assert_eq!(code, Some(0), "{stderr}\n{}", events(&log));
+    let events = events(&log);
+    assert!(events.contains("listener session opened"), "{events}");
+    assert!(events.contains("worker finished"), "{events}");
+    let agent_id = jit
+        .sim()
+        .ado
+        .agents(jit.h.pool_id)
+        .into_iter()
+        .find(|a| a.name == pod)
+        .unwrap()
+        .id;
+    assert_eq!(jit.sim().ado.agent_sessions(), [agent_id]);
+
+    // What a pipeline step sees: the listener's environment holds nothing of an identity.
+    let env: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(log.join("env-listener.json")).unwrap()).unwrap();
+    for (name, value) in &env {
+        assert!(!name.starts_with("AZURE_"), "{name}");
+        assert!(!value.contains(&token), "{name} holds the pod token");
+        assert!(!value.contains(token_file.to_str().unwrap()), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_sends_no_token_to_a_registrar_its_ca_does_not_vouch_for() {
+    let jit = Jit::start().await;
+    let pod = "agents-mitm";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let root = jit.sim().dir().join("mitm-pod");
+    let (agent_dir, config_dir) = (root.join("agent"), root.join("config"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let token_file = root.join("token");
+    std::fs::write(&token_file, jit.token(SIM_AGENT_NAMESPACE, pod)).unwrap();
+    install(
+        &agent_dir,
+        ado_sim::agent::binary(),
+        &Behaviour::new(&jit.sim().ca_file, &root.join("log")),
+    )
+    .unwrap();
+    // Another CA: the system roots are not trusted either.
+    let other_ca = ado_sim::tls::SimCa::generate().unwrap();
+    let other_ca_file = root.join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca.ca_pem).unwrap();
+
+    let (code, stderr) = run(prepare_command(
+        &jit,
+        &agent_dir,
+        &config_dir,
+        &token_file,
+        &other_ca_file,
+    ))
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not trusted by --registrar-ca-file"),
+        "{stderr}"
+    );
+    let total: u64 = futures::future::join_all(
+        ["registered", "repeated", "bad_token", "bad_request"].map(|r| jit.registrations(r)),
+    )
+    .await
+    .iter()
+    .sum();
+    assert_eq!(total, 0, "no request reached the registrar");
+    assert!(jit.agents().is_empty());
+    assert!(!config_dir.join(credentials::SETTINGS_FILE).exists());
+}
+
+fn prepare_command(
+    jit: &Jit,
+    agent_dir: &Path,
+    config_dir: &Path,
+    token: &Path,
+    ca: &Path,
+) -> Command {
+    let base = jit.url.trim_end_matches("/v1/registrations");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ado-scaler"));
+    cmd.args(["agent", "prepare"])
+        .env_clear()
+        .env("AZP_REGISTRAR", base)
+        .env("AZP_REGISTRAR_TOKEN_FILE", token)
+        .env("AZP_REGISTRAR_CA_FILE", ca)
+        .env("AZP_CONFIG_DIR", config_dir)
+        .env("AZP_AGENT_DIR", agent_dir)
+        .env("AZP_REGISTRAR_TIMEOUT", "10s")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn run(mut cmd: Command) -> (Option<i32>, String) {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn events(log: &Path) -> String {
+    std::fs::read_to_string(log.join("events")).unwrap_or_default()
+}
