@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve KEDA's external-scaler gRPC API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Entrypoint of an ephemeral agent pod: register, run one job, deregister; or, with
     /// --config-dir, run the registration `agent prepare` made.
     Agent(AgentCommand),
@@ -242,6 +242,46 @@ pub struct RegistrarArgs {
     /// Service accounts agent pods run as (comma list).
     #[arg(long, env = "ADO_SCALER_REGISTRAR_SERVICE_ACCOUNTS", value_delimiter = ',', default_value = crate::registrar::DEFAULT_SERVICE_ACCOUNT)]
     pub registrar_service_accounts: Vec<String>,
+
+    /// Without --tls-cert: the scaler's namespace, where its certificate Secret is kept.
+    #[arg(
+        long,
+        env = "ADO_SCALER_REGISTRAR_TLS_NAMESPACE",
+        default_value = "ado-scaler"
+    )]
+    pub registrar_tls_namespace: String,
+
+    /// Without --tls-cert: the Service the agents dial (its names go into the certificate).
+    #[arg(
+        long,
+        env = "ADO_SCALER_REGISTRAR_SERVICE",
+        default_value = "ado-scaler"
+    )]
+    pub registrar_service: String,
+
+    /// Without --tls-cert: the Secret holding the registrar's certificate (shared by replicas).
+    #[arg(
+        long,
+        env = "ADO_SCALER_REGISTRAR_TLS_SECRET",
+        default_value = "ado-scaler-registrar-tls"
+    )]
+    pub registrar_tls_secret: String,
+
+    /// Without --tls-cert: the ConfigMap (in each agents' namespace) holding the CA as `ca.crt`.
+    #[arg(
+        long,
+        env = "ADO_SCALER_REGISTRAR_CA_CONFIGMAP",
+        default_value = "ado-scaler-registrar-ca"
+    )]
+    pub registrar_ca_configmap: String,
+
+    /// Without --tls-cert: where the certificate and key are written for serving (an emptyDir).
+    #[arg(
+        long,
+        env = "ADO_SCALER_REGISTRAR_TLS_DIR",
+        default_value = "/var/run/ado-scaler/registrar-tls"
+    )]
+    pub registrar_tls_dir: PathBuf,
 }
 
 /// The stale-agent collector (README: "Cleaning the pool").
@@ -573,7 +613,7 @@ impl CheckArgs {
 /// Runs the command line's subcommand to completion; the result is the process exit code.
 pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve(args) => run_serve(args).await.map(|()| 0),
+        Command::Serve(args) => run_serve(*args).await.map(|()| 0),
         Command::Agent(AgentCommand {
             step: Some(AgentStep::Prepare(args)),
             ..
@@ -670,12 +710,27 @@ fn registrar_settings(args: &ServeArgs) -> Result<Option<serve::RegistrarServe>>
         "--registrar-service-accounts",
         &flags.registrar_service_accounts,
     )?;
-    let tls = grpc_tls_settings(&args.tls)?.ok_or_else(|| {
-        Error::Config(
-            "--registrar-addr needs --tls-cert and --tls-key: the registrar serves HTTPS only"
-                .into(),
-        )
-    })?;
+    // HTTPS only: the gRPC certificate when there is one, else one the scaler makes.
+    let tls = match grpc_tls_settings(&args.tls)? {
+        Some(files) => serve::RegistrarTls::Files(files),
+        None => {
+            let namespace = flags.registrar_tls_namespace.trim().to_owned();
+            NamespaceAllowlist::parse(std::slice::from_ref(&namespace))
+                .map_err(|e| Error::Config(format!("--registrar-tls-namespace: {e}")))?;
+            serve::RegistrarTls::SelfManaged(crate::registrar::certs::SelfManagedTls {
+                dns_names: crate::registrar::certs::SelfManagedTls::service_names(
+                    flags.registrar_service.trim(),
+                    &namespace,
+                ),
+                namespace,
+                secret: flags.registrar_tls_secret.trim().to_owned(),
+                config_map: flags.registrar_ca_configmap.trim().to_owned(),
+                ca_namespaces: namespaces.clone(),
+                dir: flags.registrar_tls_dir.clone(),
+                reload_interval: args.tls.reload_interval,
+            })
+        }
+    };
     Ok(Some(serve::RegistrarServe {
         settings: crate::registrar::RegistrarSettings {
             namespaces,

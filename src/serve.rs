@@ -22,7 +22,7 @@ use crate::{
     placeholder::{PlaceholderMetrics, PlaceholderSettings, Placeholders},
     poller::{PollMetrics, Poller, PollerSettings},
     refresh::{RefreshMetrics, RefreshSettings},
-    registrar::{Registrar, RegistrarMetrics, RegistrarSettings},
+    registrar::{Registrar, RegistrarMetrics, RegistrarSettings, certs::SelfManagedTls},
     scaler::{
         ScalerMetrics, ScalerService,
         access::Access,
@@ -63,9 +63,18 @@ pub struct ServeSettings {
 pub struct RegistrarServe {
     pub settings: RegistrarSettings,
     /// Its certificate (client certificates are never asked for).
-    pub tls: TlsSettings,
+    pub tls: RegistrarTls,
     /// The Kubernetes API for TokenReviews and owner checks; `None`: in-cluster.
     pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// Where the registrar's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum RegistrarTls {
+    /// Files (`--tls-cert`/`--tls-key`, e.g. cert-manager's), reloaded when they change.
+    Files(TlsSettings),
+    /// Made by the scaler and kept in a Secret; the CA published in a ConfigMap.
+    SelfManaged(SelfManagedTls),
 }
 
 /// The bound listeners: KEDA's gRPC, metrics and probes, and the registrar's when it is on.
@@ -223,11 +232,17 @@ impl Parts {
         let registrar_metrics = RegistrarMetrics::register(concern);
         match (settings.registrar, registrar_listener) {
             (Some(registrar), Some(listener)) => {
+                let kube = crate::k8s::client(registrar.kubeconfig.as_deref()).await?;
+                let files = match registrar.tls {
+                    RegistrarTls::Files(files) => files,
+                    RegistrarTls::SelfManaged(managed) => {
+                        crate::registrar::certs::ensure(&kube, &managed).await?
+                    }
+                };
                 let tls = ReloadingConfig::load_https(
-                    registrar.tls,
+                    files,
                     TlsMetrics::register(concern.sub_registry_with_prefix("registrar")),
                 )?;
-                let kube = crate::k8s::client(registrar.kubeconfig.as_deref()).await?;
                 let server = Registrar::new(
                     registrar.settings,
                     settings.access.clone(),
@@ -235,6 +250,8 @@ impl Parts {
                     kube,
                     registrar_metrics,
                 );
+                // Deregistration goes on through the drain: a pod ending now is still cleaned.
+                tokio::spawn(server.clone().clean_up(root.clone()));
                 let stop = serving.clone();
                 tokio::spawn(async move {
                     if let Err(e) = server.serve(listener, tls, stop).await {

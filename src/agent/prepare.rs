@@ -36,13 +36,7 @@ pub struct PrepareSettings {
 pub async fn run(settings: PrepareSettings) -> Result<u8> {
     let started = Instant::now();
     let url = registrar_url(&settings.registrar)?;
-    let ca = std::fs::read(&settings.ca_file).map_err(|e| {
-        Error::Config(format!(
-            "--registrar-ca-file {}: {e}",
-            settings.ca_file.display()
-        ))
-    })?;
-    let http = crate::auth::pinned_http_client(&ca, "--registrar-ca-file")?;
+    pinned_client(&settings)?;
     let version = listener_version(&settings.agent_dir).await?;
     let (key, created) = credentials::load_or_create_key(&settings.config_dir)?;
     tracing::info!(
@@ -56,7 +50,7 @@ pub async fn run(settings: PrepareSettings) -> Result<u8> {
         os_description: os_description(),
     };
     drop(key);
-    let answer = register(&http, &url, &settings, &request).await?;
+    let answer = register(&url, &settings, &request).await?;
     credentials::write_registration(
         &settings.config_dir,
         &AgentSettingsFile {
@@ -102,7 +96,6 @@ fn registrar_url(base: &str) -> Result<url::Url> {
 /// Posts the request, retrying what may pass (the registrar, ADO or Entra unavailable) until
 /// `--timeout`; a refusal (401, 403, 409, 400) ends at once with the registrar's reason.
 async fn register(
-    http: &reqwest::Client,
     url: &url::Url,
     settings: &PrepareSettings,
     request: &RegistrationRequest,
@@ -110,7 +103,9 @@ async fn register(
     let deadline = Instant::now() + settings.timeout;
     let mut delay = Duration::from_millis(250);
     loop {
-        // Read each attempt: the kubelet rotates the projected token.
+        // Each attempt reads the files again: the kubelet rotates the projected token, and
+        // updates the mounted CA when the registrar's certificate was renewed.
+        let http = pinned_client(settings)?;
         let token = std::fs::read_to_string(&settings.token_file).map_err(|e| {
             Error::Config(format!(
                 "--registrar-token-file {}: {e}",
@@ -148,11 +143,9 @@ async fn register(
                 message
             }
             // A certificate the CA file does not vouch for fails here, before any request.
-            Err(e) if is_certificate_error(&e) => {
-                return Err(Error::Agent(format!(
-                    "the registrar at {url} is not trusted by --registrar-ca-file (no token was sent): {e}"
-                )));
-            }
+            Err(e) if is_certificate_error(&e) => format!(
+                "the registrar at {url} is not trusted by --registrar-ca-file (no token was sent): {e}"
+            ),
             Err(e) => format!("cannot reach the registrar at {url}: {e}"),
         };
         if Instant::now() + delay > deadline {
@@ -165,6 +158,17 @@ async fn register(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A client trusting only the CA file, read now.
+fn pinned_client(settings: &PrepareSettings) -> Result<reqwest::Client> {
+    let ca = std::fs::read(&settings.ca_file).map_err(|e| {
+        Error::Config(format!(
+            "--registrar-ca-file {}: {e}",
+            settings.ca_file.display()
+        ))
+    })?;
+    crate::auth::pinned_http_client(&ca, "--registrar-ca-file")
 }
 
 fn is_certificate_error(e: &reqwest::Error) -> bool {

@@ -10,7 +10,11 @@
 //!
 //! - [`wire`]: the request, answer and refusal bodies `agent prepare` shares.
 //! - [`review`]: who is asking.
+//! - [`certs`]: its TLS material without cert-manager (a Secret, the CA in a ConfigMap).
+//! - [`cleanup`]: deleting each registration once its pod's agent container has ended.
 
+pub mod certs;
+pub mod cleanup;
 pub mod review;
 pub mod wire;
 
@@ -32,7 +36,7 @@ use axum::{
 use base64::Engine as _;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -165,6 +169,8 @@ struct ResultLabels {
 pub struct RegistrarMetrics {
     registrations: Family<ResultLabels, Counter>,
     seconds: Histogram,
+    deregistrations: Family<ResultLabels, Counter>,
+    registered_agents: Gauge,
 }
 
 impl RegistrarMetrics {
@@ -172,7 +178,24 @@ impl RegistrarMetrics {
         let metrics = Self {
             registrations: Family::default(),
             seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            deregistrations: Family::default(),
+            registered_agents: Gauge::default(),
         };
+        for result in ["deleted", "failed"] {
+            let _ = metrics
+                .deregistrations
+                .get_or_create(&ResultLabels { result });
+        }
+        registry.register(
+            "registrar_deregistrations",
+            "Registrations the registrar deleted after their pod's agent container ended (failed: ADO refused, retried)",
+            metrics.deregistrations.clone(),
+        );
+        registry.register(
+            "registrar_registered_agents",
+            "Agents this replica registered whose pods have not ended yet",
+            metrics.registered_agents.clone(),
+        );
         for result in ["registered", "repeated"]
             .into_iter()
             .chain(Refused::REASONS)
@@ -212,6 +235,8 @@ pub struct Registrar {
     /// By pod UID; each cell is locked for the whole of one registration, so a pod's
     /// concurrent attempts register once.
     records: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Record>>>>>,
+    /// By pod UID: what [`cleanup`] deletes once the pod has ended.
+    registered: Mutex<HashMap<String, cleanup::Registered>>,
 }
 
 impl Registrar {
@@ -229,6 +254,7 @@ impl Registrar {
             kube,
             metrics,
             records: Mutex::default(),
+            registered: Mutex::default(),
         })
     }
 
@@ -274,6 +300,16 @@ impl Registrar {
             };
         }
         let answer = self.add_agent(&who, &trigger, &request).await?;
+        self.registered.lock().expect("registered").insert(
+            who.pod_uid.clone(),
+            cleanup::Registered {
+                namespace: who.namespace.clone(),
+                pod_name: who.pod_name.clone(),
+                org: trigger.org.clone(),
+                pool_id: answer.pool_id,
+                agent_id: answer.agent_id,
+            },
+        );
         *record = Some(Record {
             public_key: request.public_key,
             answer: answer.clone(),

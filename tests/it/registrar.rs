@@ -15,9 +15,9 @@ use ado_scaler::{
     ado::models::AgentPublicKey,
     agent::credentials::{self, RsaParams},
     poller::PollerSettings,
-    registrar::{RegistrarSettings, wire::TOKEN_AUDIENCE},
+    registrar::{RegistrarSettings, certs::SelfManagedTls, wire::TOKEN_AUDIENCE},
     scaler::tls::TlsSettings,
-    serve::RegistrarServe,
+    serve::{RegistrarServe, RegistrarTls},
 };
 use ado_sim::{
     SIM_AGENT_NAMESPACE, SimCloud,
@@ -39,8 +39,12 @@ struct Jit {
 
 impl Jit {
     async fn start() -> Self {
+        Self::start_with(files).await
+    }
+
+    async fn start_with(tls: impl FnOnce(&SimCloud) -> RegistrarTls) -> Self {
         let h = Harness::start_tuned(PollerSettings::default(), |sim, settings| {
-            settings.registrar = Some(registrar(sim));
+            settings.registrar = Some(registrar(sim, tls(sim)));
         })
         .await;
         let port = h.registrar_addr.expect("registrar listener").port();
@@ -137,20 +141,123 @@ impl Jit {
     }
 }
 
-fn registrar(sim: &SimCloud) -> RegistrarServe {
+fn registrar(sim: &SimCloud, tls: RegistrarTls) -> RegistrarServe {
     RegistrarServe {
         settings: RegistrarSettings {
             namespaces: vec![SIM_AGENT_NAMESPACE.into()],
             service_accounts: vec![SERVICE_ACCOUNT.into()],
         },
-        tls: TlsSettings {
-            cert: sim.server_cert_file.clone(),
-            key: sim.server_key_file.clone(),
-            client_ca: None,
-            reload_interval: Duration::from_secs(10),
-        },
+        tls,
         kubeconfig: Some(sim.kubeconfig.clone()),
     }
+}
+
+/// The simulators' certificate for 127.0.0.1, as `--tls-cert`/`--tls-key`.
+fn files(sim: &SimCloud) -> RegistrarTls {
+    RegistrarTls::Files(TlsSettings {
+        cert: sim.server_cert_file.clone(),
+        key: sim.server_key_file.clone(),
+        client_ca: None,
+        reload_interval: Duration::from_secs(10),
+    })
+}
+
+fn self_managed(sim: &SimCloud) -> SelfManagedTls {
+    SelfManagedTls {
+        namespace: "ado-scaler".into(),
+        secret: "ado-scaler-registrar-tls".into(),
+        config_map: "ado-scaler-registrar-ca".into(),
+        ca_namespaces: vec![SIM_AGENT_NAMESPACE.into()],
+        dns_names: SelfManagedTls::service_names("ado-scaler", "ado-scaler"),
+        dir: sim.dir().join("registrar-tls"),
+        reload_interval: Duration::from_secs(10),
+    }
+}
+
+/// Without cert-manager: the scaler makes its CA and certificate for the Service's names,
+/// keeps them in a Secret that a second replica reuses, and publishes the CA where the agent
+/// pods mount it; a client trusting that CA alone reaches it under the Service's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_certificates_the_registrar_makes_its_own_and_publishes_the_ca() {
+    let jit = Jit::start_with(|sim| RegistrarTls::SelfManaged(self_managed(sim))).await;
+    let kube = &jit.sim().kube;
+    // The server made them as it started.
+    wait_until(|| async {
+        kube.custom("", "configmaps", SIM_AGENT_NAMESPACE, "ado-scaler-registrar-ca")
+            .is_some()
+    })
+    .await;
+    let secret = kube
+        .custom("", "secrets", "ado-scaler", "ado-scaler-registrar-tls")
+        .expect("the Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let map = kube
+        .custom(
+            "",
+            "configmaps",
+            SIM_AGENT_NAMESPACE,
+            "ado-scaler-registrar-ca",
+        )
+        .expect("the CA ConfigMap in the agents' namespace");
+    let ca = map["data"]["ca.crt"].as_str().unwrap().to_owned();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+
+    // A second replica starting now reuses the material: same CA, the Secret untouched.
+    let client = ado_scaler::k8s::client(Some(&jit.sim().kubeconfig))
+        .await
+        .unwrap();
+    let mut second = self_managed(jit.sim());
+    second.dir = jit.sim().dir().join("replica-2");
+    ado_scaler::registrar::certs::ensure(&client, &second)
+        .await
+        .unwrap();
+    let again = kube
+        .custom("", "secrets", "ado-scaler", "ado-scaler-registrar-tls")
+        .unwrap();
+    assert_eq!(
+        again["metadata"]["resourceVersion"],
+        secret["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        std::fs::read(second.dir.join("tls.crt")).unwrap(),
+        std::fs::read(jit.sim().dir().join("registrar-tls/tls.crt")).unwrap()
+    );
+
+    let port = jit.h.registrar_addr.unwrap().port();
+    let name = "ado-scaler.ado-scaler.svc";
+    let through = |roots: &str| {
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(roots.as_bytes()).unwrap())
+            .resolve(name, ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://{name}:{port}/v1/registrations");
+    let pod = "agents-selfca";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let token = jit.token(SIM_AGENT_NAMESPACE, pod);
+    let body = json!({
+        "publicKey": RsaParams::generate().unwrap().public_key(),
+        "version": ado_sim::SIM_AGENT_VERSION,
+        "osDescription": "Linux",
+    });
+    // The simulators' CA does not vouch for it: the handshake fails before the token goes.
+    let refused = through(&jit.sim().ca_pem)
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await;
+    assert!(refused.is_err());
+    let answer = through(&ca)
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(jit.agents(), [pod]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,14 +541,9 @@ async fn prepare_sends_no_token_to_a_registrar_its_ca_does_not_vouch_for() {
     let other_ca_file = root.join("other-ca.pem");
     std::fs::write(&other_ca_file, other_ca.ca_pem).unwrap();
 
-    let (code, stderr) = run(prepare_command(
-        &jit,
-        &agent_dir,
-        &config_dir,
-        &token_file,
-        &other_ca_file,
-    ))
-    .await;
+    let mut prepare = prepare_command(&jit, &agent_dir, &config_dir, &token_file, &other_ca_file);
+    prepare.env("AZP_REGISTRAR_TIMEOUT", "2s");
+    let (code, stderr) = run(prepare).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("not trusted by --registrar-ca-file"),
@@ -498,4 +600,66 @@ async fn run(mut cmd: Command) -> (Option<i32>, String) {
 
 fn events(log: &Path) -> String {
     std::fs::read_to_string(log.join("events")).unwrap_or_default()
+}
+
+/// The registrar deletes what it registered once the agent container has ended or the pod is
+/// gone, and retries while ADO refuses because the agent still runs a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_deleted_once_their_agent_container_ends() {
+    let jit = Jit::start().await;
+    let (busy, gone) = ("agents-busy", "agents-gone");
+    for pod in [busy, gone] {
+        jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+        let key = RsaParams::generate().unwrap().public_key();
+        let (status, body) = jit
+            .register(&jit.token(SIM_AGENT_NAMESPACE, pod), &key)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let ado = &jit.sim().ado;
+    let request = ado.enqueue(jit.h.pool_id, &[]);
+    assert_eq!(
+        ado.assign_next(jit.h.pool_id, busy, &BTreeMap::new()),
+        Some(request)
+    );
+
+    // Still running: nothing is deleted.
+    tokio::time::sleep(ado_scaler::registrar::cleanup::CLEANUP_INTERVAL * 2).await;
+    assert_eq!(jit.agents(), [busy, gone]);
+
+    jit.sim().kube.delete_pod(SIM_AGENT_NAMESPACE, gone);
+    jit.sim()
+        .kube
+        .terminate_container(SIM_AGENT_NAMESPACE, busy, "agent", 137);
+    wait_until(|| async { jit.agents() == [busy] }).await;
+    // The busy agent's delete is refused until its job has finished.
+    wait_until(|| async { jit.deregistrations("failed").await >= 1 }).await;
+    assert_eq!(jit.agents(), [busy]);
+    ado.finish(request, "succeeded");
+    wait_until(|| async { jit.agents().is_empty() }).await;
+    assert_eq!(jit.deregistrations("deleted").await, 2);
+}
+
+impl Jit {
+    async fn deregistrations(&self, result: &str) -> u64 {
+        let (_, text) = self.h.http_get("/metrics").await;
+        let series = format!("ado_scaler_registrar_deregistrations_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+async fn wait_until<F, Fut>(condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "not within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

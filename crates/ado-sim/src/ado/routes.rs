@@ -702,6 +702,25 @@ async fn delete_agent(
         return r;
     }
     let mut store = state.store.lock().expect("store");
+    // The service refuses to remove an agent that is running a job (the agent's
+    // `config.sh remove` then prints this message; MicrosoftDocs/azure-devops-docs#10586).
+    if let Some(job) = store
+        .assigned_request(agent_id)
+        .filter(|j| j.assign_time.is_some())
+    {
+        let name = job.reserved_agent.map(|a| a.name).unwrap_or_default();
+        let pool = store
+            .pools
+            .iter()
+            .find(|p| p.id == pool_id)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": format!("Agent \"{name}\" is running a job for pool \"{pool}\"") })),
+        )
+            .into_response();
+    }
     let agents = store.agents.entry(pool_id).or_default();
     let before = agents.len();
     agents.retain(|a| a.id != agent_id);

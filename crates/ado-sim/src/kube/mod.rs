@@ -536,6 +536,37 @@ impl KubeSim {
         token
     }
 
+    /// A container of the pod has exited (`exit_code`), as the kubelet reports it; the pod
+    /// stays, its phase unchanged until every container has ended.
+    pub fn terminate_container(&self, namespace: &str, pod: &str, container: &str, exit_code: i32) {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStatus,
+        };
+        let mut store = self.store();
+        let revision = store.next_revision();
+        let Some(found) = store.pods.get_mut(&(namespace.to_owned(), pod.to_owned())) else {
+            return;
+        };
+        found.metadata.resource_version = Some(revision);
+        let status = found.status.get_or_insert_with(PodStatus::default);
+        let statuses = status.container_statuses.get_or_insert_with(Vec::new);
+        statuses.retain(|c| c.name != container);
+        statuses.push(ContainerStatus {
+            name: container.into(),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        });
+        let snapshot = found.clone();
+        self.record(&mut store, namespace, "MODIFIED", &snapshot);
+    }
+
     /// Deletes a pod (its Job was cleaned up, or its node is gone).
     pub fn delete_pod(&self, namespace: &str, name: &str) {
         let mut store = self.store();

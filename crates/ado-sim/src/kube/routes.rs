@@ -39,6 +39,14 @@ pub(super) fn router(state: Arc<KubeState>) -> Router {
             get(get_custom).patch(patch_custom),
         )
         .route(
+            "/api/v1/namespaces/{ns}/{plural}",
+            axum::routing::post(create_core),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}/{name}",
+            get(get_core).put(replace_core),
+        )
+        .route(
             "/apis/authentication.k8s.io/v1/tokenreviews",
             axum::routing::post(create_token_review),
         )
@@ -291,6 +299,103 @@ fn watch_pods(state: &KubeState, ns: String, query: &HashMap<String, String>) ->
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
         .unwrap_or_else(|_| status(500, "InternalError", "watch"))
+}
+
+/// The core resources served besides pods: the registrar's own CA Secret and ConfigMap.
+const CORE_RESOURCES: [&str; 2] = ["secrets", "configmaps"];
+
+fn core_rejection(
+    state: &KubeState,
+    headers: &HeaderMap,
+    verb: &str,
+    plural: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> Option<Response> {
+    if !CORE_RESOURCES.contains(&plural) {
+        return Some(status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    rejection(state, headers, &Access::custom(verb, "", plural, ns, name))
+}
+
+async fn get_core(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = core_rejection(&state, &headers, "get", &plural, &ns, Some(&name)) {
+        return r;
+    }
+    match store(&state)
+        .custom
+        .get(&(String::new(), plural.clone(), ns, name.clone()))
+    {
+        Some(object) => Json(object).into_response(),
+        None => not_found(&plural, &name),
+    }
+}
+
+/// Create: 409 `AlreadyExists` when the name is taken (two replicas racing).
+async fn create_core(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, plural)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(mut object): Json<Value>,
+) -> Response {
+    if let Some(r) = core_rejection(&state, &headers, "create", &plural, &ns, None) {
+        return r;
+    }
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    object["metadata"]["namespace"] = json!(ns);
+    let mut store = store(&state);
+    if store
+        .custom
+        .contains_key(&(String::new(), plural.clone(), ns.clone(), name.clone()))
+    {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("{plural} \"{name}\" already exists"),
+        );
+    }
+    let created = store.put_custom("", &plural, object);
+    (StatusCode::CREATED, Json(created)).into_response()
+}
+
+/// Replace with optimistic concurrency: a stale `metadata.resourceVersion` gets 409.
+async fn replace_core(
+    State(state): State<Arc<KubeState>>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(mut object): Json<Value>,
+) -> Response {
+    if let Some(r) = core_rejection(&state, &headers, "update", &plural, &ns, Some(&name)) {
+        return r;
+    }
+    object["metadata"]["namespace"] = json!(ns);
+    let mut store = store(&state);
+    let key = (String::new(), plural.clone(), ns, name.clone());
+    let Some(current) = store.custom.get(&key) else {
+        return not_found(&plural, &name);
+    };
+    let sent = object["metadata"]["resourceVersion"].as_str();
+    if sent.is_some_and(|v| Some(v) != current["metadata"]["resourceVersion"].as_str()) {
+        return status(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    Json(store.put_custom("", &plural, object)).into_response()
 }
 
 /// `POST tokenreviews`: cluster-scoped, so RBAC needs a ClusterRole grant (namespace `""`).
