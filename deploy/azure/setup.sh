@@ -2,12 +2,15 @@
 # The Azure side of ado-scaler, idempotent: safe to run again.
 #
 #   1. a user-assigned managed identity (created, or reused);
-#   2. federated credentials on it for BOTH service accounts (scaler and agents), trusting the
-#      cluster's OIDC issuer;
+#   2. a federated credential on it for the scaler's service account, trusting the cluster's
+#      OIDC issuer; the agents' service account only with --self-registration (agent pods that
+#      hold the identity and register themselves). Without it, an agents' credential left by an
+#      earlier install is deleted: with just-in-time registration nothing in an agent pod may
+#      act as the identity;
 #   3. the identity added to the Azure DevOps organisation, and given the Administrator role on
 #      the agent pool (the scaler reads the pool's queue and registers one offline placeholder
-#      per ScaledJob, so that ADO queues jobs while the pool is scaled to zero; agents register
-#      and deregister). Reader or Service Account cannot register agents.
+#      per ScaledJob, so that ADO queues jobs while the pool is scaled to zero, and registers
+#      and deletes the agents). Reader or Service Account cannot register agents.
 #
 # Needs the Azure CLI, logged in (`az login`) as someone who can create identities in the
 # resource group and is an administrator of the Azure DevOps organisation.
@@ -28,6 +31,7 @@ scaler_sa="ado-scaler"
 agent_namespace="ado-agents"
 agent_sa="ado-agent"
 dry_run=0
+self_registration=0
 
 usage() {
   cat <<USAGE
@@ -37,6 +41,8 @@ usage: $0 --resource-group RG --cluster AKS --org https://dev.azure.com/ORG --po
   --location LOCATION       for a new identity (default: the resource group's)
   --scaler-namespace NS     (default: $scaler_namespace)   --scaler-sa SA (default: $scaler_sa)
   --agent-namespace NS      (default: $agent_namespace)   --agent-sa SA  (default: $agent_sa)
+  --self-registration       also federate the agents' service account (the self-registration
+                            component); without it, such a credential is deleted
   --dry-run                 print the commands, change nothing
 USAGE
 }
@@ -56,6 +62,7 @@ while (($#)); do
     --agent-namespace) agent_namespace=${2:?}; shift 2 ;;
     --agent-sa) agent_sa=${2:?}; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
+    --self-registration) self_registration=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -118,7 +125,21 @@ principal_id=$(query "<principal-id>" az identity show --resource-group "$resour
 tenant_id=$(query "<tenant-id>" az identity show --resource-group "$resource_group" --name "$identity" --query tenantId --output tsv)
 
 echo "== federated credentials" >&2
-for pair in "$scaler_namespace:$scaler_sa" "$agent_namespace:$agent_sa"; do
+federated=("$scaler_namespace:$scaler_sa")
+if ((self_registration)); then
+  federated+=("$agent_namespace:$agent_sa")
+else
+  # Just-in-time registration: the agents' service account must not be able to act as us.
+  name="$agent_namespace-$agent_sa"
+  if ((dry_run)); then
+    echo "# if present: az identity federated-credential delete --name $name (agents hold no identity)" >&2
+  elif az identity federated-credential show --resource-group "$resource_group" --identity-name "$identity" \
+    --name "$name" --output none 2>/dev/null; then
+    run az identity federated-credential delete --resource-group "$resource_group" \
+      --identity-name "$identity" --name "$name" --yes
+  fi
+fi
+for pair in "${federated[@]}"; do
   subject="system:serviceaccount:$pair"
   name="${pair/:/-}"
   existing=""

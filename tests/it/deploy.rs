@@ -65,18 +65,33 @@ fn every_pod_passes_pod_security_restricted() {
                 "{name}"
             );
         }
-        // Workload identity: the label the webhook looks for, and an annotated service account.
-        assert_eq!(
-            template["metadata"]["labels"]["azure.workload.identity/use"], "true",
-            "{name}"
-        );
+        for container in spec["initContainers"].as_array().into_iter().flatten() {
+            let sc = &container["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name} init");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name} init"
+            );
+        }
         let sa = spec["serviceAccountName"].as_str().unwrap();
         let account = find(&docs, "ServiceAccount", sa);
         let client_id = &account["metadata"]["annotations"]["azure.workload.identity/client-id"];
-        assert!(
-            client_id.as_str().is_some_and(|c| c.len() == 36),
-            "{name}: {sa} has the client id"
-        );
+        if name == "ScaledJob/ado-agent" {
+            // Just-in-time registration: the agent pod holds no identity at all.
+            assert!(template["metadata"]["labels"]["azure.workload.identity/use"].is_null());
+            assert!(client_id.is_null(), "{sa} is not federated");
+        } else {
+            // Workload identity: the label the webhook looks for, and an annotated account.
+            assert_eq!(
+                template["metadata"]["labels"]["azure.workload.identity/use"], "true",
+                "{name}"
+            );
+            assert!(
+                client_id.as_str().is_some_and(|c| c.len() == 36),
+                "{name}: {sa} has the client id"
+            );
+        }
     }
     let scaler = find(&docs, "Deployment", "ado-scaler");
     let container = &scaler["spec"]["template"]["spec"]["containers"][0];
@@ -178,13 +193,45 @@ fn selectors_probes_and_the_scaled_job_fit_together() {
             .clone()
     };
     assert_agent_lifecycle_is_safe(job, |n| env(&agent_pod["containers"][0], n));
+    // The init container reaches the registrar through the Service, and hands the agent
+    // container its files through the volume they share.
+    let register = &agent_pod["initContainers"][0];
+    let registrar_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "registrar")
+        .expect("the registrar's Service port")["port"]
+        .as_u64()
+        .unwrap();
     assert_eq!(
-        env(&agent_pod["containers"][0], "AZP_URL"),
-        settings["organizationURL"]
+        env(register, "AZP_REGISTRAR"),
+        format!(
+            "https://{}.{}.svc:{registrar_port}",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["metadata"]["namespace"].as_str().unwrap()
+        )
+        .as_str()
     );
     assert_eq!(
-        env(&agent_pod["containers"][0], "AZP_POOL"),
-        settings["poolName"]
+        env(register, "AZP_CONFIG_DIR"),
+        env(&agent_pod["containers"][0], "AZP_CONFIG_DIR")
+    );
+    assert_eq!(register["args"], serde_json::json!(["prepare"]));
+    let scaler_env = |n: &str| env(container, n);
+    assert_eq!(
+        scaler_env("ADO_SCALER_REGISTRAR_NAMESPACES"),
+        job["metadata"]["namespace"]
+    );
+    assert_eq!(
+        scaler_env("ADO_SCALER_REGISTRAR_SERVICE_ACCOUNTS"),
+        agent_pod["serviceAccountName"]
+    );
+    assert!(
+        scaler_env("ADO_SCALER_REGISTRAR_ADDR")
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{registrar_port}"))
     );
     // The scaler allows exactly the one organisation.
     assert_eq!(
@@ -254,38 +301,55 @@ fn setup_dry_run(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn setup_script_is_clean_and_federates_both_service_accounts() {
+fn setup_script_is_clean_and_federates_only_the_pods_that_hold_the_identity() {
     run("shellcheck", &["deploy/azure/setup.sh"], root());
-    let out = setup_dry_run(&[
-        "--org",
-        "https://dev.azure.com/contoso",
-        "--pool",
-        "aks-linux",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The subjects it federates are exactly the rendered service accounts of the pods.
-    let docs = rendered();
-    for (name, template) in pod_templates(&docs) {
-        let sa = template["spec"]["serviceAccountName"].as_str().unwrap();
-        let account = find(&docs, "ServiceAccount", sa);
-        let subject = format!(
-            "system:serviceaccount:{}:{sa}",
-            account["metadata"]["namespace"].as_str().unwrap()
-        );
+    let printed = |extra: &[&str]| {
+        let mut args = vec![
+            "--org",
+            "https://dev.azure.com/contoso",
+            "--pool",
+            "aks-linux",
+        ];
+        args.extend_from_slice(extra);
+        let out = setup_dry_run(&args);
         assert!(
-            printed.contains(&format!("--subject {subject}")),
-            "{name}: {subject} not federated:\n{printed}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // The subjects it federates are exactly the rendered service accounts of the pods that
+    // carry workload identity: the scaler's, and the agents' only in self-registration mode.
+    for (docs, printed) in [
+        (rendered(), printed(&[])),
+        (
+            tools::rendered_with_component("self-registration"),
+            printed(&["--self-registration"]),
+        ),
+    ] {
+        for (name, template) in pod_templates(&docs) {
+            let sa = template["spec"]["serviceAccountName"].as_str().unwrap();
+            let account = find(&docs, "ServiceAccount", sa);
+            let subject = format!(
+                "system:serviceaccount:{}:{sa}",
+                account["metadata"]["namespace"].as_str().unwrap()
+            );
+            let federated = printed.contains(&format!("--subject {subject}"));
+            let holds_identity =
+                template["metadata"]["labels"]["azure.workload.identity/use"] == "true";
+            assert_eq!(federated, holds_identity, "{name}: {subject}:\n{printed}");
+        }
     }
+    let printed = printed(&[]);
+    assert!(
+        printed.contains("federated-credential delete --name ado-agents-ado-agent"),
+        "{printed}"
+    );
     assert!(printed.contains("--audiences api://AzureADTokenExchange"));
     assert!(
         printed.contains("serviceprincipalentitlements"),
@@ -427,15 +491,16 @@ fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
         false
     );
 
-    // Rights: namespaced Roles only, no wildcard, no delete; pods read in the agents'
-    // namespace, the one Lease in the scaler's.
-    assert!(
-        docs.iter().all(|d| !matches!(
-            d["kind"].as_str(),
-            Some("ClusterRole" | "ClusterRoleBinding")
-        )),
-        "no cluster-wide rights"
-    );
+    // Rights: namespaced Roles only (but the registrar's TokenReviews, in
+    // the_default_agent_pod_holds_no_credential), no wildcard, no delete; pods read in the
+    // agents' namespace, the one Lease in the scaler's; the registrar's reads and its own
+    // Secret and ConfigMap.
+    let cluster_roles: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cluster_roles, ["ado-scaler-registrar-tokenreviews"]);
     for binding in docs.iter().filter(|d| d["kind"] == "RoleBinding") {
         assert_eq!(binding["subjects"].as_array().unwrap().len(), 1);
         assert_eq!(binding["subjects"][0]["name"], "ado-scaler");
@@ -458,6 +523,14 @@ fn the_collector_is_configured_from_the_settings_with_exactly_its_rights() {
         format!("{scaler_ns} coordination.k8s.io/leases create []"),
         format!("{scaler_ns} coordination.k8s.io/leases get [\"ado-scaler-gc\"]"),
         format!("{scaler_ns} coordination.k8s.io/leases update [\"ado-scaler-gc\"]"),
+        format!("{agents_ns} batch/jobs get []"),
+        format!("{agents_ns} keda.sh/scaledjobs get []"),
+        format!("{agents_ns} /configmaps create []"),
+        format!("{agents_ns} /configmaps get [\"ado-scaler-registrar-ca\"]"),
+        format!("{agents_ns} /configmaps update [\"ado-scaler-registrar-ca\"]"),
+        format!("{scaler_ns} /secrets create []"),
+        format!("{scaler_ns} /secrets get [\"ado-scaler-registrar-tls\"]"),
+        format!("{scaler_ns} /secrets update [\"ado-scaler-registrar-tls\"]"),
     ]
     .into_iter()
     .collect();
@@ -536,6 +609,7 @@ fn the_scaler_serves_only_the_scaled_jobs_namespace_and_pool() {
 
 #[test]
 fn network_policies_admit_keda_and_prometheus_and_reach_only_dns_and_https() {
+    // (The registrar's port from the agents' namespace: the_default_agent_pod_holds_no_credential.)
     let docs = rendered();
     let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
     let policy = &find(&docs, "NetworkPolicy", "ado-scaler")["spec"];
@@ -565,7 +639,8 @@ fn network_policies_admit_keda_and_prometheus_and_reach_only_dns_and_https() {
             serde_json::json!([{ "port": 8080, "protocol": "TCP" }])
         )
     );
-    assert_eq!(policy["ingress"].as_array().unwrap().len(), 2);
+    // The third: the registrar's port from the agents' namespace.
+    assert_eq!(policy["ingress"].as_array().unwrap().len(), 3);
     // Egress: DNS both ways, then 443 to anywhere (Entra, Azure DevOps, the API server).
     assert_eq!(
         policy["egress"],
@@ -1054,7 +1129,12 @@ fn the_mtls_component_lets_the_scaler_refresh_only_its_scaledjob() {
     let mut granted: Vec<(String, String, Vec<String>, Vec<String>)> =
         tools::role_rules(&docs, "ado-scaler")
             .into_iter()
-            .filter(|r| r.namespace == namespace && r.resource != "pods")
+            // Beside the collector's pods and the registrar's rights (its own tests).
+            .filter(|r| {
+                r.namespace == namespace
+                    && !["pods", "jobs", "configmaps"].contains(&r.resource.as_str())
+                    && !(r.resource == "scaledjobs" && r.resource_names.is_empty())
+            })
             .map(|r| (r.api_group, r.resource, r.verbs, r.resource_names))
             .collect();
     granted.sort();
@@ -1082,10 +1162,171 @@ fn the_mtls_component_lets_the_scaler_refresh_only_its_scaledjob() {
             ),
         ]
     );
-    // Without the component, no such right.
+    // Without the component, no such right: only the registrar's reading of ScaledJobs.
     assert!(
         tools::role_rules(&rendered(), "ado-scaler")
             .iter()
-            .all(|r| r.api_group != "keda.sh" && r.api_group != "cert-manager.io")
+            .all(|r| {
+                r.api_group != "cert-manager.io"
+                    && (r.api_group != "keda.sh"
+                        || (r.resource == "scaledjobs"
+                            && r.verbs == ["get"]
+                            && r.resource_names.is_empty()))
+            })
+    );
+}
+
+/// Just-in-time registration as rendered: the token for the registrar (audience ado-scaler,
+/// ten minutes, bound to the pod) is mounted in the init container alone; the agent container
+/// has no identity label, no token volume, no AZURE_* variable and no federated token path;
+/// the registrar is reachable from the agents' namespace on its port and nothing else of the
+/// scaler is; the scaler's only cluster-scoped right is creating TokenReviews.
+#[test]
+fn the_default_agent_pod_holds_no_credential() {
+    let docs = rendered();
+    let job = find(&docs, "ScaledJob", "ado-agent");
+    let pod = &job["spec"]["jobTargetRef"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let token_volume = volumes
+        .iter()
+        .find(|v| v["projected"].is_object())
+        .expect("the projected token");
+    let token = &token_volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "ado-scaler");
+    assert_eq!(token["expirationSeconds"], 600);
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let token_name = token_volume["name"].as_str().unwrap();
+    assert!(mounts(&pod["initContainers"][0]).contains(&token_name.to_owned()));
+    let agent = &pod["containers"][0];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    assert!(!mounts(agent).contains(&token_name.to_owned()));
+    let text = serde_json::to_string(agent).unwrap();
+    for forbidden in [
+        "AZURE_",
+        "azure-identity-token",
+        "/var/run/secrets",
+        "AZP_TOKEN",
+    ] {
+        assert!(
+            !text.contains(forbidden),
+            "the agent container shows {forbidden}: {text}"
+        );
+    }
+    // The CA the init container trusts is the ConfigMap the scaler publishes.
+    let ca = volumes.iter().find(|v| v["configMap"].is_object()).unwrap();
+    assert_eq!(ca["configMap"]["name"], "ado-scaler-registrar-ca");
+
+    let policy = find(&docs, "NetworkPolicy", "ado-scaler");
+    let from_agents: Vec<&Value> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                == job["metadata"]["namespace"]
+        })
+        .collect();
+    assert_eq!(from_agents.len(), 1);
+    assert_eq!(
+        from_agents[0]["ports"],
+        serde_json::json!([{ "port": 9443, "protocol": "TCP" }])
+    );
+
+    let cluster_rules: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .flat_map(|d| d["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        cluster_rules,
+        [&serde_json::json!({
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        })]
+    );
+    let registrar_rules = tools::role_rules(&docs, "ado-scaler");
+    for (group, resource) in [("batch", "jobs"), ("keda.sh", "scaledjobs")] {
+        let rule = registrar_rules
+            .iter()
+            .find(|r| r.api_group == group && r.resource == resource)
+            .unwrap_or_else(|| panic!("{resource}"));
+        assert_eq!(rule.verbs, ["get"], "{resource}");
+        assert_eq!(rule.namespace, "ado-agents");
+    }
+    for rule in registrar_rules
+        .iter()
+        .filter(|r| r.resource == "secrets" || r.resource == "configmaps")
+    {
+        assert!(
+            rule.verbs == ["create"] || rule.resource_names.len() == 1,
+            "{rule:?}"
+        );
+    }
+}
+
+/// With the mtls component the registrar serves cert-manager's certificate, and the init
+/// container trusts that CA: the `ca.crt` of KEDA's client Secret, and no other key of it.
+#[test]
+fn with_mtls_the_init_container_trusts_cert_managers_ca_alone() {
+    let docs = tools::rendered_with_mtls();
+    let pod = &find(&docs, "ScaledJob", "ado-agent")["spec"]["jobTargetRef"]["template"]["spec"];
+    let ca = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "registrar-ca")
+        .unwrap();
+    assert_eq!(
+        ca["secret"],
+        serde_json::json!({
+            "secretName": "ado-agent-keda-client",
+            "items": [{ "key": "ca.crt", "path": "ca.crt" }],
+        })
+    );
+    let container =
+        &find(&docs, "Deployment", "ado-scaler")["spec"]["template"]["spec"]["containers"][0];
+    assert!(env_of(container, "ADO_SCALER_TLS_CERT")["value"].is_string());
+}
+
+/// The old mode as a component: the token exchange, `config.sh` and the pod's own
+/// deregistration, with the agents' workload identity.
+#[test]
+fn the_self_registration_component_restores_the_token_exchange() {
+    let docs = tools::rendered_with_component("self-registration");
+    let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
+    let job = find(&docs, "ScaledJob", "ado-agent");
+    let template = &job["spec"]["jobTargetRef"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    let pod = &template["spec"];
+    assert!(pod["initContainers"].is_null() && pod["volumes"].is_null());
+    let agent = &pod["containers"][0];
+    assert_eq!(
+        env_of(agent, "AZP_URL")["value"],
+        settings["organizationURL"]
+    );
+    assert_eq!(env_of(agent, "AZP_POOL")["value"], settings["poolName"]);
+    assert!(
+        agent["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "AZP_CONFIG_DIR")
+    );
+    let account = find(&docs, "ServiceAccount", "ado-agent");
+    assert_eq!(
+        account["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        settings["azureClientID"]
     );
 }

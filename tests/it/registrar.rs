@@ -183,8 +183,13 @@ async fn without_certificates_the_registrar_makes_its_own_and_publishes_the_ca()
     let kube = &jit.sim().kube;
     // The server made them as it started.
     wait_until(|| async {
-        kube.custom("", "configmaps", SIM_AGENT_NAMESPACE, "ado-scaler-registrar-ca")
-            .is_some()
+        kube.custom(
+            "",
+            "configmaps",
+            SIM_AGENT_NAMESPACE,
+            "ado-scaler-registrar-ca",
+        )
+        .is_some()
     })
     .await;
     let secret = kube

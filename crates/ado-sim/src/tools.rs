@@ -146,9 +146,17 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 /// deploy/ rendered with the mtls component switched on, in a copy of the tree.
 pub fn rendered_with_mtls() -> Vec<serde_json::Value> {
+    rendered_with_component("mtls")
+}
+
+/// `deploy/` rendered with one of its components enabled.
+pub fn rendered_with_component(component: &str) -> Vec<serde_json::Value> {
     let tree = edited_copy(
-        "mtls-rendered",
-        &[("# components:\n#   - mtls\n", "components:\n  - mtls\n")],
+        &format!("{component}-rendered"),
+        &[(
+            "# components:\n#   - mtls\n",
+            &format!("components:\n  - {component}\n"),
+        )],
     );
     let docs = rendered_in(&tree);
     let _ = std::fs::remove_dir_all(&tree);
