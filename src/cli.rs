@@ -114,6 +114,27 @@ pub struct CheckArgs {
     /// The namespace of the trigger's ScaledJob, judged against --allowed-namespaces.
     #[arg(long = "namespace", env = "ADO_SCALER_CHECK_NAMESPACE")]
     pub scaledjob_namespace: Option<String>,
+
+    /// With --as agent: the registrar's base URL (just-in-time registration); the registrar,
+    /// its CA and the token's audience are checked instead of Entra.
+    #[arg(long, env = "AZP_REGISTRAR")]
+    pub registrar: Option<String>,
+
+    /// The projected token for the registrar (audience ado-scaler).
+    #[arg(
+        long,
+        env = "AZP_REGISTRAR_TOKEN_FILE",
+        default_value = "/var/run/secrets/ado-scaler/token"
+    )]
+    pub registrar_token_file: PathBuf,
+
+    /// The CA the registrar's certificate must be signed by.
+    #[arg(
+        long,
+        env = "AZP_REGISTRAR_CA_FILE",
+        default_value = "/var/run/ado-scaler-ca/ca.crt"
+    )]
+    pub registrar_ca_file: PathBuf,
 }
 
 /// gRPC over TLS for KEDA's `enableTLS` / `caCert`, and mTLS for `tlsClientCert`/`tlsClientKey`
@@ -606,6 +627,11 @@ impl CheckArgs {
             access: self.access.access(),
             max_pools: self.access.max_pools(),
             namespace: self.scaledjob_namespace.clone(),
+            registrar: self.registrar.clone().map(|url| check::RegistrarProbe {
+                url,
+                token_file: self.registrar_token_file.clone(),
+                ca_file: self.registrar_ca_file.clone(),
+            }),
         }
     }
 }

@@ -74,7 +74,7 @@ pub async fn run(settings: PrepareSettings) -> Result<u8> {
 }
 
 /// The registrations URL: HTTPS only (the token must not cross the network in clear).
-fn registrar_url(base: &str) -> Result<url::Url> {
+pub(crate) fn registrar_url(base: &str) -> Result<url::Url> {
     let url = url::Url::parse(base.trim())
         .map_err(|e| Error::Config(format!("--registrar {base:?}: {e}")))?;
     if url.scheme() != "https" {
@@ -171,7 +171,7 @@ fn pinned_client(settings: &PrepareSettings) -> Result<reqwest::Client> {
     crate::auth::pinned_http_client(&ca, "--registrar-ca-file")
 }
 
-fn is_certificate_error(e: &reqwest::Error) -> bool {
+pub(crate) fn is_certificate_error(e: &reqwest::Error) -> bool {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
         let text = err.to_string();

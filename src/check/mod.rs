@@ -4,6 +4,7 @@
 mod access;
 mod clients;
 mod collector;
+mod registrar;
 
 use std::{fmt, sync::Arc};
 
@@ -54,6 +55,8 @@ pub struct CheckSettings {
     pub max_pools: std::result::Result<usize, String>,
     /// The namespace of the trigger's ScaledJob; `None`: the namespace list is not judged.
     pub namespace: Option<String>,
+    /// With `as_` agent: just-in-time registration, the registrar checked instead of Entra.
+    pub registrar: Option<RegistrarProbe>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +165,7 @@ pub const UNCLAIMED: &str = "unclaimed jobs";
 pub use access::{ACCESS_SETTINGS, TRIGGER_ALLOWED};
 pub use clients::{GRPC_CLIENTS, POOL_BOUND, REFRESH, REFUSED_CALLS, check_clients};
 pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
+pub use registrar::{REGISTRAR_CA, REGISTRAR_REACHABLE, REGISTRAR_TOKEN, RegistrarProbe};
 
 /// Runs the checks and prints the report; exit code 1 when any check failed.
 pub async fn run(args: CheckSettings) -> Result<u8> {
@@ -179,6 +183,20 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
     }
     // Needs no identity either: the scaler refuses such a trigger before asking ADO.
     let admitted = access::check_access(args, &mut report);
+    if let (CheckAs::Agent, Some(probe)) = (args.as_, &args.registrar) {
+        let expected = args
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "ado-agents:ado-agent".to_owned());
+        registrar::check_registrar(probe, &expected, &mut report).await;
+        report.push(
+            Status::Info,
+            "agent identity",
+            "none: with just-in-time registration the agent pod holds no Entra identity, so Entra and Azure DevOps are checked from the scaler (check --as scaler)",
+            None,
+        );
+        return report;
+    }
     let remote = [
         TOKEN_EXCHANGE,
         REACHABLE,

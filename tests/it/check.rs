@@ -33,6 +33,9 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
         gc: gc_args(&[]),
         access: access_args(&["--allowed-orgs", &sim.org_url]),
         scaledjob_namespace: None,
+        registrar: None,
+        registrar_token_file: PathBuf::from("/nonexistent"),
+        registrar_ca_file: PathBuf::from("/nonexistent"),
     }
 }
 

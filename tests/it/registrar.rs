@@ -668,3 +668,92 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `check --as agent` in this mode checks the registrar (its CA, the token's audience and
+/// account, a TLS answer) instead of Entra, and sends no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_as_agent_checks_the_registrar_instead_of_entra() {
+    use ado_scaler::{
+        check::{self, REGISTRAR_CA, REGISTRAR_REACHABLE, REGISTRAR_TOKEN, Status, TOKEN_EXCHANGE},
+        cli::{Cli, Command},
+    };
+    use clap::Parser;
+    let jit = Jit::start().await;
+    let pod = "agents-check";
+    jit.agent_pod(SIM_AGENT_NAMESPACE, pod, SERVICE_ACCOUNT);
+    let root = jit.sim().dir().join("check-pod");
+    std::fs::create_dir_all(&root).unwrap();
+    let good = root.join("token");
+    std::fs::write(&good, jit.token(SIM_AGENT_NAMESPACE, pod)).unwrap();
+    let for_the_api_server = root.join("api-token");
+    std::fs::write(
+        &for_the_api_server,
+        jit.sim()
+            .kube
+            .pod_token(SIM_AGENT_NAMESPACE, pod, API_SERVER_AUDIENCE, TEN_MINUTES),
+    )
+    .unwrap();
+    let other_ca = root.join("other-ca.pem");
+    std::fs::write(&other_ca, ado_sim::tls::SimCa::generate().unwrap().ca_pem).unwrap();
+    let base = jit.url.trim_end_matches("/v1/registrations").to_owned();
+    let report = |token: &Path, ca: &Path| {
+        let argv = [
+            "ado-scaler",
+            "check",
+            "--org",
+            &jit.sim().org_url,
+            "--pool",
+            POOL,
+            "--as",
+            "agent",
+            "--registrar",
+            &base,
+            "--registrar-token-file",
+            token.to_str().unwrap(),
+            "--registrar-ca-file",
+            ca.to_str().unwrap(),
+        ];
+        let Command::Check(args) = Cli::parse_from(argv).command else {
+            unreachable!()
+        };
+        async move { check::check(&args.settings(), &|_| None).await }
+    };
+    let before = jit.registrations("bad_token").await;
+
+    let ok = report(&good, &jit.sim().ca_file).await;
+    for title in [REGISTRAR_TOKEN, REGISTRAR_CA, REGISTRAR_REACHABLE] {
+        assert_eq!(
+            ok.item(title).map(|i| i.status),
+            Some(Status::Pass),
+            "{title}:\n{ok}"
+        );
+    }
+    assert!(
+        ok.item(TOKEN_EXCHANGE).is_none(),
+        "no Entra in this mode:\n{ok}"
+    );
+
+    let wrong = report(&for_the_api_server, &other_ca).await;
+    let token = wrong.item(REGISTRAR_TOKEN).unwrap();
+    assert_eq!(token.status, Status::Fail, "{wrong}");
+    assert!(
+        token.fix.as_deref().unwrap().contains("ado-scaler"),
+        "{wrong}"
+    );
+    let reach = wrong.item(REGISTRAR_REACHABLE).unwrap();
+    assert_eq!(reach.status, Status::Fail, "{wrong}");
+    assert!(
+        reach
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("not signed by this CA"),
+        "{wrong}"
+    );
+    assert_eq!(
+        jit.registrations("bad_token").await,
+        before,
+        "check sent no token"
+    );
+    assert!(jit.agents().is_empty());
+}

@@ -531,7 +531,30 @@ impl KubeSim {
             audiences: vec![audience.into()],
             expires: std::time::Instant::now() + ttl,
         };
-        let token = format!("sim-projected-{:032x}", rand::random::<u128>());
+        // Shaped as the kubelet's: a JWT whose claims name the audience, the account and the
+        // pod (the signature is the API server's business: only TokenReview validates it).
+        let token = {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let exp = jiff::Timestamp::now().as_second() + ttl.as_secs() as i64;
+            let claims = json!({
+                "iss": "https://kubernetes.default.svc.cluster.local",
+                "sub": format!("system:serviceaccount:{namespace}:{}", issued.service_account),
+                "aud": [audience],
+                "exp": exp,
+                "kubernetes.io": {
+                    "namespace": namespace,
+                    "pod": { "name": pod, "uid": issued.pod_uid },
+                    "serviceaccount": { "name": issued.service_account },
+                },
+            });
+            format!(
+                "{}.{}.{}",
+                b64.encode(r#"{"alg":"RS256","kid":"sim"}"#),
+                b64.encode(claims.to_string()),
+                b64.encode(rand::random::<[u8; 32]>())
+            )
+        };
         store.pod_tokens.insert(token.clone(), issued);
         token
     }
