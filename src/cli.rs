@@ -120,7 +120,14 @@ pub struct CheckArgs {
     #[arg(long, env = "AZP_REGISTRAR")]
     pub registrar: Option<String>,
 
-    /// The projected token for the registrar (audience ado-scaler).
+    #[command(flatten)]
+    pub registrar_files: RegistrarFileArgs,
+}
+
+/// The two files the agent pod's init container reads: `agent prepare` and `check --as agent`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistrarFileArgs {
+    /// The projected service-account token (audience ado-scaler), mounted in the init container only.
     #[arg(
         long,
         env = "AZP_REGISTRAR_TOKEN_FILE",
@@ -128,7 +135,7 @@ pub struct CheckArgs {
     )]
     pub registrar_token_file: PathBuf,
 
-    /// The CA the registrar's certificate must be signed by.
+    /// The CA that signed the registrar's certificate; nothing else is trusted.
     #[arg(
         long,
         env = "AZP_REGISTRAR_CA_FILE",
@@ -380,21 +387,8 @@ pub struct PrepareArgs {
     #[arg(long, env = "AZP_REGISTRAR")]
     pub registrar: String,
 
-    /// The projected service-account token (audience ado-scaler), mounted in this container only.
-    #[arg(
-        long,
-        env = "AZP_REGISTRAR_TOKEN_FILE",
-        default_value = "/var/run/secrets/ado-scaler/token"
-    )]
-    pub registrar_token_file: PathBuf,
-
-    /// The CA that signed the registrar's certificate; nothing else is trusted.
-    #[arg(
-        long,
-        env = "AZP_REGISTRAR_CA_FILE",
-        default_value = "/var/run/ado-scaler-ca/ca.crt"
-    )]
-    pub registrar_ca_file: PathBuf,
+    #[command(flatten)]
+    pub files: RegistrarFileArgs,
 
     /// Where the agent's files are written (a volume shared with the agent container).
     #[arg(long, env = "AZP_CONFIG_DIR", default_value = "/azp/config")]
@@ -600,8 +594,8 @@ impl PrepareArgs {
     pub fn settings(self) -> agent::prepare::PrepareSettings {
         agent::prepare::PrepareSettings {
             registrar: self.registrar,
-            token_file: self.registrar_token_file,
-            ca_file: self.registrar_ca_file,
+            token_file: self.files.registrar_token_file,
+            ca_file: self.files.registrar_ca_file,
             config_dir: self.config_dir,
             agent_dir: self.agent_dir,
             work: self.work,
@@ -629,8 +623,8 @@ impl CheckArgs {
             namespace: self.scaledjob_namespace.clone(),
             registrar: self.registrar.clone().map(|url| check::RegistrarProbe {
                 url,
-                token_file: self.registrar_token_file.clone(),
-                ca_file: self.registrar_ca_file.clone(),
+                token_file: self.registrar_files.registrar_token_file.clone(),
+                ca_file: self.registrar_files.registrar_ca_file.clone(),
             }),
         }
     }

@@ -34,8 +34,7 @@ fn args(sim: &SimCloud, pool: &str) -> CheckArgs {
         access: access_args(&["--allowed-orgs", &sim.org_url]),
         scaledjob_namespace: None,
         registrar: None,
-        registrar_token_file: PathBuf::from("/nonexistent"),
-        registrar_ca_file: PathBuf::from("/nonexistent"),
+        registrar_files: parsed(&[]).registrar_files,
     }
 }
 

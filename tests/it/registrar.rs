@@ -131,8 +131,17 @@ impl Jit {
     }
 
     async fn registrations(&self, result: &str) -> u64 {
+        self.counter("ado_scaler_registrations_total", result).await
+    }
+
+    async fn deregistrations(&self, result: &str) -> u64 {
+        self.counter("ado_scaler_registrar_deregistrations_total", result)
+            .await
+    }
+
+    async fn counter(&self, family: &str, result: &str) -> u64 {
         let (_, text) = self.h.http_get("/metrics").await;
-        let series = format!("ado_scaler_registrations_total{{result=\"{result}\"}} ");
+        let series = format!("{family}{{result=\"{result}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&series))
             .unwrap_or_else(|| panic!("no {series} in {text}"))
@@ -643,18 +652,6 @@ async fn registrations_are_deleted_once_their_agent_container_ends() {
     ado.finish(request, "succeeded");
     wait_until(|| async { jit.agents().is_empty() }).await;
     assert_eq!(jit.deregistrations("deleted").await, 2);
-}
-
-impl Jit {
-    async fn deregistrations(&self, result: &str) -> u64 {
-        let (_, text) = self.h.http_get("/metrics").await;
-        let series = format!("ado_scaler_registrar_deregistrations_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .unwrap_or_else(|| panic!("no {series}"))
-            .parse()
-            .unwrap()
-    }
 }
 
 async fn wait_until<F, Fut>(condition: F)
