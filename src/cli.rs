@@ -755,6 +755,7 @@ fn registrar_settings(args: &ServeArgs) -> Result<Option<serve::RegistrarServe>>
         settings: crate::registrar::RegistrarSettings {
             namespaces,
             service_accounts,
+            cleanup_interval: crate::registrar::cleanup::CLEANUP_INTERVAL,
         },
         tls,
         kubeconfig: args.gc.kubeconfig.clone(),

@@ -34,10 +34,35 @@ pub struct PrepareSettings {
 
 /// Runs the init container; the result is its exit code.
 pub async fn run(settings: PrepareSettings) -> Result<u8> {
-    let started = Instant::now();
-    let url = registrar_url(&settings.registrar)?;
+    registrar_url(&settings.registrar)?;
     pinned_client(&settings)?;
     let version = listener_version(&settings.agent_dir).await?;
+    register_pod(&settings, version).await?;
+    Ok(0)
+}
+
+/// What [`run`] does once it knows the listener's version: the key, the registration and the
+/// three files. Public for callers that run no listener binary to ask (the demo's pods).
+pub async fn register_pod(
+    settings: &PrepareSettings,
+    version: String,
+) -> Result<RegistrationAnswer> {
+    let started = Instant::now();
+    let url = registrar_url(&settings.registrar)?;
+    // The pod's emptyDir exists; made here (owner only) when run outside a pod.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&settings.config_dir)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "--config-dir {}: {e}",
+                    settings.config_dir.display()
+                ))
+            })?;
+    }
     let (key, created) = credentials::load_or_create_key(&settings.config_dir)?;
     tracing::info!(
         new_key = created,
@@ -50,7 +75,7 @@ pub async fn run(settings: PrepareSettings) -> Result<u8> {
         os_description: os_description(),
     };
     drop(key);
-    let answer = register(&url, &settings, &request).await?;
+    let answer = register(&url, settings, &request).await?;
     credentials::write_registration(
         &settings.config_dir,
         &AgentSettingsFile {
@@ -70,7 +95,7 @@ pub async fn run(settings: PrepareSettings) -> Result<u8> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "agent registered; files written"
     );
-    Ok(0)
+    Ok(answer)
 }
 
 /// The registrations URL: HTTPS only (the token must not cross the network in clear).
@@ -171,12 +196,21 @@ fn pinned_client(settings: &PrepareSettings) -> Result<reqwest::Client> {
     crate::auth::pinned_http_client(&ca, "--registrar-ca-file")
 }
 
+/// Whether the TLS handshake failed on the server's certificate: rustls' own error, found
+/// along the source chain. hyper wraps it in `io::Error`s, whose `source` skips the error they
+/// hold, so each of those is opened with `get_ref`.
 pub(crate) fn is_certificate_error(e: &reqwest::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        let text = err.to_string();
-        if text.contains("certificate") || text.contains("UnknownIssuer") {
-            return true;
+        let mut held = Some(err);
+        while let Some(inner) = held {
+            if let Some(rustls::Error::InvalidCertificate(_)) = inner.downcast_ref() {
+                return true;
+            }
+            held = inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|e| e as &(dyn std::error::Error + 'static));
         }
         source = err.source();
     }

@@ -160,6 +160,16 @@ pub async fn start(
             })
             .inc_by(0);
     }
+    // And every pool's deletions: a pool kept clean by the registrar shows 0, not no data.
+    for (org, pool) in &settings.pools {
+        metrics
+            .deleted
+            .get_or_create(&PoolLabels {
+                org: org.to_string(),
+                pool: pool.clone(),
+            })
+            .inc_by(0);
+    }
     Ok(tokio::spawn(run(settings, client, ado, metrics, shutdown)))
 }
 

@@ -15,7 +15,8 @@ use crate::{ado::OrgUrl, error::Error};
 /// The agent pod's container that runs the listener (`deploy/`'s name).
 pub const AGENT_CONTAINER: &str = "agent";
 
-/// How often registered pods are looked at.
+/// How often registered pods are looked at: a finished pod's registration lasts about this
+/// long (a pool's offline agents are cheap; the pod list per look is not free).
 pub const CLEANUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A registration this replica made, until it is deleted.
@@ -66,9 +67,9 @@ pub fn state_of(pod: Option<&Pod>, uid: &str) -> PodState {
 }
 
 impl super::Registrar {
-    /// Looks at registered pods every [`CLEANUP_INTERVAL`] until `stop`.
+    /// Looks at registered pods every `cleanup_interval` until `stop`.
     pub async fn clean_up(self: std::sync::Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(CLEANUP_INTERVAL);
+        let mut tick = tokio::time::interval(self.settings.cleanup_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -74,6 +74,56 @@ pub struct RegistrarSettings {
     pub namespaces: Vec<String>,
     /// Service accounts agent pods run as.
     pub service_accounts: Vec<String>,
+    /// How often registered pods are looked at ([`cleanup::CLEANUP_INTERVAL`] in `serve`).
+    pub cleanup_interval: Duration,
+}
+
+impl RegistrarSettings {
+    /// The pod's namespace and service account must be listed.
+    fn admit(&self, who: &PodIdentity) -> Result<(), Refused> {
+        if !self.namespaces.contains(&who.namespace) {
+            return Err(Refused::Namespace(who.namespace.clone()));
+        }
+        if !self.service_accounts.contains(&who.service_account) {
+            return Err(Refused::ServiceAccount(who.service_account.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// The one trigger of ours the ScaledJob has, admitted as gRPC would admit it.
+fn trigger_of(access: &Access, who: &PodIdentity, workload: &Workload) -> Result<Trigger, Refused> {
+    let refused = |reason: String| Refused::Trigger {
+        scaled_job: workload.scaled_job.clone(),
+        reason,
+    };
+    let mut admitted: Vec<Trigger> = Vec::new();
+    let mut first_error = None;
+    for (_, meta) in workload
+        .triggers
+        .iter()
+        .filter(|(kind, _)| TRIGGER_TYPES.contains(&kind.as_str()))
+    {
+        match access.admit(&who.namespace, meta) {
+            Ok(t) => {
+                if !admitted.iter().any(|a| a.org == t.org && a.pool == t.pool) {
+                    admitted.push(t);
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match admitted.len() {
+        1 => Ok(admitted.remove(0)),
+        0 => Err(refused(first_error.unwrap_or_else(|| {
+            "has no external trigger of this scaler".into()
+        }))),
+        n => Err(refused(format!(
+            "its {n} triggers name different pools: the pod's pool is ambiguous"
+        ))),
+    }
 }
 
 /// Why a registration was refused; each is one HTTP status and one metric reason.
@@ -234,7 +284,7 @@ pub struct Registrar {
     metrics: Arc<RegistrarMetrics>,
     /// By pod UID; each cell is locked for the whole of one registration, so a pod's
     /// concurrent attempts register once.
-    records: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Record>>>>>,
+    records: Mutex<HashMap<String, Cell>>,
     /// By pod UID: what [`cleanup`] deletes once the pod has ended.
     registered: Mutex<HashMap<String, cleanup::Registered>>,
 }
@@ -287,9 +337,9 @@ impl Registrar {
         let token = bearer(headers)?;
         let request = parse_request(body)?;
         let who = review::review_token(&self.kube, token).await?;
-        self.admit_pod(&who)?;
+        self.settings.admit(&who)?;
         let workload = review::workload(&self.kube, &who).await?;
-        let trigger = self.trigger_of(&who, &workload)?;
+        let trigger = trigger_of(&self.access, &who, &workload)?;
         let cell = self.cell(&who.pod_uid);
         let mut record = cell.lock().await;
         if let Some(done) = record.as_ref() {
@@ -316,55 +366,6 @@ impl Registrar {
             at: Instant::now(),
         });
         Ok((answer, false))
-    }
-
-    fn admit_pod(&self, who: &PodIdentity) -> Result<(), Refused> {
-        if !self.settings.namespaces.contains(&who.namespace) {
-            return Err(Refused::Namespace(who.namespace.clone()));
-        }
-        if !self
-            .settings
-            .service_accounts
-            .contains(&who.service_account)
-        {
-            return Err(Refused::ServiceAccount(who.service_account.clone()));
-        }
-        Ok(())
-    }
-
-    /// The one trigger of ours the ScaledJob has, admitted as gRPC would admit it.
-    fn trigger_of(&self, who: &PodIdentity, workload: &Workload) -> Result<Trigger, Refused> {
-        let refused = |reason: String| Refused::Trigger {
-            scaled_job: workload.scaled_job.clone(),
-            reason,
-        };
-        let mut admitted: Vec<Trigger> = Vec::new();
-        let mut first_error = None;
-        for (_, meta) in workload
-            .triggers
-            .iter()
-            .filter(|(kind, _)| TRIGGER_TYPES.contains(&kind.as_str()))
-        {
-            match self.access.admit(&who.namespace, meta) {
-                Ok(t) => {
-                    if !admitted.iter().any(|a| a.org == t.org && a.pool == t.pool) {
-                        admitted.push(t);
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        match admitted.len() {
-            1 => Ok(admitted.remove(0)),
-            0 => Err(refused(first_error.unwrap_or_else(|| {
-                "has no external trigger of this scaler".into()
-            }))),
-            n => Err(refused(format!(
-                "its {n} triggers name different pools: the pod's pool is ambiguous"
-            ))),
-        }
     }
 
     async fn add_agent(
@@ -419,16 +420,28 @@ impl Registrar {
         })
     }
 
-    /// The pod's cell, pruning records old enough that no init container still retries.
-    fn cell(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<Option<Record>>> {
+    /// The pod's cell, after pruning the others ([`prune`]).
+    fn cell(&self, pod_uid: &str) -> Cell {
         let mut records = self.records.lock().expect("records");
-        records.retain(|_, cell| {
-            cell.try_lock().map_or(true, |r| {
-                r.as_ref().is_none_or(|r| r.at.elapsed() < REMEMBER_FOR)
-            })
-        });
+        prune(&mut records, Instant::now());
         records.entry(pod_uid.to_owned()).or_default().clone()
     }
+}
+
+/// One pod's registration, locked for the whole of one attempt.
+type Cell = Arc<tokio::sync::Mutex<Option<Record>>>;
+
+/// Drops the cells no request holds whose registration failed, or succeeded long enough ago
+/// that no init container still retries; without it each failed attempt would stay until a
+/// restart. The caller holds the map's lock: a count of one is the map's own reference.
+fn prune(records: &mut HashMap<String, Cell>, now: Instant) {
+    records.retain(|_, cell| {
+        Arc::strong_count(cell) > 1
+            || cell.try_lock().is_ok_and(|r| {
+                r.as_ref()
+                    .is_some_and(|r| now.duration_since(r.at) < REMEMBER_FOR)
+            })
+    });
 }
 
 async fn handle(
@@ -635,6 +648,145 @@ mod tests {
         let mut reasons: Vec<_> = cases.iter().map(|(r, _)| r.reason()).collect();
         reasons.dedup();
         assert_eq!(reasons.len(), Refused::REASONS.len());
+    }
+
+    #[test]
+    fn only_held_cells_and_recent_registrations_are_remembered() {
+        let record = |at| Record {
+            public_key: AgentPublicKey::default(),
+            answer: RegistrationAnswer {
+                agent_id: 1,
+                agent_name: "agents-1".into(),
+                pool_id: 1,
+                pool_name: "linux".into(),
+                server_url: "https://dev.azure.com/org/".into(),
+                client_id: "c".into(),
+                authorization_url: "https://vstoken.dev.azure.com/x".into(),
+            },
+            at,
+        };
+        let at = Instant::now();
+        let cell = |r: Option<Record>| Arc::new(tokio::sync::Mutex::new(r));
+        // A request in progress holds its cell (and locks it).
+        let held = cell(None);
+        let mut records: HashMap<String, Cell> = HashMap::from([
+            ("failed".into(), cell(None)),
+            ("held".into(), held.clone()),
+            ("recent".into(), cell(Some(record(at)))),
+            ("old".into(), cell(Some(record(at)))),
+        ]);
+        // "old" is one second past REMEMBER_FOR; "recent" one second short of it.
+        records
+            .get_mut("recent")
+            .unwrap()
+            .try_lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .at = at + Duration::from_secs(2);
+        prune(&mut records, at + REMEMBER_FOR + Duration::from_secs(1));
+        let mut kept: Vec<_> = records.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["held", "recent"]);
+        // Exactly REMEMBER_FOR old is forgotten.
+        prune(&mut records, at + REMEMBER_FOR + Duration::from_secs(2));
+        assert!(!records.contains_key("recent"));
+    }
+
+    fn pod(namespace: &str, service_account: &str) -> PodIdentity {
+        PodIdentity {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            pod_name: "agents-1".into(),
+            pod_uid: "uid-1".into(),
+        }
+    }
+
+    #[test]
+    fn only_listed_namespaces_and_service_accounts_register() {
+        let settings = RegistrarSettings {
+            namespaces: vec!["agents".into()],
+            service_accounts: vec!["ado-agent".into()],
+            cleanup_interval: cleanup::CLEANUP_INTERVAL,
+        };
+        assert!(settings.admit(&pod("agents", "ado-agent")).is_ok());
+        assert!(matches!(
+            settings.admit(&pod("other", "ado-agent")),
+            Err(Refused::Namespace(ns)) if ns == "other"
+        ));
+        assert!(matches!(
+            settings.admit(&pod("agents", "default")),
+            Err(Refused::ServiceAccount(sa)) if sa == "default"
+        ));
+    }
+
+    #[test]
+    fn the_pool_is_that_of_the_scaledjobs_one_admitted_trigger() {
+        use crate::scaler::access::{NamespaceAllowlist, PoolAllowlist};
+        let orgs = crate::scaler::allowlist::OrgAllowlist::default_cloud();
+        let access = Access {
+            namespaces: NamespaceAllowlist::parse(&["agents"]).unwrap(),
+            pools: PoolAllowlist::default(),
+            orgs,
+        };
+        let trigger = |kind: &str, org: &str, pool: &str| {
+            (
+                kind.to_owned(),
+                HashMap::from([
+                    ("organizationURL".to_owned(), org.to_owned()),
+                    ("poolName".to_owned(), pool.to_owned()),
+                ]),
+            )
+        };
+        let of = |triggers: Vec<(String, HashMap<String, String>)>| {
+            let workload = Workload {
+                scaled_job: "agents".into(),
+                triggers,
+            };
+            trigger_of(&access, &pod("agents", "ado-agent"), &workload)
+        };
+        let contoso = "https://dev.azure.com/contoso";
+        let linux = of(vec![trigger("external", contoso, "linux")]).unwrap();
+        assert_eq!(linux.pool, PoolRef::Name("linux".into()));
+        // The same pool twice, or beside a trigger of another type, is still one pool.
+        assert!(
+            of(vec![
+                trigger("cron", contoso, "gpu"),
+                trigger("external-push", contoso, "linux"),
+                trigger("external", contoso, "linux"),
+            ])
+            .is_ok()
+        );
+        let reason = |result: Result<Trigger, Refused>| match result {
+            Err(Refused::Trigger { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            reason(of(vec![
+                trigger("external", contoso, "linux"),
+                trigger("external", contoso, "gpu"),
+            ]))
+            .contains("ambiguous")
+        );
+        assert!(
+            reason(of(vec![trigger("cron", contoso, "linux")])).contains("no external trigger")
+        );
+        assert!(reason(of(vec![])).contains("no external trigger"));
+        // A foreign organisation: the access policy's own words.
+        assert!(
+            reason(of(vec![trigger(
+                "external",
+                "https://dev.azure.com.evil.example/x",
+                "linux"
+            )]))
+            .contains("allowed-orgs"),
+        );
+        // Another namespace's pod is refused by the policy too.
+        let workload = Workload {
+            scaled_job: "agents".into(),
+            triggers: vec![trigger("external", contoso, "linux")],
+        };
+        assert!(trigger_of(&access, &pod("other", "ado-agent"), &workload).is_err());
     }
 
     #[test]

@@ -56,7 +56,6 @@ pub async fn review_token(client: &Client, token: &str) -> Result<PodIdentity, R
         .create(&PostParams::default(), &review)
         .await
         .map_err(|e| kubernetes("review the token", e))?;
-    drop(review);
     identity(answer)
 }
 
@@ -273,5 +272,93 @@ mod tests {
             .unwrap()
             .username = Some("alice".into());
         assert!(matches!(identity(user), Err(Refused::NotPodBound)));
+        // An empty pod name or UID is no binding.
+        assert!(matches!(
+            identity(review(
+                true,
+                &[TOKEN_AUDIENCE],
+                &[(POD_NAME_EXTRA, ""), (POD_UID_EXTRA, "uid-1")]
+            )),
+            Err(Refused::NotPodBound)
+        ));
+        // The API server's reason reaches the caller, cut to 200 characters.
+        let mut failed = review(false, &[], &[]);
+        failed.status.as_mut().unwrap().error = Some("x".repeat(500));
+        match identity(failed) {
+            Err(Refused::BadToken(why)) => assert_eq!(why, "x".repeat(200)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn owned_by(refs: &[(&str, &str, &str, bool)]) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: Some(
+                refs.iter()
+                    .map(|(api_version, kind, uid, controller)| OwnerReference {
+                        api_version: (*api_version).into(),
+                        kind: (*kind).into(),
+                        name: format!("{kind}-1"),
+                        uid: (*uid).into(),
+                        controller: Some(*controller),
+                        ..OwnerReference::default()
+                    })
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_the_controller_of_the_expected_kind_counts() {
+        let job = ("batch/v1", "Job", "uid-j", true);
+        let found = |refs: &[(&str, &str, &str, bool)]| {
+            controller(&owned_by(refs), "batch/v1", "Job")
+                .map(|r| r.uid.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(found(&[job]), "uid-j");
+        // An owner that does not control, or a controller of another kind or version.
+        assert_eq!(found(&[("batch/v1", "Job", "uid-j", false)]), "");
+        assert_eq!(found(&[("batch/v1", "CronJob", "uid-c", true)]), "");
+        assert_eq!(found(&[("batch/v2", "Job", "uid-j", true)]), "");
+        // The controller is the one with `controller: true`, wherever it is listed.
+        assert_eq!(found(&[("batch/v1", "Job", "uid-x", false), job]), "uid-j");
+        assert_eq!(found(&[]), "");
+    }
+
+    #[test]
+    fn an_owner_is_the_one_referenced_by_uid() {
+        let meta = owned_by(&[("batch/v1", "Job", "uid-j", true)]);
+        let reference = controller(&meta, "batch/v1", "Job").unwrap();
+        let with_uid = |uid: &str| ObjectMeta {
+            uid: Some(uid.into()),
+            ..ObjectMeta::default()
+        };
+        assert!(same_uid(Some(with_uid("uid-j")), reference, "Job").is_ok());
+        match same_uid(Some(with_uid("uid-namesake")), reference, "Job") {
+            Err(Refused::OwnerChain(why)) => assert!(why.contains("Job Job-1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(same_uid(None, reference, "Job").is_err());
+    }
+
+    #[test]
+    fn triggers_keep_their_type_and_string_metadata() {
+        let data = serde_json::json!({"spec": {"triggers": [
+            {"type": "external", "metadata": {"poolName": "linux", "targetQueueLength": 1}},
+            {"type": "cron"},
+        ]}});
+        assert_eq!(
+            triggers(Some(&data)),
+            [
+                (
+                    "external".to_owned(),
+                    HashMap::from([("poolName".to_owned(), "linux".to_owned())])
+                ),
+                ("cron".to_owned(), HashMap::new()),
+            ]
+        );
+        assert!(triggers(Some(&serde_json::json!({"spec": {}}))).is_empty());
+        assert!(triggers(None).is_empty());
     }
 }

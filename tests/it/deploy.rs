@@ -397,7 +397,7 @@ fn alerts_pass_promtool_and_each_is_unit_tested() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(alerts.len(), 14);
+    assert_eq!(alerts.len(), 16);
     let settings = &find(&docs, "ConfigMap", "ado-scaler-settings")["data"];
     let base = settings["runbookBaseURL"].as_str().unwrap();
     // GitHub's anchors: a heading, lower-cased.

@@ -30,6 +30,8 @@ use crate::common::{Harness, POOL};
 
 const SERVICE_ACCOUNT: &str = "ado-agent";
 const TEN_MINUTES: Duration = Duration::from_secs(600);
+/// The registrar's look at registered pods, shorter than `serve`'s for quick tests.
+const CLEANUP: Duration = Duration::from_millis(500);
 
 struct Jit {
     h: Harness,
@@ -155,6 +157,7 @@ fn registrar(sim: &SimCloud, tls: RegistrarTls) -> RegistrarServe {
         settings: RegistrarSettings {
             namespaces: vec![SIM_AGENT_NAMESPACE.into()],
             service_accounts: vec![SERVICE_ACCOUNT.into()],
+            cleanup_interval: CLEANUP,
         },
         tls,
         kubeconfig: Some(sim.kubeconfig.clone()),
@@ -638,7 +641,7 @@ async fn registrations_are_deleted_once_their_agent_container_ends() {
     );
 
     // Still running: nothing is deleted.
-    tokio::time::sleep(ado_scaler::registrar::cleanup::CLEANUP_INTERVAL * 2).await;
+    tokio::time::sleep(CLEANUP * 3).await;
     assert_eq!(jit.agents(), [busy, gone]);
 
     jit.sim().kube.delete_pod(SIM_AGENT_NAMESPACE, gone);

@@ -1,9 +1,14 @@
-//! Simulated `--once` agents: register through the REST API as `config.sh` does, take one
-//! job, run it, tear down and deregister.
+//! Simulated `--once` agents: registered by the scaler's registrar from their pod's init
+//! container (or, self-registering, through the REST API as `config.sh` does), take one job,
+//! run it, tear down and leave.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,8 +20,10 @@ use ado_scaler::{
         AdoClient, OrgUrl,
         models::{Agent, AgentAuthorization},
     },
+    agent::prepare::{self, PrepareSettings},
     auth::{TokenMetrics, TokenSource},
     error::{Error, Result},
+    registrar::{DEFAULT_SERVICE_ACCOUNT, cleanup::AGENT_CONTAINER, wire::TOKEN_AUDIENCE},
 };
 use ado_sim::{AdoSim, KubeSim, SIM_AGENT_NAMESPACE, SimCloud};
 
@@ -61,20 +68,96 @@ impl Stats {
 
 pub(super) type Shared = Arc<Mutex<Stats>>;
 
+/// How the simulated agents come to be registered: the two modes of `deploy/`.
+#[derive(Clone)]
+pub(super) enum Enrolment {
+    /// The default: each pod's init container has the scaler's registrar register the key it
+    /// made (`agent prepare`, the production code), and the agent container holds no
+    /// credential; the registrar deletes the registration once the agent container ended.
+    JustInTime(JustInTime),
+    /// `deploy/self-registration/`: each agent exchanges its own workload identity and
+    /// registers and deregisters itself, as `config.sh` does.
+    SelfRegistration(Box<SelfRegistration>),
+}
+
+impl Enrolment {
+    /// Tokens the simulated agents themselves requested from Entra.
+    pub(super) fn agent_token_requests(&self) -> u64 {
+        match self {
+            Self::JustInTime(_) => 0,
+            Self::SelfRegistration(own) => own.token_requests(),
+        }
+    }
+
+    /// Agents registered, by whichever means.
+    pub(super) fn registered(&self) -> u64 {
+        match self {
+            Self::JustInTime(jit) => jit.registered.load(Ordering::SeqCst),
+            Self::SelfRegistration(own) => own.registered.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The registrar's address and trust, and the ScaledJobs whose Jobs own the agent pods.
+#[derive(Clone)]
+pub(super) struct JustInTime {
+    /// The registrar's base URL, as `AZP_REGISTRAR`.
+    pub(super) registrar: String,
+    /// The registrar's CA, as the `ado-scaler-registrar-ca` ConfigMap mounts it.
+    pub(super) ca_file: PathBuf,
+    /// Each pod's volumes: the projected token (init container only) and the agent config.
+    pub(super) pods_dir: PathBuf,
+    /// `(name, uid)` of each ScaledJob, by index.
+    pub(super) scaled_jobs: Vec<(String, String)>,
+    pub(super) registered: Arc<AtomicU64>,
+}
+
+impl JustInTime {
+    /// The pod's init container: `agent prepare` with a projected token of audience
+    /// `ado-scaler`; the token file is gone once it ends (only the init container mounts it).
+    async fn prepare(&self, kube: &KubeSim, name: &str) -> Result<u32> {
+        let dir = self.pods_dir.join(name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        let token_file = dir.join("token");
+        let token = kube.pod_token(
+            SIM_AGENT_NAMESPACE,
+            name,
+            TOKEN_AUDIENCE,
+            Duration::from_secs(600),
+        );
+        std::fs::write(&token_file, token).map_err(|e| Error::Config(e.to_string()))?;
+        let settings = PrepareSettings {
+            registrar: self.registrar.clone(),
+            token_file: token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            config_dir: dir.join("agent-config"),
+            agent_dir: dir.clone(),
+            work: "_work".into(),
+            timeout: Duration::from_secs(30),
+        };
+        let answer = prepare::register_pod(&settings, ado_sim::SIM_AGENT_VERSION.into()).await;
+        let _ = std::fs::remove_file(&token_file);
+        let answer = answer?;
+        self.registered.fetch_add(1, Ordering::SeqCst);
+        Ok(answer.agent_id)
+    }
+}
+
 /// Registers and deregisters simulated agents through the simulated ADO's REST API, with
 /// the production client, as `config.sh` does.
 #[derive(Clone)]
-pub(super) struct Registrar {
+pub(super) struct SelfRegistration {
     pub(super) ado: AdoClient,
     pub(super) tokens: Arc<TokenMetrics>,
     pub(super) org: OrgUrl,
     pub(super) pool_id: u32,
     /// One key for every simulated agent: they never open a session that would use it.
     pub(super) authorization: AgentAuthorization,
-    deregistered: Arc<std::sync::atomic::AtomicU64>,
+    registered: Arc<AtomicU64>,
 }
 
-impl Registrar {
+impl SelfRegistration {
     pub(super) fn new(sim: &SimCloud, pool_id: u32) -> Result<Self> {
         let http = sim.http_client()?;
         let tokens = Arc::new(TokenMetrics::default());
@@ -85,15 +168,11 @@ impl Registrar {
             org: OrgUrl::parse(&sim.org_url).map_err(|e| Error::Config(e.to_string()))?,
             pool_id,
             authorization: AgentAuthorization::fresh().map_err(Error::Config)?,
-            deregistered: Arc::default(),
+            registered: Arc::default(),
         })
     }
 
-    pub(super) async fn register(
-        &self,
-        name: &str,
-        capabilities: &BTreeMap<String, String>,
-    ) -> Result<u32> {
+    async fn register(&self, name: &str, capabilities: &BTreeMap<String, String>) -> Result<u32> {
         let agent = Agent {
             name: name.to_owned(),
             version: Some(ado_sim::SIM_AGENT_VERSION.into()),
@@ -105,13 +184,14 @@ impl Registrar {
             ..Agent::default()
         };
         let created = self.ado.add_agent(&self.org, self.pool_id, &agent).await?;
+        self.registered.fetch_add(1, Ordering::SeqCst);
         created
             .map(|a| a.id)
             .ok_or_else(|| Error::Config(format!("agent {name} already registered")))
     }
 
     /// Tokens the simulated agents requested.
-    pub(super) fn token_requests(&self) -> u64 {
+    fn token_requests(&self) -> u64 {
         ["success", "error"]
             .into_iter()
             .map(|result| {
@@ -123,23 +203,14 @@ impl Registrar {
             .sum()
     }
 
-    pub(super) async fn deregister(&self, agent_id: u32) {
-        match self
+    async fn deregister(&self, agent_id: u32) {
+        if let Err(e) = self
             .ado
             .delete_agent(&self.org, self.pool_id, agent_id)
             .await
         {
-            Ok(()) => {
-                self.deregistered
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            Err(e) => tracing::warn!(error = %e, "simulated agent could not deregister"),
+            tracing::warn!(error = %e, "simulated agent could not deregister");
         }
-    }
-
-    /// Agents that deregistered themselves.
-    pub(super) fn deregistrations(&self) -> u64 {
-        self.deregistered.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -163,7 +234,8 @@ pub(super) struct World {
     pub(super) stats: Shared,
     pub(super) ado: AdoSim,
     pub(super) kube: KubeSim,
-    pub(super) registrar: Registrar,
+    pub(super) pool_id: u32,
+    pub(super) enrolment: Enrolment,
     pub(super) stop: tokio_util::sync::CancellationToken,
 }
 
@@ -183,28 +255,53 @@ pub(super) async fn simulated_agent(
         stats,
         ado,
         kube,
-        registrar,
+        pool_id,
+        enrolment,
         stop,
     } = world;
+    // Shared by the steps below, each a closure or a future of its own.
+    let (kube, name, enrolment) = (&kube, name.as_str(), &enrolment);
+    let scaled_job = stats.lock().expect("stats").agents[slot].0;
     let set = |phase| stats.lock().expect("stats").agents[slot].1 = phase;
-    let pool_id = registrar.pool_id;
     // The pod exists from the Job's creation; when the agent is done, its Job is cleaned up.
-    kube.create_pod(SIM_AGENT_NAMESPACE, &name);
-    let pod_gone = || kube.delete_pod(SIM_AGENT_NAMESPACE, &name);
+    match enrolment {
+        Enrolment::JustInTime(jit) => {
+            let (scaled, uid) = &jit.scaled_jobs[scaled_job];
+            let job = kube.create_job(SIM_AGENT_NAMESPACE, (scaled, uid), name);
+            kube.create_agent_pod(
+                SIM_AGENT_NAMESPACE,
+                name,
+                DEFAULT_SERVICE_ACCOUNT,
+                Some((&job.0, &job.1)),
+            );
+        }
+        Enrolment::SelfRegistration(_) => kube.create_pod(SIM_AGENT_NAMESPACE, name),
+    }
+    let pod_gone = || {
+        kube.delete_pod(SIM_AGENT_NAMESPACE, name);
+        kube.delete_custom("batch", "jobs", SIM_AGENT_NAMESPACE, name);
+    };
     let killed = |phase: &str| {
         // The listener's session drops: ADO marks the agent offline. No deregistration.
-        ado.set_agent_online(pool_id, &name, false);
+        ado.set_agent_online(pool_id, name, false);
         pod_gone();
         let mut s = stats.lock().expect("stats");
-        s.killed.push(name.clone());
+        s.killed.push(name.to_owned());
         s.agents[slot].1 = Phase::Done;
         tracing::debug!(agent = name, phase, "simulated agent killed");
     };
-    tokio::select! {
-        () = tokio::time::sleep(config.pod_start) => {}
+    // The init container (or `config.sh`) registers while the pod starts.
+    let registered = async {
+        match enrolment {
+            Enrolment::JustInTime(jit) => jit.prepare(kube, name).await,
+            Enrolment::SelfRegistration(own) => own.register(name, &capabilities).await,
+        }
+    };
+    let agent_id = tokio::select! {
+        (_, registered) = async { tokio::join!(tokio::time::sleep(config.pod_start), registered) } => registered,
         () = stop.cancelled() => return,
-    }
-    let agent_id = match registrar.register(&name, &capabilities).await {
+    };
+    let agent_id = match agent_id {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(agent = name, error = %e, "simulated agent could not register");
@@ -214,17 +311,23 @@ pub(super) async fn simulated_agent(
         }
     };
     // The listener opens its session.
-    ado.set_agent_online(pool_id, &name, true);
+    ado.set_agent_online(pool_id, name, true);
     set(Phase::Idle);
     let leave = |agent_id| async move {
-        registrar.deregister(agent_id).await;
+        match enrolment {
+            // The agent container exits; the registrar deregisters it.
+            Enrolment::JustInTime(_) => {
+                kube.terminate_container(SIM_AGENT_NAMESPACE, name, AGENT_CONTAINER, 0);
+            }
+            Enrolment::SelfRegistration(own) => own.deregister(agent_id).await,
+        }
         pod_gone();
         set(Phase::Done);
     };
     // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
     let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
     let request_id = loop {
-        if let Some(id) = ado.assign_next(pool_id, &name, &capabilities) {
+        if let Some(id) = ado.assign_next(pool_id, name, &capabilities) {
             break id;
         }
         if idle_until.is_some_and(|t| Instant::now() >= t) {

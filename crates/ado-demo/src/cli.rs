@@ -73,6 +73,20 @@ pub struct DemoArgs {
     )]
     pub chaos: bool,
 
+    /// Run the `deploy/self-registration/` mode: each agent exchanges its own workload identity
+    /// and registers itself. By default the scaler's registrar registers the key each agent
+    /// pod made, and agents hold no credential.
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_SELF_REGISTRATION",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub self_registration: bool,
+
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
     #[arg(
         long,

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tonic::transport::Channel;
 
-use agents::{Phase, Registrar, Shared, World};
+use agents::{Enrolment, JustInTime, Phase, SelfRegistration, Shared, World};
 use cli::DemoArgs;
 use keda::KedaEmulator;
 pub use report::DemoReport;
@@ -27,11 +27,13 @@ use ado_scaler::{
     k8s::lease::LeaseTiming,
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
+    registrar::{DEFAULT_SERVICE_ACCOUNT, RegistrarSettings},
+    scaler::tls::TlsSettings,
     scaler::{
         access::{Access, NamespaceAllowlist, PoolAllowlist},
         proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
     },
-    serve::{Listeners, ServeSettings, serve},
+    serve::{Listeners, RegistrarServe, RegistrarTls, ServeSettings, serve},
 };
 use ado_sim::{AdoSim, Endpoint, SIM_AGENT_NAMESPACE, SimCloud};
 
@@ -86,6 +88,19 @@ pub struct DemoConfig {
     pub drain_limit: Duration,
     pub seed: u64,
     pub live_table: bool,
+    /// How agents are registered.
+    pub registration: Registration,
+}
+
+/// The two modes of `deploy/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Registration {
+    /// The default: the scaler's registrar registers the key each pod made; agent containers
+    /// hold no credential.
+    #[default]
+    JustInTime,
+    /// `deploy/self-registration/`: each agent exchanges its own workload identity.
+    SelfRegistration,
 }
 
 impl DemoConfig {
@@ -113,6 +128,11 @@ impl DemoConfig {
             drain_limit: Duration::from_secs(60),
             seed: 42,
             live_table: !args.quiet,
+            registration: if args.self_registration {
+                Registration::SelfRegistration
+            } else {
+                Registration::JustInTime
+            },
         }
     }
 }
@@ -247,11 +267,13 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         refresh: None,
         registrar: None,
     };
+    let (settings, registrar_listener, enrolment) =
+        enrolment(&config, &sim, pool_id, settings, triggers).await?;
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let listeners = Listeners {
         grpc,
         http,
-        registrar: None,
+        registrar: registrar_listener,
     };
     let server = tokio::spawn(serve(settings, listeners, async move {
         let _ = server_stopped.await;
@@ -261,7 +283,6 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         .connect()
         .await
         .map_err(|e| Error::Config(format!("connect to scaler: {e}")))?;
-    let registrar = Registrar::new(&sim, pool_id)?;
 
     let stats: Shared = Arc::default();
     let started = Instant::now();
@@ -273,7 +294,8 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         stats: stats.clone(),
         ado: sim.ado.clone(),
         kube: sim.kube.clone(),
-        registrar: registrar.clone(),
+        pool_id,
+        enrolment: enrolment.clone(),
         stop: stop.clone(),
     };
     // One emulator per ScaledJob, and one for the GPU ScaledJob migrated from KEDA.
@@ -283,7 +305,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             index: sj,
             client: ExternalScalerClient::new(channel.clone()),
             scaled_object: ScaledObjectRef {
-                name: format!("agents-{sj}"),
+                name: scaled_job_name(sj),
                 namespace: SIM_AGENT_NAMESPACE.into(),
                 scaler_metadata: meta.into_iter().collect(),
             },
@@ -388,8 +410,10 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
                 && s.agents.iter().all(|(_, p)| {
                     *p == Phase::Done || (waiting_ok && matches!(p, Phase::Idle | Phase::Starting))
                 })
-                // The collector has removed what the killed agents left behind.
+                // The collector has removed what the killed agents left behind, and the
+                // registrar what the agents that ended left.
                 && stale_in(&sim.ado, pool_id, &s.killed) == 0
+                && agent_registrations(&sim.ado, pool_id) == registered_alive(&s)
         };
         if done || Instant::now() > drain_deadline {
             break;
@@ -414,8 +438,9 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     Ok(DemoReport {
         agents_killed: s.killed.len() as u64,
         jobs_lost: s.lost,
-        stale_removed: (sim.ado.deletions().len() as u64)
-            .saturating_sub(registrar.deregistrations()),
+        // Every killed agent had registered; what is not left was removed.
+        stale_removed: (s.killed.len() as u64)
+            .saturating_sub(stale_in(&sim.ado, pool_id, &s.killed)),
         stale_left: stale_in(&sim.ado, pool_id, &s.killed),
         registrations,
         agents_alive,
@@ -434,11 +459,14 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         median_wait: waits.get(waits.len() / 2).copied().unwrap_or_default(),
         job_request_polls: sim.ado.requests(Endpoint::JobRequests),
         ado_requests: sim.ado.total_requests(),
-        // The scaler's: the simulated agents share one token of their own.
+        // The scaler's: self-registering agents share one token of their own.
         token_requests: sim
             .entra
             .requests()
-            .saturating_sub(registrar.token_requests()),
+            .saturating_sub(enrolment.agent_token_requests()),
+        agent_token_requests: enrolment.agent_token_requests(),
+        agents_registered: enrolment.registered(),
+        registration: config.registration,
         elapsed,
     })
 }
@@ -449,6 +477,85 @@ fn stale_in(ado: &AdoSim, pool_id: u32, killed: &[String]) -> u64 {
         .iter()
         .filter(|a| killed.contains(&a.name))
         .count() as u64
+}
+
+/// Registrations of agents (not placeholders) in the pool.
+fn agent_registrations(ado: &AdoSim, pool_id: u32) -> u64 {
+    ado.agents(pool_id).len() as u64 - placeholders_in(ado, pool_id)
+}
+
+/// Agents whose pods run with a registration.
+fn registered_alive(stats: &agents::Stats) -> u64 {
+    stats
+        .agents
+        .iter()
+        .filter(|(_, p)| matches!(p, Phase::Idle | Phase::Running | Phase::TearingDown))
+        .count() as u64
+}
+
+/// The registrar (just in time: its listener, and the ScaledJobs KEDA would have created for
+/// the triggers) or the agents' own identity.
+async fn enrolment(
+    config: &DemoConfig,
+    sim: &SimCloud,
+    pool_id: u32,
+    mut settings: ServeSettings,
+    triggers: usize,
+) -> Result<(ServeSettings, Option<TcpListener>, Enrolment)> {
+    if config.registration == Registration::SelfRegistration {
+        let own = SelfRegistration::new(sim, pool_id)?;
+        return Ok((settings, None, Enrolment::SelfRegistration(Box::new(own))));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .port();
+    settings.registrar = Some(RegistrarServe {
+        settings: RegistrarSettings {
+            namespaces: vec![SIM_AGENT_NAMESPACE.into()],
+            service_accounts: vec![DEFAULT_SERVICE_ACCOUNT.into()],
+            cleanup_interval: REGISTRAR_CLEANUP,
+        },
+        // The simulators' certificate for 127.0.0.1, as `--tls-cert`/`--tls-key`.
+        tls: RegistrarTls::Files(TlsSettings {
+            cert: sim.server_cert_file.clone(),
+            key: sim.server_key_file.clone(),
+            client_ca: None,
+            reload_interval: Duration::from_secs(10),
+        }),
+        kubeconfig: Some(sim.kubeconfig.clone()),
+    });
+    let scaled_jobs = (0..triggers)
+        .map(|sj| {
+            let name = scaled_job_name(sj);
+            let triggers = serde_json::json!([{
+                "type": "external",
+                "metadata": trigger_metadata(config, &sim.org_url, sj),
+            }]);
+            let uid = sim
+                .kube
+                .create_scaled_job(SIM_AGENT_NAMESPACE, &name, triggers);
+            (name, uid)
+        })
+        .collect();
+    let jit = JustInTime {
+        registrar: format!("https://127.0.0.1:{port}"),
+        ca_file: sim.ca_file.clone(),
+        pods_dir: sim.dir().join("pods"),
+        scaled_jobs,
+        registered: Arc::default(),
+    };
+    Ok((settings, Some(listener), Enrolment::JustInTime(jit)))
+}
+
+/// How often the demo's registrar looks for agents that ended (`serve` looks every 5 s).
+const REGISTRAR_CLEANUP: Duration = Duration::from_secs(1);
+
+fn scaled_job_name(index: usize) -> String {
+    format!("agents-{index}")
 }
 
 fn placeholders_in(ado: &AdoSim, pool_id: u32) -> u64 {

@@ -4,7 +4,10 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::agents::{Phase, Shared};
+use super::{
+    Registration,
+    agents::{Phase, Shared},
+};
 use ado_sim::AdoSim;
 
 /// What a run achieved.
@@ -27,7 +30,8 @@ pub struct DemoReport {
     pub agents_killed: u64,
     /// Jobs failed because their agent was killed.
     pub jobs_lost: u64,
-    /// Registrations of killed agents the collector deleted.
+    /// Registrations of killed agents deleted since (by the registrar once their pod was gone,
+    /// or by the collector).
     pub stale_removed: u64,
     /// Registrations of killed agents still in the pool at the end.
     pub stale_left: u64,
@@ -45,7 +49,13 @@ pub struct DemoReport {
     pub median_wait: Duration,
     pub job_request_polls: u64,
     pub ado_requests: u64,
+    /// The scaler's token requests.
     pub token_requests: u64,
+    /// Token requests the agents made themselves (none just in time).
+    pub agent_token_requests: u64,
+    /// Agents registered (by the registrar, or by themselves).
+    pub agents_registered: u64,
+    pub registration: Registration,
     pub elapsed: Duration,
 }
 
@@ -89,7 +99,7 @@ impl std::fmt::Display for DemoReport {
         writeln!(
             f,
             "  agents killed         {} without deregistering ({} jobs lost with them): \
-             the collector removed {}, {} left",
+             {} of their registrations removed, {} left",
             self.agents_killed, self.jobs_lost, self.stale_removed, self.stale_left
         )?;
         writeln!(
@@ -111,7 +121,21 @@ impl std::fmt::Display for DemoReport {
             self.ado_requests_per_minute(),
             self.job_request_polls_per_minute()
         )?;
-        write!(f, "  token requests        {}", self.token_requests)
+        writeln!(f, "  token requests        {}", self.token_requests)?;
+        match self.registration {
+            Registration::JustInTime => write!(
+                f,
+                "  registration          just in time: the registrar registered {} agents; \
+                 the agents requested {} tokens and held no credential",
+                self.agents_registered, self.agent_token_requests
+            ),
+            Registration::SelfRegistration => write!(
+                f,
+                "  registration          self-registration: {} agents registered themselves \
+                 (token requests of their own identity: {})",
+                self.agents_registered, self.agent_token_requests
+            ),
+        }
     }
 }
 

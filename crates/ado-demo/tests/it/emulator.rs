@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ado_demo::{Arrivals, DemoConfig, DemoReport, simulate};
+use ado_demo::{Arrivals, DemoConfig, DemoReport, Registration, simulate};
 
 const POD_START: Duration = Duration::from_millis(600);
 const TEARDOWN: Duration = Duration::from_millis(500);
@@ -62,37 +62,51 @@ async fn without_teardown_window_every_agent_runs_exactly_one_job() {
     );
     assert_eq!(report.agents_idle_at_end, 0);
     assert_eq!(report.token_requests, 1);
-    // The collector ran all along and touched no agent that deregisters by itself.
+    // Just in time: the registrar registered every agent, which asked Entra for nothing, and
+    // deleted every registration once its agent container ended.
+    assert_eq!(report.registration, Registration::JustInTime);
+    assert_eq!(report.agents_registered, 16);
+    assert_eq!(report.agent_token_requests, 0);
     assert_eq!((report.agents_killed, report.stale_removed), (0, 0));
     assert_eq!(report.registrations, report.placeholders);
 }
 
+/// Agents killed without deregistering: just in time the registrar deletes their
+/// registrations once their pods are gone; self-registering, the collector does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_agents_leave_nothing_behind_the_collector() {
-    let report = simulate(DemoConfig {
-        chaos_share: 0.5,
-        ..scripted(Duration::ZERO, 2)
-    })
-    .await
-    .unwrap();
-    show("chaos", &report);
-    println!("{report}");
-    assert!(report.agents_killed >= 4, "{report:?}");
-    assert!(report.jobs_lost >= 1, "{report:?}");
-    // Every killed agent's registration was deleted by the collector, and only those.
-    assert_eq!(report.stale_removed, report.agents_killed, "{report:?}");
-    assert_eq!(report.stale_left, 0);
-    assert_eq!(report.placeholders, 2);
-    assert_eq!(
-        report.registrations,
-        report.placeholders + report.agents_alive,
-        "{report:?}"
-    );
-    assert_eq!(
-        report.jobs_completed + report.jobs_lost,
-        report.jobs_queued,
-        "every job ran or died with its agent"
-    );
+async fn killed_agents_leave_nothing_behind() {
+    for registration in [Registration::JustInTime, Registration::SelfRegistration] {
+        let report = simulate(DemoConfig {
+            chaos_share: 0.5,
+            registration,
+            ..scripted(Duration::ZERO, 2)
+        })
+        .await
+        .unwrap();
+        show(&format!("chaos, {registration:?}"), &report);
+        println!("{report}");
+        assert!(report.agents_killed >= 4, "{report:?}");
+        assert!(report.jobs_lost >= 1, "{report:?}");
+        // Every killed agent's registration was deleted, and only those.
+        assert_eq!(report.stale_removed, report.agents_killed, "{report:?}");
+        assert_eq!(report.stale_left, 0);
+        assert_eq!(report.placeholders, 2);
+        assert_eq!(
+            report.registrations,
+            report.placeholders + report.agents_alive,
+            "{report:?}"
+        );
+        assert_eq!(
+            report.jobs_completed + report.jobs_lost,
+            report.jobs_queued,
+            "every job ran or died with its agent"
+        );
+        assert_eq!(report.agents_registered, report.agents_started);
+        // Self-registering agents share one token in the demo; just in time they need none.
+        let agent_tokens = u64::from(registration == Registration::SelfRegistration);
+        assert_eq!(report.agent_token_requests, agent_tokens, "{report:?}");
+        assert_eq!(report.token_requests, 1, "the scaler's own");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

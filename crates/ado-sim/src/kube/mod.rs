@@ -467,6 +467,12 @@ impl KubeSim {
         triggers: Value,
         job: &str,
     ) -> (String, String) {
+        let uid = self.create_scaled_job(namespace, scaled_job, triggers);
+        self.create_job(namespace, (scaled_job, &uid), job)
+    }
+
+    /// A ScaledJob with these triggers (`[{type, metadata}]`); returns its UID.
+    pub fn create_scaled_job(&self, namespace: &str, scaled_job: &str, triggers: Value) -> String {
         let scaled = self.put_custom(
             "keda.sh",
             "scaledjobs",
@@ -477,6 +483,13 @@ impl KubeSim {
                 "spec": { "jobTargetRef": { "template": {} }, "triggers": triggers },
             }),
         );
+        scaled["metadata"]["uid"].as_str().expect("uid").to_owned()
+    }
+
+    /// A Job controlled by the ScaledJob `owner` (`(name, uid)`), as KEDA creates one per
+    /// agent; returns the Job's `(name, uid)`.
+    pub fn create_job(&self, namespace: &str, owner: (&str, &str), job: &str) -> (String, String) {
+        let (scaled_job, scaled_uid) = owner;
         let created = self.put_custom(
             "batch",
             "jobs",
@@ -491,7 +504,7 @@ impl KubeSim {
                         "apiVersion": "keda.sh/v1alpha1",
                         "kind": "ScaledJob",
                         "name": scaled_job,
-                        "uid": scaled["metadata"]["uid"],
+                        "uid": scaled_uid,
                         "controller": true,
                         "blockOwnerDeletion": true,
                     }],
