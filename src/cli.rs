@@ -229,6 +229,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ADO_SCALER_MAX_BODY", default_value = "64MiB", value_parser = parse_byte_size)]
     pub max_body: bytesize::ByteSize,
 
+    #[command(flatten)]
+    pub parallelism: ParallelismArgs,
+
     /// How often each placeholder registration is checked (and re-created if deleted).
     #[arg(long, env = "ADO_SCALER_PLACEHOLDER_INTERVAL", value_parser = humantime::parse_duration, default_value = "5m")]
     pub placeholder_interval: Duration,
@@ -254,6 +257,27 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub registrar: RegistrarArgs,
+}
+
+/// Parallel-job awareness (README: "Parallel jobs").
+#[derive(Debug, Clone, clap::Args)]
+pub struct ParallelismArgs {
+    /// Count only the queued jobs the organisation's free self-hosted parallel jobs can start
+    /// (`off`: every queued job, as KEDA's scaler does). A trigger opts out with
+    /// `parallelismAware: "false"`.
+    #[arg(long, env = "ADO_SCALER_PARALLELISM", value_enum, default_value_t = Switch::On)]
+    pub parallelism: Switch,
+
+    /// One read of each organisation's parallel jobs per interval, shared by its pools.
+    #[arg(long, env = "ADO_SCALER_PARALLELISM_INTERVAL", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub parallelism_interval: Duration,
+}
+
+/// A feature's switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// The registrar: agent pods' keys registered by the scaler (README: "Security").
@@ -678,6 +702,11 @@ pub fn serve_settings(args: &ServeArgs) -> Result<serve::ServeSettings> {
             "--max-staleness must be at least --poll-interval".into(),
         ));
     }
+    if args.parallelism.parallelism_interval < Duration::from_secs(1) {
+        return Err(Error::Config(
+            "--parallelism-interval must be at least 1s".into(),
+        ));
+    }
     let access = args.access.access().map_err(Error::Config)?;
     let max_pools = args.access.max_pools().map_err(Error::Config)?;
     let gc = gc_settings(&args.gc, &access.orgs)?;
@@ -691,6 +720,11 @@ pub fn serve_settings(args: &ServeArgs) -> Result<serve::ServeSettings> {
             ..Default::default()
         },
         access,
+        parallelism: crate::parallelism::ParallelismSettings {
+            enabled: args.parallelism.parallelism == Switch::On,
+            interval: args.parallelism.parallelism_interval,
+            ..Default::default()
+        },
         placeholders: placeholder::PlaceholderSettings {
             interval: args.placeholder_interval,
             ..Default::default()

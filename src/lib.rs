@@ -4,6 +4,8 @@
 //!
 //! - [`scaler`]: KEDA's external-scaler gRPC service; admits a trigger (its namespace,
 //!   organisation, pool and bounded metadata) before anything reaches ADO, answers from
+//! - [`parallelism`]: one read of each organisation's parallel jobs, capping what counts to
+//!   the queued jobs that can start, over
 //! - [`poller`]: one background poll per pool, shared by every trigger on it, using
 //! - [`ado`]: the Azure DevOps REST client and its serde models (big answers decoded as they
 //!   arrive, in bounded memory); each trigger's value comes from
@@ -38,6 +40,7 @@ pub mod count;
 pub mod error;
 pub mod gc;
 pub mod k8s;
+pub mod parallelism;
 pub mod placeholder;
 pub mod poller;
 pub mod refresh;

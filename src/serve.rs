@@ -19,6 +19,7 @@ use crate::{
     claims::{ClaimMetrics, ClaimTracker},
     error::{Error, Result},
     gc::{GcMetrics, GcSettings},
+    parallelism::{Parallelism, ParallelismMetrics, ParallelismSettings},
     placeholder::{PlaceholderMetrics, PlaceholderSettings, Placeholders},
     poller::{PollMetrics, Poller, PollerSettings},
     refresh::{RefreshMetrics, RefreshSettings},
@@ -42,6 +43,8 @@ pub struct ServeSettings {
     /// Who may make the scaler act: organisations, namespaces, pools.
     pub access: Access,
     pub poller: PollerSettings,
+    /// Capping queued jobs by the organisation's parallel jobs.
+    pub parallelism: ParallelismSettings,
     pub placeholders: PlaceholderSettings,
     /// The stale-agent collector; `None`: off.
     pub gc: Option<GcSettings>,
@@ -267,9 +270,19 @@ impl Parts {
             }
         }
         let poller = Poller::new(
-            ado,
+            ado.clone(),
             settings.poller,
             PollMetrics::register(concern),
+            root.clone(),
+        );
+        let parallelism = Parallelism::new(
+            ado,
+            poller.clone(),
+            ParallelismSettings {
+                idle_timeout: settings.poller.idle_timeout,
+                ..settings.parallelism
+            },
+            ParallelismMetrics::register(concern),
             root.clone(),
         );
         let claims = ClaimTracker::new(
@@ -284,6 +297,7 @@ impl Parts {
             streams.clone(),
             placeholders,
             claims,
+            parallelism,
         );
         Ok(Self {
             service,

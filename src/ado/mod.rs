@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::{
     auth::TokenSource,
+    count::parallelism,
     error::{Error, Result},
     telemetry::EndpointLabels,
 };
@@ -149,6 +150,11 @@ impl Throttle {
         }
     }
 }
+
+/// `resourceusage` is a preview resource (version 2 since API 5.1: azure-devops-extension-api
+/// `TaskAgentClient.getResourceUsage` asks `5.1-preview.2`, azure-devops-node-api `7.2-preview.2`);
+/// ADO refuses a preview resource asked without `-preview`.
+pub const RESOURCE_USAGE_API_VERSION: &str = "7.1-preview.2";
 
 /// The response header that says more pages follow (ADO's convention across its REST APIs).
 pub const CONTINUATION_TOKEN: &str = "x-ms-continuationtoken";
@@ -327,6 +333,49 @@ impl AdoClient {
             .ok_or_else(|| {
                 Error::NotFound(format!("a released agent package for {platform} in {org}"))
             })
+    }
+
+    /// The organisation's private self-hosted parallel jobs and what holds them now
+    /// (`GET _apis/distributedtask/resourceusage`, a preview resource: README, "Parallel
+    /// jobs"). An answer without `resourceLimit.totalCount`, or with neither running requests
+    /// nor `usedCount`, is [`Error::Decode`]: the cap is not applied on a guess.
+    pub async fn resource_usage(&self, org: &OrgUrl) -> Result<parallelism::Usage> {
+        let mut url = org.join("_apis/distributedtask/resourceusage");
+        url.query_pairs_mut()
+            .append_pair("parallelismTag", "Private")
+            .append_pair("poolIsHosted", "false")
+            .append_pair("includeRunningRequests", "true")
+            .append_pair("api-version", RESOURCE_USAGE_API_VERSION);
+        let usage: models::ResourceUsage = self.get_json(org, "resourceusage", url).await?;
+        let unknown = |reason: &str| Error::Decode {
+            org: org.to_string(),
+            endpoint: "resourceusage",
+            reason: reason.to_owned(),
+        };
+        let limit = usage
+            .resource_limit
+            .ok_or_else(|| unknown("no resourceLimit"))?;
+        if limit.is_hosted == Some(true)
+            || limit
+                .parallelism_tag
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("Private"))
+        {
+            return Err(unknown(
+                "the limit is not the private self-hosted one asked for",
+            ));
+        }
+        let total = limit
+            .total_count
+            .ok_or_else(|| unknown("no resourceLimit.totalCount"))?;
+        let running = match (usage.running_requests, usage.used_count) {
+            (Some(requests), _) => {
+                parallelism::Running::Requests(requests.into_iter().map(|r| r.pool_id).collect())
+            }
+            (None, Some(used)) => parallelism::Running::Count(used),
+            (None, None) => return Err(unknown("neither runningRequests nor usedCount")),
+        };
+        Ok(parallelism::Usage { total, running })
     }
 
     /// Agents of a pool registered under `name` (ADO matches names case-insensitively).

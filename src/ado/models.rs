@@ -192,6 +192,58 @@ pub struct JobRequest {
     pub definition: Option<NamedRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<NamedRef>,
+    /// ADO's own notes on the request, `ParallelismTag` (`Private` or `Public`: which parallel
+    /// jobs it takes) and `IsScheduledKey` among them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET {org}/_apis/distributedtask/resourceusage`: an organisation's parallel jobs of one
+/// kind and what uses them (`ResourceUsage` in microsoft/azure-devops-node-api
+/// `api/interfaces/TaskAgentInterfaces.ts`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUsage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_limit: Option<ResourceLimit>,
+    /// With `includeRunningRequests=true`: the requests holding a parallel job now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_requests: Option<Vec<RunningRequest>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_minutes: Option<u64>,
+}
+
+/// `ResourceLimit`: how many parallel jobs of this tag the organisation has.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_minutes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_hosted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_premium: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_to_reach_all_providers: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub resource_limits_data: std::collections::BTreeMap<String, String>,
+}
+
+/// Of each running `TaskAgentJobRequest`, what the cap needs: which pool it runs in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningRequest {
+    pub request_id: u64,
+    #[serde(default)]
+    pub pool_id: u32,
 }
 
 /// One element of `…/distributedtask/packages/agent`.

@@ -163,7 +163,11 @@ pub fn load_or_create_key(dir: &Path) -> Result<(RsaParams, bool)> {
             write_private(&path, &serde_json::to_vec(&key).expect("key serialises"))?;
             Ok((key, true))
         }
-        Err(e) => Err(file_error(&path, e)),
+        // Not "missing": a key that may be there is never replaced by a new one.
+        Err(e) => Err(Error::Agent(format!(
+            "{}: cannot read the agent key: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -216,7 +220,12 @@ pub fn install(from: &Path, to: &Path) -> Result<AgentSettingsFile> {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(file_error(&path, e)),
+            Err(e) => {
+                return Err(Error::Agent(format!(
+                    "{}: cannot replace it: {e}",
+                    path.display()
+                )));
+            }
         }
         write_private(&path, bytes)?;
     }
@@ -245,6 +254,39 @@ fn file_error(path: &Path, e: std::io::Error) -> Error {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn what_is_in_the_way_of_a_file_is_an_error_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("ado-scaler-creds-way-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A directory where the key should be: not read, and no new key is made over it.
+        std::fs::create_dir_all(dir.join(KEY_FILE)).unwrap();
+        let err = load_or_create_key(&dir).unwrap_err().to_string();
+        assert!(err.contains("cannot read the agent key"), "{err}");
+        // Installing over a directory in the agent's place: refused, not written through.
+        let from = dir.join("from");
+        let to = dir.join("to");
+        std::fs::create_dir_all(&from).unwrap();
+        std::fs::create_dir_all(to.join(KEY_FILE)).unwrap();
+        let (key, _) = load_or_create_key(&from).unwrap();
+        drop(key);
+        write_registration(
+            &from,
+            &AgentSettingsFile {
+                agent_id: 1,
+                agent_name: "a".into(),
+                pool_id: 1,
+                pool_name: "p".into(),
+                server_url: "https://dev.azure.com/o/".into(),
+                work_folder: "_work".into(),
+            },
+            &CredentialsFile::oauth("c", "https://vstoken.dev.azure.com/x"),
+        )
+        .unwrap();
+        let err = install(&from, &to).unwrap_err().to_string();
+        assert!(err.contains("cannot replace it"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn decoded(b64: &str) -> Vec<u8> {
         B64.decode(b64).expect("base64")

@@ -162,6 +162,7 @@ pub const POOL_FOUND: &str = "pool found";
 pub const JOBS_READABLE: &str = "job requests readable";
 pub const PLACEHOLDER: &str = "placeholder registration";
 pub const UNCLAIMED: &str = "unclaimed jobs";
+pub const PARALLEL_JOBS: &str = "parallel jobs";
 pub use access::{ACCESS_SETTINGS, TRIGGER_ALLOWED};
 pub use clients::{GRPC_CLIENTS, POOL_BOUND, REFRESH, REFUSED_CALLS, check_clients};
 pub use collector::{GC_API, GC_LEASE, GC_PODS, GC_SETTINGS, GC_STALE};
@@ -325,6 +326,8 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
         ),
     );
 
+    parallel_jobs(&ado, &org, pool.id, &jobs, &mut report).await;
+
     let Some(triggers) = admitted else {
         report.skip(&[UNCLAIMED]);
         return report;
@@ -399,6 +402,44 @@ pub async fn check(args: &CheckSettings, env: &dyn Fn(&str) -> Option<String>) -
         );
     }
     report
+}
+
+/// The organisation's parallel jobs, and how many of this pool's queued jobs wait for one (as
+/// `serve` caps them; other watched pools of the organisation would share the free ones).
+async fn parallel_jobs(
+    ado: &AdoClient,
+    org: &OrgUrl,
+    pool_id: u32,
+    jobs: &[crate::count::Job],
+    report: &mut Report,
+) {
+    use crate::count::parallelism::{PoolJobs, cap};
+    match ado.resource_usage(org).await {
+        Ok(usage) => {
+            let cap = cap(&usage, &[PoolJobs { pool_id, jobs }]);
+            report.push(
+                Status::Info,
+                PARALLEL_JOBS,
+                format!(
+                    "{} self-hosted parallel job(s): {} running, {} free; {} of this pool's queued job(s) wait for one and are not counted",
+                    cap.total,
+                    cap.running,
+                    cap.free,
+                    cap.waiting.len()
+                ),
+                None,
+            );
+        }
+        Err(e) => report.push(
+            Status::Info,
+            PARALLEL_JOBS,
+            format!("cannot be read ({e}): serve counts every queued job, uncapped"),
+            Some(
+                "nothing to do unless you want the cap: the identity reads it as it reads the pool's jobs; see README, Parallel jobs"
+                    .into(),
+            ),
+        ),
+    }
 }
 
 /// Checks (and creates, as `serve` would) each trigger's placeholder registration.

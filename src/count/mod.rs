@@ -5,10 +5,11 @@
 //! which queued jobs no trigger, or more than one, counts.
 
 pub mod demand;
+pub mod parallelism;
 pub mod request;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -43,6 +44,8 @@ pub struct Job {
     pub reserved_agent: Option<String>,
     pub queue_time: Option<time::OffsetDateTime>,
     pub assign_time: Option<time::OffsetDateTime>,
+    /// It takes one of the organisation's private parallel jobs ([`parallelism`]).
+    pub private_parallelism: bool,
 }
 
 /// Parsed demand lists of one poll, shared between the jobs that have the same list: a pool's
@@ -116,6 +119,7 @@ impl Job {
             }),
             queue_time: req.queue_time,
             assign_time: req.assign_time,
+            private_parallelism: req.takes_private_parallel_job(),
         })
     }
 
@@ -182,6 +186,8 @@ pub struct Counted {
     pub queued: u64,
     pub in_flight: u64,
     pub tearing_down: u64,
+    /// Matching queued jobs not counted: they wait for a parallel job ([`parallelism`]).
+    pub waiting_for_parallelism: u64,
 }
 
 impl Counted {
@@ -268,11 +274,27 @@ impl Filter {
     /// matching jobs on our agents that are running or left that state less than
     /// `teardown_window` ago.
     pub fn count(&self, jobs: &[Job], departed: &[Departed], now: Instant) -> Counted {
+        self.count_within(jobs, departed, now, &HashSet::new())
+    }
+
+    /// Like [`Self::count`], leaving out the queued jobs in `held_back` (by request id): they
+    /// wait for a parallel job, and an agent started for them would wait too.
+    pub fn count_within(
+        &self,
+        jobs: &[Job],
+        departed: &[Departed],
+        now: Instant,
+        held_back: &HashSet<u64>,
+    ) -> Counted {
         let mut counted = Counted::default();
         let mut memo = MatchMemo::default();
         for job in jobs.iter().filter(|j| memo.matches(self, j)) {
             if job.is_queued() {
-                counted.queued += 1;
+                if held_back.contains(&job.request_id) {
+                    counted.waiting_for_parallelism += 1;
+                } else {
+                    counted.queued += 1;
+                }
             } else if self.scale_on_in_flight && self.on_our_agent(job) {
                 counted.in_flight += 1;
             }
@@ -377,6 +399,7 @@ mod tests {
             reserved_agent: agent.map(str::to_owned),
             queue_time: None,
             assign_time: None,
+            private_parallelism: true,
         }
     }
 
@@ -716,8 +739,59 @@ mod tests {
             Counted {
                 queued: 0,
                 in_flight: 1,
-                tearing_down: 0
+                tearing_down: 0,
+                waiting_for_parallelism: 0,
             }
+        );
+    }
+
+    #[test]
+    fn queued_jobs_held_back_wait_and_do_not_count() {
+        let now = Instant::now();
+        let f = filter(&["gpu"], DemandRule::JobSubsetOfTrigger, false);
+        let jobs = vec![
+            job(1, &["gpu"], None),
+            job(2, &["gpu"], None),
+            job(3, &["maven"], None),
+            job(4, &["gpu"], Some("a")),
+        ];
+        // Held back: one matching queued job, one that does not match, one running.
+        let held_back = HashSet::from([2, 3, 4]);
+        let counted = f.count_within(&jobs, &[], now, &held_back);
+        assert_eq!(
+            (
+                counted.queued,
+                counted.waiting_for_parallelism,
+                counted.in_flight
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(counted.total(), 2, "waiting jobs are not in the value");
+        assert_eq!(f.count(&jobs, &[], now).queued, 2);
+    }
+
+    #[test]
+    fn a_request_takes_a_private_parallel_job_only_when_marked_so() {
+        let tagged = |tag: &str| {
+            from_json(
+                &format!(r#"{{"requestId":1,"data":{{"ParallelismTag":"{tag}","IsScheduledKey":"False"}}}}"#),
+                &[],
+            )
+            .unwrap()
+            .private_parallelism
+        };
+        assert!(tagged("Private"));
+        assert!(tagged("private"));
+        assert!(!tagged("Public"));
+        assert!(
+            !from_json(r#"{"requestId":1}"#, &[])
+                .unwrap()
+                .private_parallelism
+        );
+        assert!(
+            !from_json(r#"{"requestId":1,"data":{}}"#, &[])
+                .unwrap()
+                .private_parallelism
         );
     }
 

@@ -33,12 +33,30 @@ pub struct JobRequestView<'a> {
     pub reserved_agent: Option<NameRef<'a>>,
     #[serde(default, borrow)]
     pub definition: Option<NameRef<'a>>,
+    #[serde(default, borrow)]
+    pub data: Option<RequestData<'a>>,
+}
+
+/// The request's `data`: of it, which parallel jobs the request takes.
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestData<'a> {
+    #[serde(rename = "ParallelismTag", default, borrow)]
+    pub parallelism_tag: Option<Cow<'a, str>>,
 }
 
 impl JobRequestView<'_> {
     /// ADO sometimes lists finished requests despite `completedRequestCount=0`.
     pub fn is_finished(&self) -> bool {
         self.result.is_some() || self.finish_time.is_some()
+    }
+
+    /// Whether the request takes one of the organisation's private parallel jobs (a private
+    /// project's job; a public project's takes none). Unmarked: not known, so not capped.
+    pub fn takes_private_parallel_job(&self) -> bool {
+        self.data
+            .as_ref()
+            .and_then(|d| d.parallelism_tag.as_deref())
+            .is_some_and(|tag| tag.eq_ignore_ascii_case("Private"))
     }
 }
 

@@ -174,6 +174,7 @@ mod tests {
             job_id: None,
             definition: None,
             owner: None,
+            data: Default::default(),
         }));
         a
     }

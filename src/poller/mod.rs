@@ -319,6 +319,24 @@ impl Poller {
         }
     }
 
+    /// The last snapshot of each watched pool of `org` that has one, with the pool's id and
+    /// label: what the organisation-wide parallel-job cap is computed from.
+    pub fn snapshots_of(&self, org: &OrgUrl) -> Vec<(u32, PoolLabels, Arc<Snapshot>)> {
+        let watchers = self.inner.watchers.lock().expect("watchers poisoned");
+        let mut pools: Vec<(u32, PoolLabels, Arc<Snapshot>)> = watchers
+            .iter()
+            .filter(|(key, _)| key.org == *org)
+            .filter_map(|(key, w)| {
+                let snapshot = w.state.borrow().snapshot.clone()?;
+                Some((key.pool_id, w.labels.clone(), snapshot))
+            })
+            .collect();
+        // One pool watched under two identities is one pool.
+        pools.sort_by_key(|(id, _, _)| *id);
+        pools.dedup_by_key(|(id, _, _)| *id);
+        pools
+    }
+
     /// Number of pools being polled.
     pub fn watched_pools(&self) -> usize {
         self.inner.watchers.lock().expect("watchers poisoned").len()

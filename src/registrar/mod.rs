@@ -126,6 +126,23 @@ fn trigger_of(access: &Access, who: &PodIdentity, workload: &Workload) -> Result
     }
 }
 
+/// The agent `config.sh` would register for the pod: named after it, one job at a time, with
+/// the pod's public key and nothing the pod did not send.
+fn registration(who: &PodIdentity, request: &RegistrationRequest) -> Agent {
+    Agent {
+        name: who.pod_name.clone(),
+        version: Some(request.version.clone()),
+        os_description: Some(request.os_description.clone()),
+        enabled: Some(true),
+        max_parallelism: Some(1),
+        authorization: Some(AgentAuthorization {
+            public_key: request.public_key.clone(),
+            ..AgentAuthorization::default()
+        }),
+        ..Agent::default()
+    }
+}
+
 /// Why a registration was refused; each is one HTTP status and one metric reason.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -382,21 +399,9 @@ impl Registrar {
             }
             PoolRef::Id(id) => (*id, id.to_string()),
         };
-        let registration = Agent {
-            name: who.pod_name.clone(),
-            version: Some(request.version.clone()),
-            os_description: Some(request.os_description.clone()),
-            enabled: Some(true),
-            max_parallelism: Some(1),
-            authorization: Some(AgentAuthorization {
-                public_key: request.public_key.clone(),
-                ..AgentAuthorization::default()
-            }),
-            ..Agent::default()
-        };
         let created = self
             .ado
-            .add_agent(org, pool_id, &registration)
+            .add_agent(org, pool_id, &registration(who, request))
             .await
             .map_err(Refused::Ado)?
             // An agent of the pod's name exists that this replica did not register.
@@ -703,6 +708,22 @@ mod tests {
     }
 
     #[test]
+    fn the_registration_is_the_pods_own() {
+        let request = parsed(key_json(256, &[1, 0, 1])).unwrap();
+        let agent = registration(&pod("agents", "ado-agent"), &request);
+        assert_eq!(agent.name, "agents-1");
+        assert_eq!(agent.version.as_deref(), Some("4.266.2"));
+        assert_eq!(agent.os_description.as_deref(), Some("Linux 6.8"));
+        assert_eq!(
+            (agent.enabled, agent.max_parallelism),
+            (Some(true), Some(1))
+        );
+        let auth = agent.authorization.unwrap();
+        assert_eq!(auth.public_key, request.public_key);
+        assert_eq!((auth.client_id, auth.authorization_url), (None, None));
+    }
+
+    #[test]
     fn only_listed_namespaces_and_service_accounts_register() {
         let settings = RegistrarSettings {
             namespaces: vec!["agents".into()],
@@ -797,5 +818,13 @@ mod tests {
         assert!(matches!(bearer(&headers), Err(Refused::BadToken(_))));
         headers.insert(header::AUTHORIZATION, "Bearer tok".parse().unwrap());
         assert_eq!(bearer(&headers).unwrap(), "tok");
+        headers.insert(header::AUTHORIZATION, "Bearer   ".parse().unwrap());
+        assert!(matches!(bearer(&headers), Err(Refused::BadToken(_))));
+        // Up to 16 KiB: a projected token is about 1 KiB.
+        let token = |len: usize| format!("Bearer {}", "t".repeat(len)).parse().unwrap();
+        headers.insert(header::AUTHORIZATION, token(16 * 1024));
+        assert_eq!(bearer(&headers).unwrap().len(), 16 * 1024);
+        headers.insert(header::AUTHORIZATION, token(16 * 1024 + 1));
+        assert!(matches!(bearer(&headers), Err(Refused::BadToken(_))));
     }
 }

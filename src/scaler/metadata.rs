@@ -42,6 +42,12 @@ pub struct Trigger {
     pub placeholder: Option<PlaceholderSpec>,
     /// Idle agents to keep ready, added to the value.
     pub standby: Option<Standby>,
+    /// `parallelismAware` (default true): queued jobs past the organisation's free parallel
+    /// jobs are not counted.
+    pub parallelism_aware: bool,
+    /// `parallelismHeadroom` (default 0): how many of the jobs next in line for a parallel job
+    /// still count, so that their agents are up when a slot frees.
+    pub parallelism_headroom: u64,
 }
 
 impl Trigger {
@@ -119,6 +125,8 @@ pub mod limits {
     pub const CAPABILITY_NAME: usize = 128;
     /// A capability's value (or the value a demand compares with).
     pub const CAPABILITY_VALUE: usize = 1024;
+    /// `parallelismHeadroom`: agents started ahead of their parallel job.
+    pub const PARALLELISM_HEADROOM: i64 = 100;
 }
 
 /// Characters no metadata string that reaches ADO may hold: control characters (which
@@ -209,6 +217,17 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         .map_err(|e| invalid("standby", e))?;
     note_ignored_keys(meta);
 
+    let parallelism_aware = boolean(meta, "parallelismAware", true)?;
+    let parallelism_headroom = integer(meta, "parallelismHeadroom", 0, 0)?;
+    if parallelism_headroom > limits::PARALLELISM_HEADROOM {
+        return Err(invalid(
+            "parallelismHeadroom",
+            format!(
+                "{parallelism_headroom}: at most {}",
+                limits::PARALLELISM_HEADROOM
+            ),
+        ));
+    }
     Ok(Trigger {
         org,
         pool,
@@ -216,6 +235,8 @@ pub fn parse(meta: &HashMap<String, String>, allowlist: &OrgAllowlist) -> Result
         activation,
         placeholder,
         standby,
+        parallelism_aware,
+        parallelism_headroom: parallelism_headroom as u64,
         filter: Filter {
             capabilities: capabilities.map(|caps| caps.as_counted(&agent_version)),
             demands,
@@ -485,6 +506,18 @@ mod tests {
         assert_eq!((t.target, t.activation), (1, 0));
         assert_eq!(t.filter, Filter::default());
         assert_eq!(t.metric_name(), "ado-pool-linux");
+        assert_eq!((t.parallelism_aware, t.parallelism_headroom), (true, 0));
+    }
+
+    #[test]
+    fn parallelism_keys() {
+        let parsed = |pairs: &[(&str, &str)]| {
+            let t = parse(&meta(pairs), &OrgAllowlist::default_cloud()).unwrap();
+            (t.parallelism_aware, t.parallelism_headroom)
+        };
+        assert_eq!(parsed(&[("parallelismAware", "false")]), (false, 0));
+        assert_eq!(parsed(&[("parallelismHeadroom", "3")]), (true, 3));
+        assert_eq!(parsed(&[("parallelismHeadroom", "100")]), (true, 100));
     }
 
     #[test]
@@ -570,6 +603,17 @@ mod tests {
                 "no capability name",
             ),
             (&[("placeholder", "yes")], "placeholder", "\"yes\""),
+            (&[("parallelismAware", "no")], "parallelismAware", "\"no\""),
+            (
+                &[("parallelismHeadroom", "-1")],
+                "parallelismHeadroom",
+                "at least 0",
+            ),
+            (
+                &[("parallelismHeadroom", "101")],
+                "parallelismHeadroom",
+                "at most 100",
+            ),
             (&[("agentVersion", "latest")], "agentVersion", "\"latest\""),
             (
                 &[(

@@ -12,7 +12,7 @@ pub mod proto {
     tonic::include_proto!("externalscaler");
 }
 
-use std::{pin::Pin, sync::Arc};
+use std::{borrow::Cow, collections::HashSet, pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tokio::{sync::mpsc, time::Instant};
@@ -22,8 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     claims::ClaimTracker,
-    count::Counted,
+    count::{Counted, parallelism::Cap},
     error::{Error, Result},
+    parallelism::Parallelism,
     placeholder::Placeholders,
     poller::{Poller, PoolKey, Snapshot},
     telemetry::TriggerLabels,
@@ -48,6 +49,7 @@ pub struct ScalerService {
     streams_end: CancellationToken,
     placeholders: Placeholders,
     claims: ClaimTracker,
+    parallelism: Parallelism,
 }
 
 /// A trigger, the pool it resolved to, and its value.
@@ -92,6 +94,7 @@ impl ScalerService {
         streams_end: CancellationToken,
         placeholders: Placeholders,
         claims: ClaimTracker,
+        parallelism: Parallelism,
     ) -> Self {
         Self {
             poller,
@@ -101,6 +104,7 @@ impl ScalerService {
             streams_end,
             placeholders,
             claims,
+            parallelism,
         }
     }
 
@@ -144,6 +148,9 @@ impl ScalerService {
         }
         .await;
         let (key, state) = subscribed.map_err(|e| self.failed(&trigger, e))?;
+        if trigger.parallelism_aware {
+            self.parallelism.ready(&trigger.org).await;
+        }
         self.noticed(r, &trigger, &key);
         Ok(Resolved {
             trigger,
@@ -154,7 +161,12 @@ impl ScalerService {
 
     /// The last step: the trigger's value in a snapshot, recorded for the dashboard.
     fn evaluation(&self, r: &ScaledObjectRef, trigger: Trigger, snapshot: &Snapshot) -> Evaluation {
-        let (counted, standby) = value_now(&trigger, snapshot);
+        let cap = if trigger.parallelism_aware {
+            self.parallelism.cap(&trigger.org)
+        } else {
+            None
+        };
+        let (counted, standby) = value_now(&trigger, snapshot, cap.as_deref());
         let evaluation = Evaluation {
             trigger,
             counted,
@@ -232,11 +244,19 @@ impl ScalerService {
     }
 }
 
-/// A trigger's counted jobs in a snapshot, and the standby agents it wants now.
-fn value_now(trigger: &Trigger, snapshot: &Snapshot) -> (Counted, u64) {
-    let counted = trigger
-        .filter
-        .count(&snapshot.jobs, &snapshot.departed, Instant::now());
+/// A trigger's counted jobs in a snapshot (less those waiting for a parallel job when `cap`
+/// applies), and the standby agents it wants now.
+fn value_now(trigger: &Trigger, snapshot: &Snapshot, cap: Option<&Cap>) -> (Counted, u64) {
+    let held_back = cap.map_or_else(
+        || Cow::Owned(HashSet::new()),
+        |c| c.held_back(trigger.parallelism_headroom),
+    );
+    let counted = trigger.filter.count_within(
+        &snapshot.jobs,
+        &snapshot.departed,
+        Instant::now(),
+        &held_back,
+    );
     let standby = trigger
         .standby
         .as_ref()
@@ -352,6 +372,7 @@ impl ExternalScaler for ScalerService {
                 queued = evaluation.counted.queued,
                 in_flight = evaluation.counted.in_flight,
                 tearing_down = evaluation.counted.tearing_down,
+                waiting_for_parallelism = evaluation.counted.waiting_for_parallelism,
                 standby = evaluation.standby,
                 "metric"
             );

@@ -7,8 +7,8 @@ use clap::Parser;
 use ado_scaler::{
     auth::AuthMode,
     check::{
-        self, ACCEPTED, ACCESS_SETTINGS, CheckAs, FEDERATED_TOKEN, JOBS_READABLE, POOL_FOUND,
-        REACHABLE, Report, Status, TOKEN_EXCHANGE, TRIGGER_ALLOWED, WI_VARIABLES,
+        self, ACCEPTED, ACCESS_SETTINGS, CheckAs, FEDERATED_TOKEN, JOBS_READABLE, PARALLEL_JOBS,
+        POOL_FOUND, REACHABLE, Report, Status, TOKEN_EXCHANGE, TRIGGER_ALLOWED, WI_VARIABLES,
     },
     cli::{AccessArgs, AuthArgs, CheckArgs, Cli, Command, GcArgs},
 };
@@ -543,4 +543,43 @@ async fn the_access_settings_are_printed_and_a_refused_trigger_is_named() {
             .detail
             .contains("--max-pools must be at least 1")
     );
+}
+
+/// The organisation's parallel jobs, and how many of the pool's queued jobs wait for one;
+/// usage that cannot be read is said so, and fails nothing (serve caps nothing then).
+#[tokio::test]
+async fn the_organisations_parallel_jobs_are_printed() {
+    let sim = SimCloud::start().await.unwrap();
+    let pool = sim.ado.add_pool("linux");
+    sim.ado.register_offline_agent(
+        pool,
+        "template",
+        &[("maven".to_string(), String::new())].into_iter().collect(),
+    );
+    sim.ado.set_parallel_jobs(Some(2));
+    for _ in 0..4 {
+        sim.ado.enqueue(pool, &["maven"]);
+    }
+    sim.ado.assign_next(
+        pool,
+        "agent-1",
+        &[("maven".to_string(), String::new())].into_iter().collect(),
+    );
+    let a = args(&sim, "linux");
+    let report = run(&a, &pod_env(&sim)).await;
+    let item = report.item(PARALLEL_JOBS).expect("parallel jobs checked");
+    assert_eq!(item.status, Status::Info, "{report}");
+    assert_eq!(
+        item.detail,
+        "2 self-hosted parallel job(s): 1 running, 1 free; 2 of this pool's queued job(s) wait for one and are not counted"
+    );
+    assert!(report.ok(), "{report}");
+
+    sim.ado
+        .add_fault(Fault::status(Endpoint::ResourceUsage, 403));
+    let report = run(&a, &pod_env(&sim)).await;
+    let item = report.item(PARALLEL_JOBS).unwrap();
+    assert!(item.detail.contains("cannot be read"), "{report}");
+    assert!(item.detail.contains("uncapped"), "{report}");
+    assert!(report.ok(), "an unreadable usage fails nothing:\n{report}");
 }

@@ -12,6 +12,7 @@ mod deploy;
 mod dockerfile;
 mod faults;
 mod gc;
+mod parallelism;
 mod properties;
 mod registrar;
 mod scale_from_zero;

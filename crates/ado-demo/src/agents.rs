@@ -51,6 +51,11 @@ pub(super) struct Stats {
     pub(super) killed: Vec<String>,
     /// Jobs failed because their agent was killed.
     pub(super) lost: u64,
+    /// Agents that, registered and idle, found every job they could run waiting for a
+    /// parallel job.
+    pub(super) without_parallel_job: u64,
+    /// Time agents spent registered without a job (until taking one or leaving).
+    pub(super) idle: Duration,
 }
 
 impl Stats {
@@ -325,12 +330,24 @@ pub(super) async fn simulated_agent(
         set(Phase::Done);
     };
     // As `ado-scaler agent --idle-timeout`: an agent whose job was cancelled or taken leaves.
-    let idle_until = (!config.idle_timeout.is_zero()).then(|| Instant::now() + config.idle_timeout);
+    let idle_since = Instant::now();
+    let idle_until = (!config.idle_timeout.is_zero()).then(|| idle_since + config.idle_timeout);
+    let mut starved = false;
+    let idled = |stats: &Shared| {
+        stats.lock().expect("stats").idle += idle_since.elapsed();
+    };
     let request_id = loop {
         if let Some(id) = ado.assign_next(pool_id, name, &capabilities) {
+            idled(&stats);
             break id;
         }
+        // The jobs it could run are queued but past the organisation's parallel jobs.
+        if !starved && ado.waits_for_parallelism(pool_id, name, &capabilities) {
+            starved = true;
+            stats.lock().expect("stats").without_parallel_job += 1;
+        }
         if idle_until.is_some_and(|t| Instant::now() >= t) {
+            idled(&stats);
             set(Phase::TearingDown);
             tokio::time::sleep(config.teardown).await;
             stats.lock().expect("stats").left_idle += 1;
@@ -339,7 +356,10 @@ pub(super) async fn simulated_agent(
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                idled(&stats);
+                return;
+            }
         }
     };
     set(Phase::Running);

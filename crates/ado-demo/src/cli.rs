@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ado_scaler::telemetry::LogFormat;
+use ado_scaler::{cli::Switch, telemetry::LogFormat};
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
@@ -86,6 +86,23 @@ pub struct DemoArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub self_registration: bool,
+
+    /// The organisation's self-hosted parallel jobs: simulated ADO runs at most this many
+    /// jobs at once and keeps the rest queued (default: no limit).
+    #[arg(long, env = "ADO_SCALER_DEMO_PARALLEL_JOBS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub parallel_jobs: Option<u64>,
+
+    /// The scaler's `--parallelism`: `off` counts every queued job, as KEDA's scaler does.
+    #[arg(long, env = "ADO_SCALER_DEMO_PARALLELISM", value_enum, default_value_t = Switch::On)]
+    pub parallelism: Switch,
+
+    /// The triggers' `parallelismHeadroom`: jobs next in line for a parallel job that count.
+    #[arg(
+        long,
+        env = "ADO_SCALER_DEMO_PARALLELISM_HEADROOM",
+        default_value_t = 0
+    )]
+    pub parallelism_headroom: u64,
 
     /// Where the demo's scaler serves /metrics (point a Prometheus at it while it runs).
     #[arg(

@@ -22,9 +22,11 @@ use report::{print_table, watch_unclaimed};
 
 use ado_scaler::{
     ado::OrgUrl,
+    cli::Switch,
     error::{Error, Result},
     gc::{GcSettings, rules::Rules},
     k8s::lease::LeaseTiming,
+    parallelism::ParallelismSettings,
     placeholder::PlaceholderSettings,
     poller::PollerSettings,
     registrar::{DEFAULT_SERVICE_ACCOUNT, RegistrarSettings},
@@ -90,6 +92,12 @@ pub struct DemoConfig {
     pub live_table: bool,
     /// How agents are registered.
     pub registration: Registration,
+    /// The organisation's self-hosted parallel jobs; `None`: as many as jobs.
+    pub parallel_jobs: Option<u64>,
+    /// Whether the scaler caps queued jobs by them (`--parallelism`).
+    pub parallelism_cap: bool,
+    /// The triggers' `parallelismHeadroom`.
+    pub parallelism_headroom: u64,
 }
 
 /// The two modes of `deploy/`.
@@ -133,6 +141,9 @@ impl DemoConfig {
             } else {
                 Registration::JustInTime
             },
+            parallel_jobs: args.parallel_jobs,
+            parallelism_cap: args.parallelism == Switch::On,
+            parallelism_headroom: args.parallelism_headroom,
         }
     }
 }
@@ -171,6 +182,10 @@ fn trigger_metadata(config: &DemoConfig, org_url: &str, index: usize) -> BTreeMa
             humantime::format_duration(config.teardown_window).to_string(),
         ),
         ("placeholder".to_owned(), config.placeholders.to_string()),
+        (
+            "parallelismHeadroom".to_owned(),
+            config.parallelism_headroom.to_string(),
+        ),
     ]);
     if index < config.scaled_jobs {
         meta.insert("agentNamePrefix".into(), format!("sj{index}-"));
@@ -217,6 +232,7 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
     let pool_id = sim.ado.add_pool("linux");
     // ADO reports its rate-limit budget when an identity uses it; show it on the dashboard.
     sim.ado.simulate_rate_limit(200);
+    sim.ado.set_parallel_jobs(config.parallel_jobs);
     let grpc = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -245,6 +261,11 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         poller: PollerSettings {
             interval: config.scaler_poll,
             max_staleness: config.scaler_poll * 30,
+            ..Default::default()
+        },
+        parallelism: ParallelismSettings {
+            enabled: config.parallelism_cap,
+            interval: config.scaler_poll,
             ..Default::default()
         },
         placeholders: PlaceholderSettings::default(),
@@ -455,6 +476,8 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
         agents_ran_a_job: s.ran_a_job,
         agents_left_idle: s.left_idle,
         agents_idle_at_end: (s.phase_count(Phase::Idle) + s.phase_count(Phase::Starting)) as u64,
+        agents_without_parallel_job: s.without_parallel_job,
+        idle_agent_seconds: s.idle.as_secs_f64(),
         max_wait: waits.last().copied().unwrap_or_default(),
         median_wait: waits.get(waits.len() / 2).copied().unwrap_or_default(),
         job_request_polls: sim.ado.requests(Endpoint::JobRequests),

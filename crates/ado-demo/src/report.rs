@@ -45,6 +45,11 @@ pub struct DemoReport {
     pub agents_left_idle: u64,
     /// Agents still waiting for a job when the run ended (started for nothing).
     pub agents_idle_at_end: u64,
+    /// Agents that found every job they could run waiting for one of the organisation's
+    /// parallel jobs.
+    pub agents_without_parallel_job: u64,
+    /// Seconds agents spent registered with no job (until they took one or left).
+    pub idle_agent_seconds: f64,
     pub max_wait: Duration,
     pub median_wait: Duration,
     pub job_request_polls: u64,
@@ -95,6 +100,11 @@ impl std::fmt::Display for DemoReport {
             self.agents_ran_a_job,
             self.agents_left_idle,
             self.agents_idle_at_end
+        )?;
+        writeln!(
+            f,
+            "  agents started for jobs that had no parallel job: {} ({:.1} idle agent-seconds in all)",
+            self.agents_without_parallel_job, self.idle_agent_seconds
         )?;
         writeln!(
             f,

@@ -102,6 +102,7 @@ impl Harness {
             gc: gc(&sim),
             access: Access::within(sim.allowlist()),
             poller,
+            parallelism: ado_scaler::parallelism::ParallelismSettings::default(),
             placeholders,
             auth: sim.auth_settings(),
             http: sim.http_client().unwrap(),

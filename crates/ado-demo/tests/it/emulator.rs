@@ -239,3 +239,32 @@ async fn from_an_empty_pool_placeholders_decide_whether_jobs_fail() {
             .contains("jobs failed (no agent in pool)  12")
     );
 }
+
+/// One parallel job for eight jobs queued at once: with the cap, no agent starts for a job
+/// that cannot run yet; without it (KEDA's way), agents start for all and idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cap_no_agent_waits_for_a_parallel_job() {
+    let mut config = scripted(Duration::ZERO, 1);
+    config.arrivals = Arrivals::Script((0..8).map(|_| (Duration::ZERO, 0)).collect());
+    config.duration = Duration::from_millis(500);
+    config.parallel_jobs = Some(1);
+    config.job_run = (Duration::from_millis(300), Duration::from_millis(300));
+    config.idle_timeout = Duration::from_secs(2);
+    config.drain_limit = Duration::from_secs(40);
+
+    let capped = simulate(config.clone()).await.unwrap();
+    show("capped", &capped);
+    assert_eq!(capped.jobs_completed, 8, "{capped:?}");
+    assert_eq!(capped.agents_without_parallel_job, 0, "{capped:?}");
+    assert_eq!(capped.agents_started, 8, "one agent a job: {capped:?}");
+
+    config.parallelism_cap = false;
+    let uncapped = simulate(config).await.unwrap();
+    show("uncapped", &uncapped);
+    assert_eq!(uncapped.jobs_completed, 8, "{uncapped:?}");
+    assert!(uncapped.agents_without_parallel_job >= 6, "{uncapped:?}");
+    assert!(
+        uncapped.idle_agent_seconds > capped.idle_agent_seconds + 2.0,
+        "{uncapped:?}"
+    );
+}

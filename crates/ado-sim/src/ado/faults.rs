@@ -19,6 +19,8 @@ pub enum Endpoint {
     Packages,
     /// The package download itself (a CDN in reality: no token).
     Download,
+    /// `…/distributedtask/resourceusage`: the organisation's parallel jobs.
+    ResourceUsage,
 }
 
 /// A scripted failure: the next `times` matching requests (all, when `None`) get it.

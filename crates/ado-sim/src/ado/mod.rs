@@ -61,9 +61,49 @@ struct Store {
     sessions: Vec<u32>,
     /// Why each refused client assertion was refused.
     refused_assertions: Vec<String>,
+    /// The organisation's private self-hosted parallel jobs; `None`: [`UNLIMITED_PARALLEL_JOBS`].
+    parallel_jobs: Option<u64>,
 }
 
+/// What the organisation reports as its parallel jobs when no limit was set: more than any
+/// test or demo runs at once.
+pub const UNLIMITED_PARALLEL_JOBS: u64 = 10_000;
+
+/// The tag ADO puts into a request's `data` for the parallel jobs it takes.
+const PARALLELISM_TAG: &str = "ParallelismTag";
+
 impl Store {
+    /// Unfinished requests holding one of the organisation's private parallel jobs (every pool:
+    /// the limit is the organisation's).
+    fn running_private(&self) -> impl Iterator<Item = &JobRequest> {
+        self.jobs
+            .values()
+            .filter(|j| j.finished_at.is_none() && j.request.reserved_agent.is_some())
+            .map(|j| &j.request)
+            .filter(|r| takes_private(r))
+    }
+
+    /// The queued requests that have a parallel job: ADO gives the free ones to the oldest
+    /// queued private requests of the organisation, whatever their pool; a public project's
+    /// request needs none.
+    fn startable(&self) -> std::collections::HashSet<u64> {
+        let limit = self.parallel_jobs.unwrap_or(UNLIMITED_PARALLEL_JOBS);
+        let free = limit.saturating_sub(self.running_private().count() as u64);
+        let queued = self
+            .jobs
+            .values()
+            .filter(|j| j.finished_at.is_none() && j.request.reserved_agent.is_none());
+        let (private, public): (Vec<&SimJob>, Vec<&SimJob>) =
+            queued.partition(|j| takes_private(&j.request));
+        // Request ids grow with queue time: the map's order is the queue's.
+        private
+            .into_iter()
+            .take(usize::try_from(free).unwrap_or(usize::MAX))
+            .chain(public)
+            .map(|j| j.request.request_id)
+            .collect()
+    }
+
     fn agent_mut(&mut self, pool_id: u32, name: &str) -> Option<&mut Agent> {
         self.agents
             .get_mut(&pool_id)?
@@ -110,6 +150,8 @@ struct AdoState {
     agent_package: Mutex<Option<(String, Arc<Vec<u8>>)>>,
     /// `Authorization` headers seen on downloads (there must be none).
     download_authorizations: std::sync::atomic::AtomicU64,
+    /// Answers `resourceusage` with this body instead (a shape the scaler does not know).
+    resource_usage_answer: Mutex<Option<serde_json::Value>>,
 }
 
 /// Handle to the simulated organisation.
@@ -128,6 +170,29 @@ pub fn system_capabilities(name: &str) -> Capabilities {
     caps.insert("Agent.OSArchitecture", "X64");
     caps.insert("Agent.Version", SIM_AGENT_VERSION);
     caps
+}
+
+/// An agent's capabilities as ADO matches them: what it reports of itself, and its user ones.
+fn user_and_system(agent: &str, capabilities: &BTreeMap<String, String>) -> Capabilities {
+    let mut caps = system_capabilities(agent);
+    for (name, value) in capabilities {
+        caps.insert(name, value);
+    }
+    caps
+}
+
+fn satisfied(request: &JobRequest, caps: &Capabilities) -> bool {
+    request
+        .demands
+        .iter()
+        .all(|d| Requirement::parse(d).satisfied_by(caps))
+}
+
+fn takes_private(request: &JobRequest) -> bool {
+    request
+        .data
+        .get(PARALLELISM_TAG)
+        .is_some_and(|t| t.eq_ignore_ascii_case("Private"))
 }
 
 /// ADO matches demands against system and user capabilities; a user one wins a clash.
@@ -168,6 +233,7 @@ impl AdoSim {
                 reader_only: std::sync::atomic::AtomicBool::new(false),
                 agent_package: Mutex::new(None),
                 download_authorizations: std::sync::atomic::AtomicU64::new(0),
+                resource_usage_answer: Mutex::new(None),
             }),
         }
     }
@@ -230,6 +296,11 @@ impl AdoSim {
                 id: id * 10,
                 name: format!("2026.{id}"),
             }),
+            // A private project's run, as ADO marks it.
+            data: BTreeMap::from([
+                (PARALLELISM_TAG.to_owned(), "Private".to_owned()),
+                ("IsScheduledKey".to_owned(), "False".to_owned()),
+            ]),
         };
         let requirements: Vec<Requirement> = request
             .demands
@@ -261,9 +332,58 @@ impl AdoSim {
         self.store().rejected_no_agent
     }
 
-    /// Gives the oldest queued job to `agent`, as ADO's dispatcher does for an idle agent whose
-    /// user capabilities are `capabilities` (system capabilities are added as the real agent
-    /// reports them).
+    /// The organisation's private self-hosted parallel jobs (`None`: no limit). ADO runs at
+    /// most that many private jobs at once; the others stay queued until one finishes.
+    pub fn set_parallel_jobs(&self, limit: Option<u64>) {
+        self.store().parallel_jobs = limit;
+    }
+
+    /// Answers `resourceusage` with `body` (`None`: the real shape again).
+    pub fn answer_resource_usage_with(&self, body: Option<serde_json::Value>) {
+        *self
+            .state
+            .resource_usage_answer
+            .lock()
+            .expect("resource usage answer") = body;
+    }
+
+    /// Marks a queued request as a public project's: it takes no private parallel job.
+    pub fn make_public(&self, request_id: u64) {
+        if let Some(job) = self.store().jobs.get_mut(&request_id) {
+            job.request
+                .data
+                .insert(PARALLELISM_TAG.to_owned(), "Public".to_owned());
+        }
+    }
+
+    /// Whether a queued job of the pool that `capabilities` satisfy waits for a parallel job
+    /// (and none that could start matches): an agent with them would wait for nothing.
+    pub fn waits_for_parallelism(
+        &self,
+        pool_id: u32,
+        agent: &str,
+        capabilities: &BTreeMap<String, String>,
+    ) -> bool {
+        let store = self.store();
+        let caps = user_and_system(agent, capabilities);
+        let startable = store.startable();
+        let matching: Vec<u64> = store
+            .jobs
+            .values()
+            .filter(|j| {
+                j.request.pool_id == pool_id
+                    && j.finished_at.is_none()
+                    && j.request.reserved_agent.is_none()
+                    && satisfied(&j.request, &caps)
+            })
+            .map(|j| j.request.request_id)
+            .collect();
+        !matching.is_empty() && matching.iter().all(|id| !startable.contains(id))
+    }
+
+    /// Gives the oldest queued job that has a parallel job to `agent`, as ADO's dispatcher does
+    /// for an idle agent whose user capabilities are `capabilities` (system capabilities are
+    /// added as the real agent reports them).
     pub fn assign_next(
         &self,
         pool_id: u32,
@@ -271,23 +391,19 @@ impl AdoSim {
         capabilities: &BTreeMap<String, String>,
     ) -> Option<u64> {
         let mut store = self.store();
+        let startable = store.startable();
         let agent_id = store
             .agents
             .get(&pool_id)
             .and_then(|a| a.iter().find(|a| a.name == agent))
             .map_or(0, |a| a.id);
-        let mut caps = system_capabilities(agent);
-        for (name, value) in capabilities {
-            caps.insert(name, value);
-        }
+        let caps = user_and_system(agent, capabilities);
         let job = store.jobs.values_mut().find(|j| {
             j.request.pool_id == pool_id
                 && j.finished_at.is_none()
                 && j.request.reserved_agent.is_none()
-                && j.request
-                    .demands
-                    .iter()
-                    .all(|d| Requirement::parse(d).satisfied_by(&caps))
+                && startable.contains(&j.request.request_id)
+                && satisfied(&j.request, &caps)
         })?;
         let now = OffsetDateTime::now_utc();
         job.request.assign_time = Some(now);

@@ -41,6 +41,10 @@ pub(super) fn router(state: Arc<AdoState>) -> Router {
             "/{org}/_apis/distributedtask/packages/agent",
             get(list_packages),
         )
+        .route(
+            "/{org}/_apis/distributedtask/resourceusage",
+            get(resource_usage),
+        )
         .route("/_sim/downloads/{file}", get(download_package))
         .route(
             "/_sim/vstoken/{org}",
@@ -209,6 +213,82 @@ fn list<T: serde::Serialize>(value: Vec<T>) -> Json<List<T>> {
         count: value.len(),
         value,
     })
+}
+
+/// `GET …/resourceusage?parallelismTag=&poolIsHosted=&includeRunningRequests=`, a preview
+/// resource: without `-preview` in `api-version` ADO refuses it (400). Shaped as
+/// `ResourceUsage` in microsoft/azure-devops-node-api; `resourceLimitsData` as the
+/// organisation's free and purchased counts.
+async fn resource_usage(
+    State(state): State<Arc<AdoState>>,
+    Path(org): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&state, Endpoint::ResourceUsage, &org, &headers).await {
+        return r;
+    }
+    let version = query.get("api-version").map_or("", String::as_str);
+    if !version.contains("-preview") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "message": format!("The requested REST API version of {version} is out of range for this server, or is a preview version that must be requested with -preview."),
+                "typeKey": "VssInvalidPreviewVersionException",
+            })),
+        )
+            .into_response();
+    }
+    if let Some(body) = state
+        .resource_usage_answer
+        .lock()
+        .expect("resource usage answer")
+        .clone()
+    {
+        return with_rate_headers(&state, Json(body));
+    }
+    let tag = query
+        .get("parallelismTag")
+        .map_or("Private", String::as_str);
+    let hosted = query
+        .get("poolIsHosted")
+        .is_some_and(|h| h.eq_ignore_ascii_case("true"));
+    let store = state.store.lock().expect("store");
+    // Only the private self-hosted limit is simulated; others have none in use.
+    let private_self_hosted = tag.eq_ignore_ascii_case("Private") && !hosted;
+    let total = match private_self_hosted {
+        true => store
+            .parallel_jobs
+            .unwrap_or(super::UNLIMITED_PARALLEL_JOBS),
+        false => 0,
+    };
+    let running: Vec<&JobRequest> = match private_self_hosted {
+        true => store.running_private().collect(),
+        false => Vec::new(),
+    };
+    let mut answer = json!({
+        "resourceLimit": {
+            "resourceLimitsData": {
+                "FreeCount": total.min(1).to_string(),
+                "PurchasedCount": total.saturating_sub(1).to_string(),
+            },
+            "hostId": "00000000-0000-0000-0000-00000000c0de",
+            "parallelismTag": tag,
+            "isHosted": hosted,
+            "totalCount": total,
+            "isPremium": false,
+            "failedToReachAllProviders": false,
+        },
+        "usedCount": running.len(),
+        "usedMinutes": 0,
+    });
+    if query
+        .get("includeRunningRequests")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        answer["runningRequests"] = json!(running);
+    }
+    with_rate_headers(&state, Json(answer))
 }
 
 async fn list_pools(
