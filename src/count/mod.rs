@@ -290,7 +290,8 @@ impl Filter {
         let mut memo = MatchMemo::default();
         for job in jobs.iter().filter(|j| memo.matches(self, j)) {
             if job.is_queued() {
-                if held_back.contains(&job.request_id) {
+                // Most counts hold nothing back: no hashing then.
+                if !held_back.is_empty() && held_back.contains(&job.request_id) {
                     counted.waiting_for_parallelism += 1;
                 } else {
                     counted.queued += 1;
@@ -743,6 +744,22 @@ mod tests {
                 waiting_for_parallelism: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_departure_counts_for_less_than_the_teardown_window() {
+        let left_at = Instant::now();
+        let f = Filter {
+            teardown_window: Duration::from_secs(10),
+            ..Filter::default()
+        };
+        let departed = vec![Departed {
+            job: job(1, &[], Some("agent")),
+            left_at,
+        }];
+        let at = |secs: u64| f.count(&[], &departed, left_at + Duration::from_millis(secs));
+        assert_eq!(at(9_999).tearing_down, 1);
+        assert_eq!(at(10_000).tearing_down, 0, "the window's end is outside it");
     }
 
     #[test]

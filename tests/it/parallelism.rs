@@ -285,3 +285,45 @@ async fn off_reads_nothing_and_counts_every_queued_job() {
     tokio::time::sleep(INTERVAL * 2).await;
     assert_eq!(h.sim.ado.requests(Endpoint::ResourceUsage), 0);
 }
+
+/// The simulated endpoint is as strict as ADO about its preview version, and answers in the
+/// shape of azure-devops-node-api's `ResourceUsage`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_endpoint_is_a_preview_resource_of_nodes_shape() {
+    let h = start(true).await;
+    h.sim.ado.set_parallel_jobs(Some(3));
+    let jobs = queue(&h, h.pool_id, 2);
+    h.sim
+        .ado
+        .assign_next(h.pool_id, "agent-1", &capabilities(&["maven"]));
+    // The scaler has an Entra token once it answered.
+    settles(&h, "any", &[], 2).await;
+    let token = h.sim.issued_tokens().pop().expect("a token was issued");
+    let http = h.sim.http_client().unwrap();
+    let get = |version: &'static str| {
+        let url = format!(
+            "{}/_apis/distributedtask/resourceusage?parallelismTag=Private&poolIsHosted=false&includeRunningRequests=true&api-version={version}",
+            h.sim.org_url
+        );
+        let request = http.get(url).bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = get("7.1").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["typeKey"], "VssInvalidPreviewVersionException");
+    let (status, body) = get(ado_scaler::ado::RESOURCE_USAGE_API_VERSION).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resourceLimit"]["totalCount"], 3);
+    assert_eq!(body["resourceLimit"]["parallelismTag"], "Private");
+    assert_eq!(body["resourceLimit"]["isHosted"], false);
+    assert_eq!(body["usedCount"], 1);
+    assert_eq!(body["runningRequests"][0]["requestId"], jobs[0]);
+    assert_eq!(
+        body["runningRequests"][0]["data"]["ParallelismTag"],
+        "Private"
+    );
+}
