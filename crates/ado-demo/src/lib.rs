@@ -263,9 +263,11 @@ pub async fn simulate_on(config: DemoConfig, http: TcpListener) -> Result<DemoRe
             max_staleness: config.scaler_poll * 30,
             ..Default::default()
         },
+        // Ten polls apart (serve: 60 s against 5 s): the pool's own polls say which of its jobs
+        // run; the read adds only the organisation's other pools, which the demo has none of.
         parallelism: ParallelismSettings {
             enabled: config.parallelism_cap,
-            interval: config.scaler_poll,
+            interval: config.scaler_poll * 10,
             ..Default::default()
         },
         placeholders: PlaceholderSettings::default(),
